@@ -1,0 +1,96 @@
+"""Conversations (lists of ``{"role", "content"}`` messages) rendered to plain text.
+
+One fixed, deterministic template, so that conversational and plain-text data meet in the
+same ``prompt`` / ``completion`` strings:
+
+    <|system|>\\n{content}\\n<|user|>\\n{content}\\n<|assistant|>\\n{content}\\n
+
+Every message becomes ``<|{role}|>\\n{content}\\n``. A prompt ends with the generation header
+``<|assistant|>\\n`` and the completion starts right after it, so for any split point
+
+    prompt_text + completion_text == render_messages(prompt_messages + completion_messages)
+
+The template is deliberately model-agnostic; a tokenizer's own chat template is not used
+(it may not exist, and it would make the stored text depend on the model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from feedalign.data.errors import RowError
+
+GENERATION_HEADER = "<|assistant|>\n"
+
+
+def render_messages(messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = False) -> str:
+    """Render messages as ``<|role|>\\ncontent\\n`` blocks.
+
+    Args:
+        messages: ``[{"role": "user", "content": "..."}, ...]`` (already validated).
+        add_generation_prompt: append ``<|assistant|>\\n`` so a model continues as the assistant.
+    """
+    text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
+    return text + GENERATION_HEADER if add_generation_prompt else text
+
+
+def check_messages(value: Any, field: str) -> list[dict[str, str]]:
+    """Validate a list of messages; returns ``[{"role", "content"}]`` (extra keys dropped)."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise RowError(field, f"expected a non-empty list of messages, got {_describe(value)}")
+    out = []
+    for i, msg in enumerate(value):
+        if not isinstance(msg, Mapping):
+            raise RowError(field, f"message {i}: expected an object with 'role' and 'content', got {_describe(msg)}")
+        role, content = msg.get("role"), msg.get("content")
+        if not isinstance(role, str) or not role.strip():
+            raise RowError(field, f"message {i}: expected 'role' to be a non-empty string, got {_describe(role)}")
+        if not isinstance(content, str):
+            raise RowError(field, f"message {i}: expected 'content' to be a string, got {_describe(content)}")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def split_conversation(
+    prompt_messages: Sequence[Mapping[str, str]], completion_messages: Sequence[Mapping[str, str]], field: str
+) -> tuple[str, str]:
+    """Prompt and completion texts for a conversation split before an assistant turn.
+
+    The completion must start with an assistant message; its header moves into the prompt.
+    """
+    if not prompt_messages:
+        raise RowError(field, "expected at least one message before the assistant reply (the prompt)")
+    if not completion_messages or completion_messages[0]["role"] != "assistant":
+        first = completion_messages[0]["role"] if completion_messages else "nothing"
+        raise RowError(field, f"expected the completion to start with an 'assistant' message, got {first!r}")
+    prompt_text = render_messages(prompt_messages, add_generation_prompt=True)
+    completion_text = render_messages(completion_messages)[len(GENERATION_HEADER) :]
+    if not completion_text.strip():
+        raise RowError(field, "expected a non-empty assistant reply, got empty content")
+    return prompt_text, completion_text
+
+
+def split_last_assistant(messages: Sequence[Mapping[str, str]], field: str) -> tuple[str, str]:
+    """``messages`` convention: the final message is the assistant completion, the rest the prompt."""
+    if messages[-1]["role"] != "assistant":
+        raise RowError(field, f"expected the last message to have role 'assistant', got {messages[-1]['role']!r}")
+    return split_conversation(messages[:-1], messages[-1:], field)
+
+
+def common_prefix(a: Sequence[Mapping[str, str]], b: Sequence[Mapping[str, str]]) -> int:
+    """Number of leading messages that ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "an empty string" if not value.strip() else "a string"
+    return type(value).__name__

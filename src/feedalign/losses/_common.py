@@ -1,0 +1,41 @@
+"""Small helpers shared by the loss modules (metrics, log-ratios)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def log_ratio(policy_logps: Tensor, reference_logps: Tensor | None) -> Tensor:
+    """D(y|x) = logp_theta - logp_ref; a missing reference means a uniform one (D = logp_theta)."""
+    if reference_logps is None:
+        return policy_logps
+    return policy_logps - reference_logps
+
+
+def pair_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, Tensor]:
+    """Batch means of implicit rewards, margins and preference accuracy (all detached)."""
+    chosen = chosen_rewards.detach()
+    rejected = rejected_rewards.detach()
+    margins = chosen - rejected
+    return {
+        "rewards/chosen": chosen.mean(),
+        "rewards/rejected": rejected.mean(),
+        "rewards/margins": margins.mean(),
+        "rewards/accuracies": (margins > 0).float().mean(),
+    }
+
+
+def labeled_metrics(rewards: Tensor, labels: Tensor, threshold: Tensor | float = 0.0) -> dict[str, Tensor]:
+    """Mean implicit reward per class and accuracy of sign(reward - threshold) against labels."""
+    rewards = rewards.detach()
+    labels = labels.bool()
+    threshold = torch.as_tensor(threshold, dtype=rewards.dtype, device=rewards.device).detach()
+    nan = torch.tensor(float("nan"), device=rewards.device)
+    pos = rewards[labels].mean() if labels.any() else nan
+    neg = rewards[~labels].mean() if (~labels).any() else nan
+    return {
+        "rewards/desirable": pos,
+        "rewards/undesirable": neg,
+        "rewards/accuracies": ((rewards > threshold) == labels).float().mean(),
+    }

@@ -1,0 +1,127 @@
+import math
+import warnings
+
+import pytest
+import torch
+
+from feedalign.losses import get_loss
+from feedalign.losses.unpaired import pmpo_target, udm_weights
+
+
+def t(*values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def logsig(z):
+    return -math.log1p(math.exp(-z))
+
+
+def sig(z):
+    return 1 / (1 + math.exp(-z))
+
+
+LABELS = torch.tensor([True, False])
+
+
+def test_kto_hand_worked_and_reference_point_is_detached_and_clamped():
+    kl_ref = t(0.2).requires_grad_()
+    policy = t(0.5, 0.5).requires_grad_()
+    losses, metrics = get_loss("kto").fn(policy, t(0.0, 0.0), LABELS, kl_ref=kl_ref, beta=1.0)
+    assert losses[0].item() == pytest.approx(1 - sig(0.3))
+    assert losses[1].item() == pytest.approx(1 - sig(-0.3))
+    losses.sum().backward()
+    assert kl_ref.grad is None  # z_ref carries no gradient
+    neg, _ = get_loss("kto").fn(t(0.5), t(0.0), torch.tensor([True]), kl_ref=t(-3.0), beta=1.0)
+    assert neg.item() == pytest.approx(1 - sig(0.5))  # max(0, kl) = 0
+    assert metrics["kl_ref"].item() == pytest.approx(0.2)
+
+
+def test_kto_class_weights_and_threshold_rule():
+    """Expected gradient on rho has sign of lambda_U*(1-p) - lambda_D*p (ALGORITHMS.md §7)."""
+    for p, lam_d, lam_u in [(0.3, 1.0, 1.0), (0.7, 1.0, 1.0), (0.3, 3.0, 1.0), (0.6, 1.0, 2.0)]:
+        rho = t(0.4, 0.4).requires_grad_()
+        losses, _ = get_loss("kto").fn(
+            rho, t(0.0, 0.0), LABELS, kl_ref=t(0.1), beta=0.5, desirable_weight=lam_d, undesirable_weight=lam_u
+        )
+        (p * losses[0] + (1 - p) * losses[1]).backward()
+        expected_grad_sign = math.copysign(1, lam_u * (1 - p) - lam_d * p)
+        assert math.copysign(1, rho.grad.sum().item()) == expected_grad_sign
+
+
+def test_bco_hand_worked_with_udm_weights():
+    delta = t(0.2).requires_grad_()
+    losses, metrics = get_loss("bco").fn(
+        t(0.5, 0.5).requires_grad_(), t(0.0, 0.0), LABELS, delta=delta, beta=1.0, udm_weights=t(1.0, 2.0)
+    )
+    assert losses[0].item() == pytest.approx(-logsig(0.3))
+    assert losses[1].item() == pytest.approx(-2 * logsig(-0.3))
+    losses.sum().backward()
+    assert delta.grad is None
+    assert metrics["rewards/accuracies"].item() == 0.5
+
+
+def test_udm_weights_density_ratio_and_clip():
+    w = udm_weights(t(0.8, 0.1, 0.99, 0.5))
+    assert w.tolist() == pytest.approx([4.0, 0.5, 10.0, 1.0])
+
+
+def test_sft_sum_and_token_mean():
+    losses, _ = get_loss("sft").fn(t(-4.0, -2.0))
+    assert losses.tolist() == [4.0, 2.0]
+    losses, _ = get_loss("sft").fn(t(-4.0, -2.0), length_normalize=True, lengths=t(4, 1))
+    assert losses.tolist() == [1.0, 2.0]
+
+
+def test_pmpo_hand_worked_monte_carlo_kl():
+    losses, metrics = get_loss("pmpo").fn(t(-1.0, -1.0), t(-2.0, -2.0), LABELS, alpha=0.5, beta=1.0)
+    # accepted: -0.5*(-1) + 1*(-2+1) = -0.5 ; rejected: +0.5*(-1) + (-1) = -1.5
+    assert losses.tolist() == pytest.approx([-0.5, -1.5])
+    assert metrics["kl"].item() == pytest.approx(-1.0)
+
+
+def test_pmpo_explicit_kl_and_gradient_signs():
+    logp = t(-1.0, -1.0).requires_grad_()
+    losses, _ = get_loss("pmpo").fn(logp, None, LABELS, alpha=0.5, beta=0.0, kl=t(0.0))
+    losses.sum().backward()
+    assert logp.grad[0] < 0 < logp.grad[1]  # accepted pushed up, rejected pushed down
+
+
+def test_pmpo_collapse_condition_is_reported():
+    spec = get_loss("pmpo")
+    with pytest.warns(UserWarning, match="collapse"):
+        spec.resolve_hparams({"alpha": 0.0, "beta": 0.5})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spec.resolve_hparams({"alpha": 0.0, "beta": 1.0})
+        spec.resolve_hparams({"alpha": 1.0, "beta": 0.0})  # positive-only never collapses
+    with pytest.raises(ValueError, match="alpha"):
+        spec.resolve_hparams({"alpha": 1.5})
+
+
+def test_pmpo_target_matches_stationary_point_and_flags_collapse():
+    ref = t(0.5, 0.3, 0.2)
+    p = t(0.9, 0.5, 0.0)
+    target, collapsed = pmpo_target(ref, p, alpha=0.5, beta=1.0)
+    c = ref * (0.5 * p - 0.5 * (1 - p) + 1.0)
+    assert torch.allclose(target, c / c.sum()) and not collapsed
+    # the population objective sum_y c(y) log pi(y) - is maximised at pi = c/sum(c):
+    logits = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [logits], max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = -(c * torch.log_softmax(logits, 0)).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert torch.allclose(torch.softmax(logits, 0), target, atol=1e-6)
+    _, collapsed = pmpo_target(ref, p, alpha=0.0, beta=0.5)
+    assert collapsed
+
+
+def test_unknown_hparam_names_valid_ones():
+    with pytest.raises(ValueError, match="valid"):
+        get_loss("kto").resolve_hparams({"betta": 0.1})
