@@ -38,16 +38,22 @@ def render_messages(messages: Sequence[Mapping[str, str]], *, add_generation_pro
 def check_messages(value: Any, field: str) -> list[dict[str, str]]:
     """Validate a list of messages; returns ``[{"role", "content"}]`` (extra keys dropped)."""
     if not isinstance(value, (list, tuple)) or not value:
-        raise RowError(field, f"expected a non-empty list of messages, got {_describe(value)}")
+        raise RowError(field, f"expected a non-empty list of messages, got {describe_value(value)}")
     out = []
     for i, msg in enumerate(value):
         if not isinstance(msg, Mapping):
-            raise RowError(field, f"message {i}: expected an object with 'role' and 'content', got {_describe(msg)}")
+            raise RowError(
+                field, f"message {i}: expected an object with 'role' and 'content', got {describe_value(msg)}"
+            )
         role, content = msg.get("role"), msg.get("content")
         if not isinstance(role, str) or not role.strip():
-            raise RowError(field, f"message {i}: expected 'role' to be a non-empty string, got {_describe(role)}")
+            raise RowError(
+                field, f"message {i}: expected 'role' to be a non-empty string, got {describe_value(role)}"
+            )
         if not isinstance(content, str):
-            raise RowError(field, f"message {i}: expected 'content' to be a string, got {_describe(content)}")
+            raise RowError(
+                field, f"message {i}: expected 'content' to be a string, got {describe_value(content)}"
+            )
         out.append({"role": role, "content": content})
     return out
 
@@ -74,23 +80,25 @@ def split_conversation(
 def split_last_assistant(messages: Sequence[Mapping[str, str]], field: str) -> tuple[str, str]:
     """``messages`` convention: the final message is the assistant completion, the rest the prompt."""
     if messages[-1]["role"] != "assistant":
-        raise RowError(field, f"expected the last message to have role 'assistant', got {messages[-1]['role']!r}")
+        raise RowError(
+            field, f"expected the last message to have role 'assistant', got {messages[-1]['role']!r}"
+        )
     return split_conversation(messages[:-1], messages[-1:], field)
 
 
 def common_prefix(a: Sequence[Mapping[str, str]], b: Sequence[Mapping[str, str]]) -> int:
     """Number of leading messages that ``a`` and ``b`` share."""
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1
     return n
 
 
-def _describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
     if value is None:
-        return "null"
+        return "null or missing"
     if isinstance(value, str):
         return "an empty string" if not value.strip() else "a string"
     return type(value).__name__

@@ -84,7 +84,8 @@ def plot_front(
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    annotated = any(weights is not None for _, weights in learned.values())
+    ax.legend(fontsize=8, title="labels: weight w1" if annotated else None, title_fontsize=8)
     return _save(fig, path)
 
 

@@ -39,7 +39,7 @@ def to_jsonable(obj: Any) -> Any:
         return to_jsonable(obj.tolist())
     if hasattr(obj, "item"):
         return to_jsonable(obj.item())
-    raise TypeError(f"to_jsonable: cannot write a {type(obj).__name__} as JSON: {obj!r}")
+    raise TypeError(f"to_jsonable: cannot write {obj!r} (type {type(obj).__name__}) as JSON")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -1,0 +1,302 @@
+"""Training throughput of feedalign against TRL on the same workload, in one process.
+
+    python bench/throughput.py                      # Qwen2-0.5B shape, bf16, on the GPU
+    python bench/throughput.py --size small         # scaled down, fp32, for a CPU
+    python bench/throughput.py --size tiny --steps 3 --no-write   # smoke test
+
+Every configuration trains the same randomly initialised Qwen2 model (saved once, loaded by
+each run) on the same synthetic (prompt, chosen, rejected) token ids, 8 pairs per optimizer
+step (KTO: the same pairs as 16 thumbs-up / thumbs-down rows). Figures per configuration:
+
+* tokens/s    mean non-pad tokens per step / median step time after the warm-up steps
+              (a step = the interval between consecutive optimizer-step ends, so collation,
+              logging and host syncs of the loop are included);
+* peak memory torch.cuda.max_memory_allocated on a GPU; on a CPU the peak rise of the
+              process's resident set (sampled), over construction + training;
+* MFU         (6 N + 2 N if a reference forward runs in the step) x tokens/s over the
+              measured dense matmul rate of the device (N = parameters, tied head once);
+* wall        construction (tokenisation, reference precomputation) + all steps.
+
+Writes bench/results/<date>-<device>.json unless --no-write. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import statistics
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+import _throughput_workload as wl  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+TARGETS = (
+    # name, numerator (feedalign loss), denominator (TRL configs), ratio target, memory check
+    ("dpo_vs_trl_best", "dpo", ("default", "precomputed-ref"), 1.5, True),
+    ("dpo_vs_trl_default", "dpo", ("default",), 2.0, False),
+    ("kto_vs_trl_default", "kto", ("default",), 1.5, False),
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    framework: str  # "trl" | "feedalign"
+    loss: str  # "dpo" | "kto"
+    name: str
+    options: dict[str, Any]
+    reference_in_step: bool
+    notes: str
+
+
+CONFIGS: tuple[BenchConfig, ...] = (
+    BenchConfig(
+        "trl", "dpo", "default", {"precompute_reference": False, "gradient_checkpointing": True}, True,
+        "TRL defaults: gradient checkpointing on, reference model forward every step, chunked "
+        "fused-LM-head log-probs, chosen+rejected concatenated and padded to the longest row",
+    ),
+    BenchConfig(
+        "trl", "dpo", "precomputed-ref", {"precompute_reference": True, "gradient_checkpointing": False}, False,
+        "precompute_ref_log_probs=True (reference pass before training, then freed), "
+        "gradient_checkpointing=False",
+    ),
+    BenchConfig(
+        "trl", "kto", "default", {"precompute_reference": False, "gradient_checkpointing": True}, True,
+        "TRL defaults: gradient checkpointing on, reference forward every step, KL rows "
+        "(policy no-grad + reference forward) every step",
+    ),
+    BenchConfig(
+        "feedalign", "dpo", "copy-ref", {"reference": "copy"}, True,
+        "trainer as shipped: frozen reference copy run every step, chunked fp32 log-probs over "
+        "completion rows only, chosen+rejected in one padded forward, no checkpointing",
+    ),
+    BenchConfig(
+        "feedalign", "dpo", "cached-ref", {"reference": "cached", "precompute": True}, False,
+        "reference log-probs precomputed into the on-disk cache before training (replaying the "
+        "trainer's sampler), all hits during training; otherwise as copy-ref",
+    ),
+    BenchConfig(
+        "feedalign", "kto", "copy-ref", {"reference": "copy"}, True,
+        "trainer as shipped: reference copy every step, KL rows (policy no-grad + reference) "
+        "every step, completion-only chunked log-probs, no checkpointing",
+    ),
+    BenchConfig(
+        "feedalign", "kto", "cached-ref", {"reference": "cached", "precompute": True}, False,
+        "reference log-probs (incl. KL rows) precomputed into the cache; KL policy forward "
+        "still every step",
+    ),
+)
+
+
+@dataclass
+class Row:
+    framework: str
+    loss: str
+    config: str
+    tokens_per_s: float
+    median_step_s: float
+    peak_mem_gib: float | None
+    mem_kind: str
+    mfu: float
+    wall_s: float
+    steps: int
+    notes: str
+    step_times_s: list[float] = field(default_factory=list)
+    first_losses: list[float] = field(default_factory=list)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=sorted(wl.SIZES), default="full")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: 12; tiny: 4)")
+    p.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
+    p.add_argument("--repeats", type=int, default=1, help="runs per config, interleaved round-robin")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--only", default="", help="comma-separated filters: trl, feedalign, dpo, kto, or config names")
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/<date>-<device>.json)")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p.parse_args(argv)
+
+
+def _selected(only: str) -> list[BenchConfig]:
+    if not only:
+        return list(CONFIGS)
+    keys = {k.strip() for k in only.split(",") if k.strip()}
+    groups = [keys & {"trl", "feedalign"}, keys & {"dpo", "kto"}, keys - {"trl", "feedalign", "dpo", "kto"}]
+    out = []
+    for cfg in CONFIGS:
+        fields = ({cfg.framework}, {cfg.loss}, {cfg.name})
+        if all(not g or (g & f) for g, f in zip(groups, fields)):
+            out.append(cfg)
+    return out
+
+
+def _run_one(cfg: BenchConfig, ctx: dict[str, Any], tmp: str, index: int):
+    common = dict(
+        model_dir=ctx["model_dir"], tokenizer_dir=ctx["tokenizer_dir"], pairs=ctx["pairs"], steps=ctx["steps"],
+        device=ctx["device"], dtype=ctx["dtype"], output_dir=os.path.join(tmp, f"run{index}"),
+    )
+    if cfg.framework == "trl":
+        from _throughput_trl import run_trl
+
+        return run_trl(cfg.loss, **common, **cfg.options)
+    from _throughput_feedalign import run_feedalign
+
+    return run_feedalign(cfg.loss, **common, **cfg.options)
+
+
+def _summarise(cfg: BenchConfig, results: list[Any], ctx: dict[str, Any]) -> Row:
+    intervals: list[float] = []
+    for r in results:
+        ends = r.step_ends
+        steps = [b - a for a, b in zip(ends[:-1], ends[1:])]
+        intervals += steps[max(0, ctx["warmup"] - 1) :] or steps[-1:]
+    median = statistics.median(intervals)
+    tokens_per_s = ctx["tokens_per_step"] / median
+    flops = wl.train_flops_per_token(ctx["n_params"], reference_forward=cfg.reference_in_step)
+    mems = [r.peak_mem_gib for r in results if r.peak_mem_gib is not None]
+    return Row(
+        framework=cfg.framework, loss=cfg.loss, config=cfg.name, tokens_per_s=tokens_per_s, median_step_s=median,
+        peak_mem_gib=max(mems) if mems else None, mem_kind=results[0].mem_kind,
+        mfu=flops * tokens_per_s / ctx["peak_flops"], wall_s=statistics.median(r.wall_s for r in results),
+        steps=ctx["steps"], notes=cfg.notes, step_times_s=[round(x, 5) for x in intervals],
+        first_losses=[round(x, 6) for x in results[0].losses[:3]],
+    )
+
+
+def _ratios(rows: list[Row]) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
+    ratios: dict[str, float | None] = {}
+    targets = []
+    for name, loss, trl_names, target, check_memory in TARGETS:
+        mine = [r for r in rows if r.framework == "feedalign" and r.loss == loss]
+        theirs = [r for r in rows if r.framework == "trl" and r.loss == loss and r.config in trl_names]
+        if not mine or not theirs:
+            ratios[name] = None
+            continue
+        best, base = max(mine, key=lambda r: r.tokens_per_s), max(theirs, key=lambda r: r.tokens_per_s)
+        ratio = best.tokens_per_s / base.tokens_per_s
+        ratios[name] = ratio
+        memory_ok = None
+        if check_memory and best.peak_mem_gib is not None and base.peak_mem_gib is not None:
+            memory_ok = best.peak_mem_gib <= base.peak_mem_gib
+        met = ratio >= target and (memory_ok is not False if check_memory else True)
+        targets.append({
+            "name": name, "target_ratio": target, "ratio": ratio, "met": met,
+            "feedalign": f"{best.loss}/{best.config}", "trl": f"{base.loss}/{base.config}",
+            **({"memory_at_most_trl": memory_ok} if check_memory else {}),
+        })
+    return ratios, targets
+
+
+def format_table(rows: list[Row]) -> str:
+    head = f"{'framework':<10} {'loss':<4} {'config':<16} {'tokens/s':>10} {'step s':>8} {'peak GiB':>9} {'MFU':>7} {'wall s':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        mem = f"{r.peak_mem_gib:9.3f}" if r.peak_mem_gib is not None else f"{'n/a':>9}"
+        lines.append(
+            f"{r.framework:<10} {r.loss:<4} {r.config:<16} {r.tokens_per_s:10.0f} {r.median_step_s:8.4f} "
+            f"{mem} {100 * r.mfu:6.2f}% {r.wall_s:8.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _context(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    shape = wl.SIZES[args.size]
+    steps = args.steps or (4 if args.size == "tiny" else 12)
+    if steps < args.warmup + 2:
+        raise SystemExit(f"--steps ({steps}) must be at least --warmup ({args.warmup}) + 2")
+    model_dir, tokenizer_dir, n_params = wl.save_workload_model(shape, os.path.join(tmp, "workload"), dtype=dtype)
+    pairs = wl.make_pairs(shape, 8 * steps, seed=0)
+    return dict(
+        device=device, dtype=dtype, shape=shape, steps=steps, warmup=args.warmup, pairs=pairs,
+        model_dir=model_dir, tokenizer_dir=tokenizer_dir, n_params=n_params,
+        tokens_per_step=statistics.fmean(wl.tokens_per_step(pairs, 8)),
+        padded_tokens_per_step=statistics.fmean(wl.padded_tokens_per_step(pairs, 8)),
+        peak_flops=wl.measure_matmul_peak(device, dtype),
+    )
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    out = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
+    for name in ("trl", "accelerate", "feedalign"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = "missing"
+    return out
+
+
+def _report(args: argparse.Namespace, ctx: dict[str, Any], rows: list[Row]) -> dict[str, Any]:
+    ratios, targets = _ratios(rows)
+    device = ctx["device"]
+    return {
+        "date": _dt.date.today().isoformat(),
+        "device": wl.device_name(device),
+        "size": args.size,
+        "shape": asdict(ctx["shape"]),
+        "n_params": ctx["n_params"],
+        "dtype": str(ctx["dtype"]).removeprefix("torch."),
+        "steps": ctx["steps"],
+        "warmup_steps": ctx["warmup"],
+        "repeats": args.repeats,
+        "pairs_per_step": 8,
+        "tokens_per_step_mean": ctx["tokens_per_step"],
+        "padded_tokens_per_step_mean": ctx["padded_tokens_per_step"],
+        "matmul_peak_tflops": ctx["peak_flops"] / 1e12,
+        "load_average_1m_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "versions": _versions(),
+        "rows": [asdict(r) for r in rows],
+        "ratios": ratios,
+        "targets": targets,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    configs = _selected(args.only)
+    if not configs:
+        raise SystemExit(f"--only {args.only!r} selects no configuration")
+    with tempfile.TemporaryDirectory(prefix="feedalign-throughput-") as tmp:
+        ctx = _context(args, tmp)
+        results: dict[str, list[Any]] = {f"{c.framework}/{c.loss}/{c.name}": [] for c in configs}
+        index = 0
+        for _ in range(args.repeats):
+            for cfg in configs:
+                print(f"[throughput] running {cfg.framework} {cfg.loss} {cfg.name}", file=sys.stderr, flush=True)
+                results[f"{cfg.framework}/{cfg.loss}/{cfg.name}"].append(_run_one(cfg, ctx, tmp, index))
+                index += 1
+        rows = [_summarise(c, results[f"{c.framework}/{c.loss}/{c.name}"], ctx) for c in configs]
+    report = _report(args, ctx, rows)
+    print(format_table(rows))
+    for target in report["targets"]:
+        print(f"{target['name']}: {target['ratio']:.2f}x (target {target['target_ratio']}x) met={target['met']}")
+    print(json.dumps(report, indent=1))
+    if not args.no_write:
+        out = Path(args.out) if args.out else RESULTS_DIR / f"{report['date']}-{report['device']}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

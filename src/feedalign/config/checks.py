@@ -1,0 +1,141 @@
+"""Checks that look at the world, run before any training starts.
+
+Each failure is a :class:`ConfigError` naming the config key and what was expected, so a run
+never dies an hour in because of a typo in a path or a loss name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from feedalign.config.errors import ConfigError
+from feedalign.config.schema import Config, DataSourceConfig
+
+# "org/name" or "name" (letters, digits, - _ .); local paths are anything else.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+_POLICY_KINDS = ("pair", "unpaired", "sequence")
+
+
+@dataclass(frozen=True)
+class CheckedSource:
+    """A data source with its loss spec and fully resolved hyperparameters."""
+
+    name: str
+    config: DataSourceConfig
+    spec: Any  # feedalign.losses.LossSpec
+    hparams: dict[str, Any]
+
+
+def check_config(
+    config: Config,
+    *,
+    resume: bool = False,
+    model_given: bool = False,
+    in_memory: Collection[str] = (),
+) -> list[CheckedSource]:
+    """Validate ``config`` against the file system and the loss registry.
+
+    Args:
+        resume: the run continues from a checkpoint in ``train.output_dir``.
+        model_given: a model object is passed to ``train``, so ``model.path`` may be unset.
+        in_memory: names of sources whose records are passed to ``train`` directly.
+
+    Returns the sources with their loss specs and resolved hyperparameters.
+    """
+    check_output_dir(config, resume=resume)
+    if not model_given:
+        check_model_path(config.model.path, "model.path")
+        if config.model.tokenizer is not None:
+            check_model_path(config.model.tokenizer, "model.tokenizer")
+    checked = []
+    for index, (name, source) in enumerate(zip(config.source_names, config.data)):
+        prefix = f"data.{index}"
+        if name not in in_memory:
+            check_data_paths(source, prefix)
+        spec, hparams = check_loss(source, prefix)
+        if spec.needs_reference and config.reference.strategy == "none":
+            raise ConfigError(
+                f"loss '{spec.name}' needs reference log-probs; set reference.strategy to "
+                "copy, adapter or cached",
+                key="reference.strategy",
+            )
+        checked.append(CheckedSource(name=name, config=source, spec=spec, hparams=hparams))
+    return checked
+
+
+def check_output_dir(config: Config, *, resume: bool) -> None:
+    out = Path(config.train.output_dir).expanduser()
+    key = "train.output_dir"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_probe_{os.getpid()}"
+        probe.write_text("ok", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot create or write '{out}': {exc.strerror or exc}", key=key) from None
+    has_checkpoints = any(p.is_dir() and p.name.startswith("step-") for p in out.iterdir())
+    if has_checkpoints and not resume and not config.train.overwrite_output_dir:
+        raise ConfigError(
+            f"'{out}' already holds checkpoints of an earlier run; pass --resume to continue "
+            "it, set train.overwrite_output_dir=true to start over, or pick another directory",
+            key=key,
+        )
+
+
+def check_model_path(path: str | None, key: str) -> None:
+    if path is None:
+        raise ConfigError("is required (a local model directory or a hub id)", key=key)
+    local = Path(path).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ConfigError(f"'{path}' is a file; expected a model directory", key=key)
+        return
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or "\\" in path
+    if looks_local or not _HUB_ID.match(path):
+        raise ConfigError(f"'{path}' does not exist and does not look like a hub id", key=key)
+
+
+def check_data_paths(source: DataSourceConfig, prefix: str) -> None:
+    if not source.paths:
+        raise ConfigError(
+            "is required (a data file or dataset directory) unless the records are passed "
+            "to train(records={name: ...})",
+            key=f"{prefix}.path",
+        )
+    for i, path in enumerate(source.paths):
+        key = f"{prefix}.path" if isinstance(source.path, str) else f"{prefix}.path.{i}"
+        if not Path(path).expanduser().exists():
+            raise ConfigError(f"file not found: '{path}'", key=key)
+
+
+def check_loss(source: DataSourceConfig, prefix: str) -> tuple[Any, dict[str, Any]]:
+    from feedalign.losses import get_loss
+
+    key = f"{prefix}.loss"
+    try:
+        spec = get_loss(source.loss)
+    except KeyError as exc:
+        raise ConfigError(str(exc.args[0]), key=key) from None
+    if spec.feedback not in _POLICY_KINDS:
+        raise ConfigError(
+            f"'{spec.name}' is a reward-model loss (feedback '{spec.feedback}'); the policy "
+            "trainer takes pair, unpaired or sequence losses. Train reward models with "
+            "`feedalign rm train`.",
+            key=key,
+        )
+    if source.pairing == "discordant" and spec.feedback != "pair":
+        raise ConfigError(
+            f"pairing 'discordant' makes pairs, but loss '{spec.name}' takes "
+            f"'{spec.feedback}' feedback",
+            key=f"{prefix}.pairing",
+        )
+    try:
+        hparams = spec.resolve_hparams(source.hparams)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=f"{prefix}.hparams") from None
+    return spec, hparams

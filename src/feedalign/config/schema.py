@@ -1,0 +1,248 @@
+"""Training configuration: one frozen dataclass per component, validated on construction.
+
+Only value ranges and choices are checked here (no file system, no imports of torch or the
+loss registry); :func:`feedalign.config.checks.check_config` does the checks that look at the
+world (paths, loss names, hyperparameters) just before training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from feedalign.config.errors import ConfigError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+REFERENCE_STRATEGIES = ("copy", "adapter", "cached", "none")
+PAIRINGS = ("discordant",)
+RECORD_KINDS = ("pair", "labeled", "positive", "negative")
+SCHEDULERS = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw",)
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+ON_INVALID = ("error", "quarantine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _require(ok: bool, key: str, detail: str) -> None:
+    if not ok:
+        raise ConfigError(detail, key=key)
+
+
+def _choice(value: Any, choices: tuple[str, ...], key: str) -> None:
+    _require(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapter settings (peft). ``target_modules`` None lets peft pick per architecture."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.r >= 1, "r", f"must be >= 1, got {self.r}")
+        _require(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The policy to train. ``path`` is a local directory or a hub id; ``tokenizer`` defaults
+    to ``path``."""
+
+    path: str | None = None
+    tokenizer: str | None = None
+    dtype: str = "auto"
+    lora: LoraConfig | None = None
+    gradient_checkpointing: bool = False
+    attn_implementation: str | None = None
+
+    def __post_init__(self) -> None:
+        _choice(self.dtype, DTYPES, "dtype")
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """Where reference log-probs come from: a frozen ``copy`` of the initial policy, the
+    policy with its LoRA ``adapter`` disabled, a ``cached`` precomputation in ``cache_dir``,
+    or ``none`` (only for losses that need no reference)."""
+
+    strategy: str = "copy"
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _choice(self.strategy, REFERENCE_STRATEGIES, "strategy")
+        if self.strategy == "cached":
+            _require(self.cache_dir is not None, "cache_dir", "is required for strategy 'cached'")
+
+
+@dataclass(frozen=True)
+class MarginsConfig:
+    """Margin rewards of the other objectives for MODPO (state ``margins``).
+
+    ``kind`` selects a margin source; ``callable`` imports ``target`` ("module:function"),
+    a function ``(prompts, completions) -> Tensor [B, m-1]``. ``options`` go to the source.
+    """
+
+    kind: str = "callable"
+    target: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind == "callable":
+            ok = isinstance(self.target, str) and self.target.count(":") == 1
+            detail = f"must look like 'package.module:function', got {self.target!r}"
+            _require(ok, "target", detail)
+
+
+@dataclass(frozen=True)
+class DataSourceConfig:
+    """One data source: records trained with one loss and one weight.
+
+    ``path`` is a file / dataset dir (or a list of them) for
+    :func:`feedalign.data.loaders.load_records`; it may be None when the records are passed
+    to ``train(..., records={name: ...})``. ``objective`` keeps only records of that
+    objective (records without one are kept and assigned to it). ``pairing: discordant``
+    turns labeled records into pairs (one up-vote and one down-vote for the same prompt) for
+    pair losses. ``kind`` forces the row layout for the loader (e.g. ``positive`` for a file
+    of demonstrations without labels).
+    """
+
+    loss: str
+    path: str | tuple[str, ...] | None = None
+    name: str | None = None
+    weight: float = 1.0
+    objective: str | None = None
+    hparams: dict[str, Any] = field(default_factory=dict)
+    pairing: str | None = None
+    kind: str | None = None
+    max_length: int = 512
+    margins: MarginsConfig | None = None
+
+    def __post_init__(self) -> None:
+        _require(bool(self.loss), "loss", "must name a registered loss")
+        _require(self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")
+        _require(self.max_length >= 2, "max_length", f"must be >= 2, got {self.max_length}")
+        if self.pairing is not None:
+            _choice(self.pairing, PAIRINGS, "pairing")
+        if self.kind is not None:
+            _choice(self.kind, RECORD_KINDS, "kind")
+        if self.name is not None:
+            ok = bool(self.name) and "/" not in self.name and not self.name.startswith(".")
+            _require(ok, "name", f"must be a plain name without '/', got {self.name!r}")
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        if self.path is None:
+            return ()
+        return (self.path,) if isinstance(self.path, str) else tuple(self.path)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, evaluation, checkpointing and logging settings.
+
+    Steps: ``max_steps`` optimizer steps if set, else ``epochs`` passes over the LARGEST
+    source (smaller sources cycle). Each optimizer step takes ``grad_accum`` micro-steps;
+    each micro-step draws ``micro_batch_size`` examples from EVERY source.
+    """
+
+    output_dir: str
+    seed: int = 0
+    lr: float = 1e-5
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    scheduler: str = "constant"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    micro_batch_size: int = 4
+    grad_accum: int = 1
+    max_steps: int | None = None
+    epochs: float = 1.0
+    max_grad_norm: float | None = 1.0
+    eval_fraction: float = 0.0
+    eval_every: int = 0
+    eval_batch_size: int | None = None
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    log_with: tuple[str, ...] = ()
+    on_invalid: str = "error"
+    precision: str = "auto"
+    logps_chunk_size: int = 1024
+    cpu: bool = False
+    overwrite_output_dir: bool = False
+
+    def __post_init__(self) -> None:
+        _require(bool(self.output_dir), "output_dir", "must be a directory path")
+        _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _choice(self.optimizer, OPTIMIZERS, "optimizer")
+        decay = self.weight_decay
+        _require(decay >= 0, "weight_decay", f"must be >= 0, got {decay}")
+        ok = len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas)
+        _require(ok, "adam_betas", f"must be two numbers in [0, 1), got {self.adam_betas}")
+        _require(self.adam_eps > 0, "adam_eps", f"must be > 0, got {self.adam_eps}")
+        _choice(self.scheduler, SCHEDULERS, "scheduler")
+        warmup = self.warmup_steps
+        _require(warmup >= 0, "warmup_steps", f"must be >= 0, got {warmup}")
+        ratio = self.warmup_ratio
+        _require(0 <= ratio < 1, "warmup_ratio", f"must be in [0, 1), got {ratio}")
+        for key in ("micro_batch_size", "grad_accum", "log_every", "logps_chunk_size"):
+            _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        if self.max_steps is not None:
+            _require(self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
+        _require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        if self.max_grad_norm is not None:
+            norm = self.max_grad_norm
+            _require(norm > 0, "max_grad_norm", f"must be > 0 or null, got {norm}")
+        frac = self.eval_fraction
+        _require(0 <= frac < 1, "eval_fraction", f"must be in [0, 1), got {frac}")
+        for key in ("eval_every", "save_every", "keep_checkpoints"):
+            value = getattr(self, key)
+            _require(value >= 0, key, f"must be >= 0 (0 = off / keep all), got {value}")
+        if self.eval_batch_size is not None:
+            size = self.eval_batch_size
+            _require(size >= 1, "eval_batch_size", f"must be >= 1, got {size}")
+        for tracker in self.log_with:
+            _choice(tracker, TRACKERS, "log_with")
+        _choice(self.on_invalid, ON_INVALID, "on_invalid")
+        _choice(self.precision, PRECISIONS, "precision")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole training run: ``model``, ``reference``, ``data`` sources and ``train``."""
+
+    model: ModelConfig
+    data: tuple[DataSourceConfig, ...]
+    train: TrainConfig
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+
+    def __post_init__(self) -> None:
+        _require(len(self.data) >= 1, "data", "needs at least one data source")
+        names = self.source_names
+        for i, name in enumerate(names):
+            unique = names.index(name) == i
+            _require(unique, f"data.{i}.name", f"duplicate source name {name!r}; name each source")
+        if self.reference.strategy == "adapter":
+            detail = "'adapter' needs model.lora (the reference is the policy, adapter disabled)"
+            _require(self.model.lora is not None, "reference.strategy", detail)
+
+    @property
+    def source_names(self) -> list[str]:
+        """Source names: ``name`` if given, else ``<loss>`` (``<loss>_<index>`` when a loss
+        is used by several unnamed sources)."""
+        counts: dict[str, int] = {}
+        for source in self.data:
+            counts[source.loss] = counts.get(source.loss, 0) + 1
+        names = []
+        for i, source in enumerate(self.data):
+            if source.name is not None:
+                names.append(source.name)
+            else:
+                names.append(source.loss if counts[source.loss] == 1 else f"{source.loss}_{i}")
+        return names

@@ -1,0 +1,375 @@
+"""One steerable model from one run: weight-conditioned MODPO, plus rewarded soups of adapters.
+
+Steering by conditioning. Every training example gets its own weight vector ``w`` (drawn
+uniformly from the simplex, seeded, rounded to a grid); ``w`` is written in front of the
+prompt and the example's MODPO loss uses that same ``w``: per-example ``weight = w_k`` [B] and
+``margin_weights = w_{-k}`` [B, m-1]. For every conditioning value the population minimiser is
+then MODPO's target for that ``w``,
+``pi*_w(y | x) ∝ pi_ref(y | x) * exp(w . r(x, y) / beta)`` (shared/ALGORITHMS.md 1, 10), so one
+model learns the whole family and is steered at inference by choosing the prefix.
+
+Prefix format (documented, parseable, one per weight vector on the grid):
+  * ``render="text"``:   ``<w 0.30 0.70> `` + prompt: weights in objective order with the
+    fewest decimals that write every grid value exactly. For tokenizers that can spell digits
+    (BPE, byte-level).
+  * ``render="tokens"``: ``<w:0.30> <w:0.70> `` + prompt, where each ``<w:v>`` is ONE added token
+    (``grid + 1`` tokens, see :meth:`SteeringSpec.prepare`). For closed-vocabulary tokenizers
+    (e.g. the synthetic task's word-level one), where digits would become ``<unk>``.
+:meth:`SteeringSpec.check_tokenizer` verifies that every grid value survives tokenisation
+(no unknown tokens, all prefixes encode differently).
+
+With ``trained`` set (MODPO's objective k, whose pairs are trained), weights keep
+``w_k >= min_weight`` (default one grid step): MODPO divides by ``w_k``. At inference a
+request such as ``w = (0, 1)`` is served with the nearest trainable weight, ``(0.05, 0.95)``
+for ``grid = 20``; :meth:`SteeringSpec.snap` says which.
+
+Rewarded soups (ALGORITHMS 12.1): :func:`soup_lora_adapters` merges every per-objective LoRA
+adapter into its own copy of the shared base (``W + scaling * B A``), then averages the merged
+weights with :func:`feedalign.multiobjective.soups.interpolate_state_dicts`; the factors A, B
+are never averaged.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from feedalign.multiobjective.weights import sample_simplex, validate_weights
+
+__all__ = [
+    "SteeringSpec",
+    "load_spec",
+    "save_spec",
+    "sample_weights",
+    "condition_prompt",
+    "per_example_hparams",
+    "generate_steered",
+    "soup_lora_adapters",
+    "SoupPolicy",
+    "SPEC_FILE",
+]
+
+SPEC_FILE = "steering.json"
+RENDERS = ("text", "tokens")
+_TEXT_PREFIX = re.compile(r"^<w((?: [0-9.]+)+)> ")
+_TOKEN_PREFIX = re.compile(r"^((?:<w:[0-9.]+> )+)")
+
+
+def _decimals(grid: int) -> int:
+    for d in range(7):
+        if all(round(round(level / grid, d) * grid) == level and abs(round(level / grid, d) * grid - level) < 1e-9
+               for level in range(grid + 1)):
+            return d
+    return 4
+
+
+@dataclass(frozen=True)
+class SteeringSpec:
+    """How weights are drawn, rounded, rendered and turned into loss hyperparameters.
+
+    Args:
+        objectives: objective names; ``w[j]`` weighs ``objectives[j]``.
+        trained: the objective whose pairs MODPO trains (k); None leaves weights unrestricted.
+        beta: the MODPO beta (recorded for evaluation and inference).
+        grid: weights are multiples of ``1 / grid``.
+        seed: seeds the per-example weight draws.
+        render: ``"text"`` or ``"tokens"`` (see the module docstring).
+        min_weight: lower bound on ``w_k`` for the trained objective (default ``1 / grid``).
+    """
+
+    objectives: tuple[str, ...]
+    trained: str | None = None
+    beta: float = 0.1
+    grid: int = 20
+    seed: int = 0
+    render: str = "text"
+    min_weight: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objectives", tuple(self.objectives))
+        if len(self.objectives) < 2 or len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"SteeringSpec: needs >= 2 distinct objectives, got {list(self.objectives)}")
+        if self.trained is not None and self.trained not in self.objectives:
+            raise ValueError(f"SteeringSpec: trained={self.trained!r} is not one of {list(self.objectives)}")
+        if not isinstance(self.grid, int) or self.grid < 1:
+            raise ValueError(f"SteeringSpec: grid must be an int >= 1, got {self.grid!r}")
+        if self.render not in RENDERS:
+            raise ValueError(f"SteeringSpec: render={self.render!r}; expected one of {RENDERS}")
+        if self.beta <= 0:
+            raise ValueError(f"SteeringSpec: beta must be > 0, got {self.beta}")
+        if self.min_weight is not None and not 0 <= self.min_weight <= 1:
+            raise ValueError(f"SteeringSpec: min_weight must be in [0, 1], got {self.min_weight}")
+
+    # ----------------------------------------------------------------- weights
+    @property
+    def m(self) -> int:
+        return len(self.objectives)
+
+    @property
+    def k(self) -> int | None:
+        return None if self.trained is None else self.objectives.index(self.trained)
+
+    @property
+    def min_level(self) -> int:
+        if self.k is None:
+            return 0
+        bound = 1.0 / self.grid if self.min_weight is None else self.min_weight
+        return min(self.grid, int(np.ceil(bound * self.grid - 1e-9)))
+
+    def levels(self, w: Any) -> np.ndarray:
+        """Integer grid levels ``[..., m]`` summing to ``grid``: largest-remainder rounding,
+        then ``w_k`` raised to ``min_weight`` by taking from the largest other weights."""
+        arr = validate_weights(w, self.m, name="steering weights", atol=1e-4)
+        rows = np.atleast_2d(arr) * self.grid
+        out = np.floor(rows + 1e-9).astype(np.int64)
+        for row, scaled in zip(out, rows):
+            short = self.grid - int(row.sum())
+            order = np.argsort(-(scaled - row), kind="stable")
+            row[order[:short]] += 1
+            if self.k is not None and row[self.k] < self.min_level:
+                for _ in range(self.min_level - row[self.k]):
+                    others = [j for j in range(self.m) if j != self.k]
+                    donor = max(others, key=lambda j: row[j])
+                    row[donor] -= 1
+                    row[self.k] += 1
+        return out if arr.ndim == 2 else out[0]
+
+    def snap(self, w: Any) -> np.ndarray:
+        """The trainable grid weight nearest to ``w`` (same shape)."""
+        return self.levels(w) / self.grid
+
+    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+        """``n`` weights ``[n, m]``: uniform on the simplex, then snapped."""
+        if n == 0:
+            return np.zeros((0, self.m))
+        return self.snap(sample_simplex(self.m, n, self.seed if seed is None else seed))
+
+    def weights_for(self, example_ids: Sequence[str], draw: int = 0) -> np.ndarray:
+        """One weight per example id ``[n, m]``, a function of (seed, id, draw) only, so it
+        does not depend on batch composition or order (resumable, shardable)."""
+        out = np.zeros((len(example_ids), self.m))
+        for i, ex_id in enumerate(example_ids):
+            digest = hashlib.sha256(f"{self.seed}|{draw}|{ex_id}".encode()).digest()
+            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+            out[i] = self.snap(sample_simplex(self.m, 1, rng)[0])
+        return out
+
+    # ---------------------------------------------------------------- rendering
+    @property
+    def decimals(self) -> int:
+        return _decimals(self.grid)
+
+    def _value(self, level: int) -> str:
+        return f"{level / self.grid:.{self.decimals}f}"
+
+    def level_tokens(self) -> list[str]:
+        """The ``grid + 1`` added tokens of ``render="tokens"``."""
+        return [f"<w:{self._value(level)}>" for level in range(self.grid + 1)]
+
+    def prefix(self, w: Any) -> str:
+        """The conditioning prefix for one weight vector (snapped), trailing space included."""
+        levels = self.levels(np.asarray(w, dtype=np.float64).reshape(-1))
+        if self.render == "text":
+            return "<w " + " ".join(self._value(int(v)) for v in levels) + "> "
+        return "".join(f"<w:{self._value(int(v))}> " for v in levels)
+
+    def condition_prompt(self, prompt: str, w: Any) -> str:
+        return self.prefix(w) + prompt
+
+    def parse_prompt(self, prompt: str) -> tuple[np.ndarray | None, str]:
+        """``(w, original prompt)``; ``w`` is None when the prompt carries no prefix."""
+        if self.render == "text":
+            match = _TEXT_PREFIX.match(prompt)
+            values = match.group(1).split() if match else []
+        else:
+            match = _TOKEN_PREFIX.match(prompt)
+            values = re.findall(r"<w:([0-9.]+)>", match.group(1)) if match else []
+        if not match:
+            return None, prompt
+        if len(values) != self.m:
+            raise ValueError(f"steering prefix {match.group(0)!r} has {len(values)} weights; expected {self.m}")
+        levels = np.array([round(float(v) * self.grid) for v in values])
+        return levels / self.grid, prompt[match.end():]
+
+    def strip_prompt(self, prompt: str) -> str:
+        return self.parse_prompt(prompt)[1]
+
+    # ----------------------------------------------------------------- training
+    def per_example_hparams(self, ws: Any, k: int | None = None, *, device: Any = None) -> dict[str, torch.Tensor]:
+        """MODPO's per-example ``weight`` [B] (= w_k) and ``margin_weights`` [B, m-1] (= w_{-k},
+        the other objectives in order, matching the margin columns)."""
+        k = self.k if k is None else k
+        if k is None:
+            raise ValueError("per_example_hparams: set SteeringSpec.trained (or pass k)")
+        arr = torch.as_tensor(np.atleast_2d(np.asarray(ws, dtype=np.float64)), dtype=torch.float32, device=device)
+        others = [j for j in range(self.m) if j != k]
+        return {"weight": arr[:, k].contiguous(), "margin_weights": arr[:, others].contiguous()}
+
+    def hparams_for_prompts(self, prompts: Sequence[str], *, device: Any = None) -> dict[str, torch.Tensor]:
+        """Per-example hparams read back from conditioned prompts (each must carry a prefix)."""
+        ws = []
+        for i, prompt in enumerate(prompts):
+            w, _ = self.parse_prompt(prompt)
+            if w is None:
+                raise ValueError(f"hparams_for_prompts: prompt {i} carries no steering prefix: {prompt[:60]!r}")
+            ws.append(w)
+        return self.per_example_hparams(np.stack(ws) if ws else np.zeros((0, self.m)), device=device)
+
+    def condition_records(self, records: Sequence[Any], draw: int = 0) -> tuple[list[Any], np.ndarray]:
+        """Records with conditioned prompts (ids kept) and their weights ``[n, m]``."""
+        ws = self.weights_for([r.id for r in records], draw)
+        out = [dataclasses.replace(r, prompt=self.condition_prompt(r.prompt, w)) for r, w in zip(records, ws)]
+        return out, ws
+
+    def prepare(self, tokenizer: Any, model: Any = None) -> int:
+        """For ``render="tokens"``: add the level tokens to ``tokenizer`` and grow ``model``'s
+        embeddings (new rows = mean of the old ones). Returns the number of tokens added."""
+        if self.render != "tokens":
+            return 0
+        added = tokenizer.add_tokens(self.level_tokens())
+        if added and model is not None:
+            old = model.get_input_embeddings().weight.shape[0]
+            model.resize_token_embeddings(len(tokenizer))
+            with torch.no_grad():
+                for emb in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
+                    if emb.weight.shape[0] > old:
+                        emb.weight[old:] = emb.weight[:old].mean(0, keepdim=True)
+        return added
+
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        """Raise unless every grid value's prefix tokenises without ``<unk>`` and distinctly."""
+        unk = getattr(tokenizer, "unk_token_id", None)
+        seen: dict[tuple[int, ...], int] = {}
+        for level in range(self.grid + 1):
+            w = np.zeros(self.m)
+            w[0], w[1] = level / self.grid, 1 - level / self.grid
+            ids = tuple(tokenizer(self.prefix(w), add_special_tokens=False)["input_ids"])
+            if unk is not None and unk in ids or ids in seen:
+                hint = "use render: tokens (and SteeringSpec.prepare)" if self.render == "text" else "call SteeringSpec.prepare first"
+                raise ValueError(
+                    f"steering prefix {self.prefix(w)!r} does not survive this tokenizer "
+                    f"({'unknown tokens' if unk in ids else 'same ids as another weight'}); {hint}")
+            seen[ids] = level
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "feedalign.steering", "version": 1, **dataclasses.asdict(self)}
+
+
+def save_spec(spec: SteeringSpec, directory: str | os.PathLike[str]) -> Path:
+    """Write ``steering.json`` next to a steerable model."""
+    path = Path(directory) / SPEC_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spec.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_spec(directory_or_file: str | os.PathLike[str]) -> SteeringSpec:
+    """Read ``steering.json`` (a model directory or the file itself)."""
+    path = Path(directory_or_file)
+    path = path / SPEC_FILE if path.is_dir() else path
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found; a steerable model directory holds {SPEC_FILE}") from None
+    if raw.pop("format", None) != "feedalign.steering":
+        raise ValueError(f"{path}: field 'format' must be 'feedalign.steering'")
+    raw.pop("version", None)
+    names = {f.name for f in dataclasses.fields(SteeringSpec)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ValueError(f"{path}: unknown fields {unknown}; valid: {sorted(names)}")
+    return SteeringSpec(**raw)
+
+
+def sample_weights(n: int, m: int, seed: int = 0, *, grid: int | None = None) -> np.ndarray:
+    """``n`` weights ``[n, m]`` uniform on the simplex (rounded to ``1/grid`` if given)."""
+    ws = sample_simplex(m, n, seed)
+    if grid is None:
+        return ws
+    return SteeringSpec(objectives=tuple(f"o{j}" for j in range(max(m, 2))), grid=grid).snap(ws) if m >= 2 else ws
+
+
+def condition_prompt(prompt: str, w: Any, spec: SteeringSpec) -> str:
+    return spec.condition_prompt(prompt, w)
+
+
+def per_example_hparams(ws: Any, k: int, spec: SteeringSpec | None = None) -> dict[str, torch.Tensor]:
+    """MODPO's per-example ``weight`` and ``margin_weights`` for weights ``ws [B, m]``."""
+    arr = np.atleast_2d(np.asarray(ws, dtype=np.float64))
+    spec = spec or SteeringSpec(objectives=tuple(f"o{j}" for j in range(arr.shape[1])))
+    return spec.per_example_hparams(arr, k)
+
+
+def generate_steered(model: Any, tokenizer: Any, spec: SteeringSpec, prompts: Sequence[str], w: Any, **kwargs: Any) -> list[str]:
+    """Sample completions of ``prompts`` conditioned on weight ``w`` (snapped to the grid)."""
+    from feedalign.policies.hf import generate
+
+    return generate(model, tokenizer, [spec.condition_prompt(p, w) for p in prompts], **kwargs)
+
+
+# --------------------------------------------------------------------------- soups
+
+
+def _merged_state_dict(base: Any, adapter_dir: str) -> dict[str, torch.Tensor]:
+    from peft import PeftModel
+
+    merged = PeftModel.from_pretrained(copy.deepcopy(base), adapter_dir).merge_and_unload()
+    return {k: v.detach() for k, v in merged.state_dict().items()}
+
+
+def soup_lora_adapters(base: Any, adapter_dirs: Sequence[str | os.PathLike[str]], weights: Any) -> Any:
+    """``sum_i weights[i] * (W + Delta W_i)``: each adapter merged into a copy of ``base``,
+    then the merged weights averaged (never the LoRA factors). Streams: at most three full
+    state dicts exist at once. Returns a new model; ``base`` is left unchanged.
+
+    Args:
+        base: the shared base causal LM (the adapters' initialisation).
+        adapter_dirs: ``N`` saved peft LoRA adapters, one per objective.
+        weights: ``[N]`` on the simplex.
+    """
+    from feedalign.multiobjective.soups import interpolate_state_dicts
+
+    lam = validate_weights(weights, len(adapter_dirs), name="soup weights")
+    acc: dict[str, torch.Tensor] | None = None
+    total = 0.0
+    for coef, adapter in zip(lam.tolist(), adapter_dirs):
+        if coef == 0.0:
+            continue
+        merged = _merged_state_dict(base, os.fspath(adapter))
+        total += coef
+        if acc is None:
+            acc = merged
+        else:  # running weighted mean: acc_i = (S_{i-1} acc_{i-1} + c_i sd_i) / S_i
+            acc = interpolate_state_dicts([acc, merged], [1.0 - coef / total, coef / total])
+    model = copy.deepcopy(base)
+    model.load_state_dict(acc)
+    return model
+
+
+class SoupPolicy:
+    """A rewarded soup of per-objective LoRA adapters: ``model_for(w)`` builds the merged model
+    for a weight vector (adapters in objective order)."""
+
+    def __init__(self, base: Any, adapter_dirs: Mapping[str, str] | Sequence[str], objectives: Sequence[str] | None = None):
+        if isinstance(adapter_dirs, Mapping):
+            objectives = list(objectives or adapter_dirs)
+            missing = [o for o in objectives if o not in adapter_dirs]
+            if missing:
+                raise ValueError(f"SoupPolicy: no adapter for objectives {missing}")
+            adapter_dirs = [adapter_dirs[o] for o in objectives]
+        self.base, self.adapter_dirs = base, [os.fspath(a) for a in adapter_dirs]
+        self.objectives = list(objectives or [f"objective_{i}" for i in range(len(self.adapter_dirs))])
+
+    def model_for(self, w: Any) -> Any:
+        return soup_lora_adapters(self.base, self.adapter_dirs, w)

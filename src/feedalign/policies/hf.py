@@ -1,0 +1,408 @@
+"""Hugging Face causal LMs as policies: loading, per-sequence log-probs, generation.
+
+``sequence_logps`` is the workhorse of every trainer: the sum over completion tokens of
+``log pi(y_t | x, y_<t)`` per sequence, in fp32, differentiable. It runs the transformer
+body once, keeps only the hidden states that predict completion tokens (the log-prob of
+token ``t`` comes from the hidden state at ``t - 1``), and evaluates the vocabulary
+log-softmax over those rows in chunks (see ``chunked_logps``), so a full ``[B, T, V]``
+logits tensor never exists. ``naive_sequence_logps`` is the straightforward
+``model(...).logits`` version, kept as the reference for tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from feedalign.data.collate import encode_prompt
+from feedalign.policies.chunked_logps import linear_target_logps, module_target_logps
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+_LORA_KEYS = ("r", "alpha", "dropout", "target_modules", "bias", "modules_to_save", "use_rslora")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _resolve_source(path_or_id: str | os.PathLike[str], caller: str) -> str:
+    """Return the string to hand to ``from_pretrained``; fail early on a missing local path."""
+    text = os.fspath(path_or_id)
+    if os.path.exists(text):
+        return text
+    looks_local = (
+        not isinstance(path_or_id, str)
+        or text.startswith(("/", ".", "~"))
+        or "\\" in text
+        or ".." in text
+        or not _HUB_ID.match(text)
+    )
+    if looks_local:
+        raise FileNotFoundError(
+            f"{caller}: {text!r} does not exist and is not a Hugging Face hub id "
+            "(expected an existing local directory or 'owner/name')"
+        )
+    return text
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """"auto" -> bfloat16 on a CUDA device that supports it, else float32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; expected 'auto' or one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _lora_config(lora: dict[str, Any]) -> Any:
+    from peft import LoraConfig
+
+    unknown = sorted(set(lora) - set(_LORA_KEYS))
+    if unknown:
+        raise ValueError(f"lora: unknown keys {unknown}; valid keys are {list(_LORA_KEYS)}")
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=int(lora.get("r", 8)),
+        lora_alpha=float(lora.get("alpha", 16)),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=lora.get("target_modules", "all-linear"),
+        bias=lora.get("bias", "none"),
+        modules_to_save=lora.get("modules_to_save"),
+        use_rslora=bool(lora.get("use_rslora", False)),
+    )
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Non-reentrant activation checkpointing (works with frozen inputs, e.g. LoRA)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
+
+
+def load_causal_lm(
+    path_or_id: str | os.PathLike[str],
+    *,
+    dtype: str | torch.dtype = "auto",
+    lora: dict[str, Any] | None = None,
+    gradient_checkpointing: bool = False,
+    attn_implementation: str | None = None,
+) -> Any:
+    """Load a causal LM from a local directory or a hub id, optionally wrapped with LoRA.
+
+    Args:
+        dtype: "auto" (bf16 on a bf16-capable GPU, else fp32), "float32", "bfloat16",
+            "float16" or a torch.dtype.
+        lora: None for full fine-tuning, or a dict with keys r (8), alpha (16), dropout (0.0),
+            target_modules ("all-linear"), bias ("none"), modules_to_save, use_rslora.
+        gradient_checkpointing: enable (non-reentrant) activation checkpointing.
+        attn_implementation: e.g. "eager", "sdpa", "flash_attention_2"; None = default.
+
+    Raises:
+        FileNotFoundError: the path does not exist and is not a plausible hub id (checked
+            before anything is imported or loaded).
+    """
+    source = _resolve_source(path_or_id, "load_causal_lm")
+    torch_dtype = resolve_dtype(dtype)
+    lora_config = _lora_config(lora) if lora is not None else None
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {}
+    dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    kwargs[dtype_key] = torch_dtype
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if lora_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config)
+    return model
+
+
+def load_tokenizer(path_or_id: str | os.PathLike[str]) -> Any:
+    """Load a tokenizer; if it has no pad token, the EOS token is used for padding."""
+    source = _resolve_source(path_or_id, "load_tokenizer")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"load_tokenizer: {source!r} defines neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+
+def unwrap_model(model: Any) -> Any:
+    """The transformers ``*ForCausalLM`` inside a peft wrapper (LoRA layers stay injected)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _head_transform(config: Any) -> tuple[float, float | None]:
+    """(scale, softcap) applied to ``lm_head(h)`` by known architectures."""
+    scale = 1.0
+    if getattr(config, "logit_scale", None) is not None:  # Cohere
+        scale *= float(config.logit_scale)
+    if getattr(config, "logits_scaling", None) is not None:  # Granite
+        scale /= float(config.logits_scaling)
+    softcap = getattr(config, "final_logit_softcapping", None)  # Gemma 2/3
+    return scale, (float(softcap) if softcap else None)
+
+
+_HEAD_CHECKED: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def _head_logits_full(base: Any, hidden: torch.Tensor) -> torch.Tensor:
+    scale, softcap = _head_transform(base.config)
+    logits = base.get_output_embeddings()(hidden).float() * scale
+    return softcap * torch.tanh(logits / softcap) if softcap is not None else logits
+
+
+def _check_head(base: Any) -> None:
+    """Once per model: verify that backbone + LM head (+ known scaling) reproduces the
+    model's own logits, so unknown logit post-processing fails loudly instead of silently
+    giving wrong log-probs."""
+    if base in _HEAD_CHECKED:
+        return
+    param = next(base.parameters())
+    ids = (torch.arange(4, device=param.device) % base.config.vocab_size)[None]
+    training = {m: m.training for m in base.modules()}
+    base.eval()
+    try:
+        with torch.no_grad():
+            expected = base(input_ids=ids, use_cache=False).logits.float()
+            hidden = _backbone(base)(input_ids=ids, use_cache=False).last_hidden_state
+            got = _head_logits_full(base, hidden)
+    finally:
+        for module, mode in training.items():
+            module.training = mode
+    tol = (1e-4 if param.dtype == torch.float32 else 2e-2) * (1.0 + expected.abs().max().item())
+    if got.shape != expected.shape or (got - expected).abs().max().item() > tol:
+        raise NotImplementedError(
+            f"sequence_logps: {type(base).__name__} (model_type={base.config.model_type!r}) post-processes "
+            "its logits in a way this function does not reproduce; use naive_sequence_logps"
+        )
+    _HEAD_CHECKED[base] = True
+
+
+def _backbone(base: Any) -> Any:
+    decoder = base.get_decoder()
+    if decoder is base:
+        raise NotImplementedError(f"sequence_logps: cannot find the decoder body of {type(base).__name__}")
+    return decoder
+
+
+def _completion_token_logps(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    completion_mask: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probs of every completion token. Returns (logps [N] fp32, rows [N], cols [N]),
+    where (rows, cols + 1) index the scored tokens in ``input_ids``."""
+    if input_ids.shape != completion_mask.shape:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} and completion_mask {tuple(completion_mask.shape)} differ")
+    if completion_mask[:, 0].any():
+        raise ValueError("completion_mask[:, 0] must be 0: the first token has no context to be scored from")
+    if attention_mask is not None and attention_mask.dim() == 2 and (completion_mask.bool() & ~attention_mask.bool()).any():
+        raise ValueError("completion_mask marks tokens that attention_mask marks as padding")
+    base = unwrap_model(model)
+    _check_head(base)
+    hidden = _backbone(base)(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+    rows, cols = completion_mask[:, 1:].nonzero(as_tuple=True)
+    picked_hidden = hidden[:, :-1][rows, cols]
+    targets = input_ids[:, 1:][rows, cols]
+    scale, softcap = _head_transform(base.config)
+    head = base.get_output_embeddings()
+    if type(head) is torch.nn.Linear or type(head) is torch.nn.Embedding:
+        bias = getattr(head, "bias", None)
+        logps = linear_target_logps(
+            picked_hidden, head.weight, bias, targets, chunk_size=chunk_size, scale=scale, softcap=softcap
+        )
+    else:  # e.g. a LoRA-wrapped lm_head
+        logps = module_target_logps(picked_hidden, head, targets, chunk_size=chunk_size, scale=scale, softcap=softcap)
+    return logps, rows, cols
+
+
+def sequence_logps(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    completion_mask: torch.Tensor,
+    *,
+    chunk_size: int = 1024,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sum of completion-token log-probs per sequence, fp32, differentiable.
+
+    ``logp[b] = sum_t completion_mask[b, t] * log pi(input_ids[b, t] | input_ids[b, :t])``
+
+    Args:
+        model: a transformers causal LM, possibly peft-wrapped.
+        input_ids, completion_mask: ``[B, T]`` long; completion_mask[:, 0] must be 0.
+        attention_mask: ``[B, T]`` (1 = real token), a 4-D mask, or None.
+        chunk_size: tokens whose fp32 vocabulary logits exist at once.
+        position_ids: ``[B, T]`` or None.
+
+    Returns:
+        ``[B]`` fp32.
+    """
+    logps, rows, _ = _completion_token_logps(model, input_ids, attention_mask, completion_mask, position_ids, chunk_size)
+    out = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=logps.device)
+    return out.index_add(0, rows, logps)
+
+
+def packed_sequence_logps(
+    model: Any, packed: dict[str, torch.Tensor], *, chunk_size: int = 1024, explicit_mask: bool = False
+) -> torch.Tensor:
+    """``sequence_logps`` for a batch from ``collate.pack_examples``: one value per example.
+
+    By default no attention mask is passed, so transformers derives the block-diagonal causal
+    mask from the restarting ``position_ids`` (flash-attention, and eager/sdpa in transformers
+    5). ``explicit_mask=True`` passes ``collate.block_causal_mask`` instead (bool for sdpa,
+    additive for eager); it costs ``S^2`` memory and does not apply to flash-attention.
+
+    Returns:
+        ``[N]`` fp32, N = number of packed examples.
+    """
+    from feedalign.data.collate import block_causal_mask
+
+    attention_mask = None
+    if explicit_mask:
+        base = unwrap_model(model)
+        impl = getattr(base.config, "_attn_implementation", "eager")
+        if impl not in ("eager", "sdpa"):
+            raise ValueError(f"packed_sequence_logps: explicit_mask needs eager or sdpa attention, not {impl!r}")
+        dtype = torch.bool if impl == "sdpa" else next(base.parameters()).dtype
+        attention_mask = block_causal_mask(packed["segment_ids"], dtype=dtype)
+    logps, rows, cols = _completion_token_logps(
+        model, packed["input_ids"], attention_mask, packed["completion_mask"], packed["position_ids"], chunk_size
+    )
+    segments = packed["segment_ids"][:, 1:][rows, cols]
+    out = torch.zeros(int(packed["seq_lens"].numel()), dtype=torch.float32, device=logps.device)
+    return out.index_add(0, segments, logps)
+
+
+def batch_logps(model: Any, batch: dict[str, torch.Tensor], *, chunk_size: int = 1024) -> torch.Tensor:
+    """Per-example log-probs of a padded (``pad_batch``) or packed (``pack_examples``) batch."""
+    if "segment_ids" in batch:
+        return packed_sequence_logps(model, batch, chunk_size=chunk_size)
+    return sequence_logps(
+        model,
+        batch["input_ids"],
+        batch.get("attention_mask"),
+        batch["completion_mask"],
+        chunk_size=chunk_size,
+        position_ids=batch.get("position_ids"),
+    )
+
+
+def naive_sequence_logps(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    completion_mask: torch.Tensor,
+    *,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reference implementation: full ``[B, T, V]`` logits -> fp32 log_softmax -> gather ->
+    masked sum. Same contract as ``sequence_logps``; memory-hungry, for tests."""
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).logits.float()
+    token_logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return (token_logps * completion_mask[:, 1:].float()).sum(-1)
+
+
+def token_counts(completion_mask: torch.Tensor) -> torch.Tensor:
+    """Number of scored (completion) tokens per sequence, ``[B]`` long."""
+    return completion_mask.long().sum(-1)
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def _left_pad(encoded: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(e) for e in encoded)
+    ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], dtype=torch.long, device=device)
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], dtype=torch.long, device=device)
+    return ids, mask
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> list[str]:
+    """Sample one completion per prompt (text after the prompt, special tokens removed).
+
+    Prompts are encoded exactly as ``collate.tokenize_example`` encodes them and left-padded.
+    ``temperature == 0`` decodes greedily. Sampling is seeded per batch (``seed`` + index of
+    the batch's first prompt) inside a forked RNG, so results depend only on the arguments
+    and the global RNG state is left untouched. The model is put in eval mode and restored.
+    """
+    if not prompts:
+        return []
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    device = next(model.parameters()).device
+    sampling = temperature > 0
+    options: dict[str, Any] = {"do_sample": sampling, "max_new_tokens": max_new_tokens, "use_cache": True}
+    if sampling:
+        options.update(temperature=float(temperature), top_p=float(top_p), top_k=0)
+    was_training = model.training
+    model.eval()
+    texts: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
+            for offset, ids in enumerate(encoded):
+                if not ids:
+                    raise ValueError(f"generate: prompt {start + offset} encodes to no tokens and there is no BOS")
+            ids, mask = _left_pad(encoded, pad_id, device)
+            devices = [device] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                torch.manual_seed(seed + start)
+                out = model.generate(
+                    input_ids=ids, attention_mask=mask, pad_token_id=pad_id, eos_token_id=eos_id, **options
+                )
+            for row in out[:, ids.shape[1] :].tolist():
+                if eos_id is not None and eos_id in row:
+                    row = row[: row.index(eos_id)]
+                texts.append(tokenizer.decode(row, skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    return texts

@@ -1,0 +1,224 @@
+"""From feedback records to tokenised micro-batches, by the loss's feedback kind.
+
+* ``pair``      PairRecords (or labeled records turned into discordant pairs); a batch of B
+                pairs is ONE forward of 2B rows: the B chosen rows, then the B rejected rows.
+* ``unpaired``  LabeledRecords (a PairRecord becomes a thumbs-up and a thumbs-down row); B rows.
+* ``sequence``  positives only (thumbs-up completions, or the chosen side of pairs); B rows.
+
+The sampler is a seeded permutation per epoch and source; its position is part of the
+checkpoint, so a resumed run sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from feedalign.data.errors import FeedbackDataError
+from feedalign.data.records import LabeledRecord, PairRecord
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example. ``completion`` is the chosen side for pairs; ``rejected`` is set
+    only for pairs and ``label`` only for unpaired examples."""
+
+    id: str
+    prompt: str
+    completion: str
+    objective: str | None = None
+    label: bool | None = None
+    rejected: str | None = None
+    where: str = ""
+    tokens: dict[str, list[int]] | None = None
+    rejected_tokens: dict[str, list[int]] | None = None
+
+
+@dataclass
+class Batch:
+    """A collated micro-batch. Rows are examples, or chosen-then-rejected for pairs."""
+
+    examples: list[Example]
+    tensors: dict[str, torch.Tensor]  # input_ids, attention_mask, completion_mask [rows, T]
+    row_ids: list[str]
+    prompts: list[str]
+    completions: list[str]
+    lengths: torch.Tensor  # [rows] completion token counts
+    labels: torch.Tensor | None = None  # [B] bool, unpaired only
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.examples)
+
+    @property
+    def ids(self) -> list[str]:
+        return [ex.id for ex in self.examples]
+
+
+def examples_from_records(
+    records: Sequence[Any], feedback: str, *, source: str, pairing: str | None, seed: int
+) -> list[Example]:
+    """Turn records into examples for a loss taking ``feedback`` ("pair" | "unpaired" |
+    "sequence"). Raises FeedbackDataError when the records cannot feed that loss."""
+    pairs = [r for r in records if isinstance(r, PairRecord)]
+    labeled = [r for r in records if isinstance(r, LabeledRecord)]
+    other = [r for r in records if not isinstance(r, (PairRecord, LabeledRecord))]
+    if other:
+        first = other[0]
+        raise FeedbackDataError(
+            first.source or source,
+            f"source '{source}' holds {type(first).__name__}s; the trainer takes pairs or labeled "
+            "records (turn scores into labels or pairs first)",
+        )
+    if feedback == "pair":
+        if labeled and pairing == "discordant":
+            from feedalign.data.discordant import discordant_pairs
+
+            pairs = pairs + list(discordant_pairs(labeled, seed=seed))
+        elif labeled:
+            raise FeedbackDataError(
+                labeled[0].source or source,
+                f"source '{source}' uses a pair loss but holds labeled records; set "
+                "`pairing: discordant` to pair thumbs-up with thumbs-down answers to one prompt",
+            )
+        return [_pair_example(r) for r in pairs]
+    if feedback == "unpaired":
+        out = [_labeled_example(r) for r in labeled]
+        for r in pairs:
+            out.append(Example(f"{r.id}/chosen", r.prompt, r.chosen, r.objective, True, where=r.source))
+            out.append(Example(f"{r.id}/rejected", r.prompt, r.rejected, r.objective, False, where=r.source))
+        return out
+    if feedback == "sequence":
+        out = [_labeled_example(r) for r in labeled if r.label]
+        out += [Example(r.id, r.prompt, r.chosen, r.objective, where=r.source) for r in pairs]
+        return [replace(ex, label=None) for ex in out]
+    raise ValueError(f"feedback kind {feedback!r} is not trained by the policy trainer")
+
+
+def _pair_example(r: PairRecord) -> Example:
+    return Example(r.id, r.prompt, r.chosen, r.objective, rejected=r.rejected, where=r.source)
+
+
+def _labeled_example(r: LabeledRecord) -> Example:
+    return Example(r.id, r.prompt, r.completion, r.objective, label=bool(r.label), where=r.source)
+
+
+def tokenize_examples(examples: Sequence[Example], tokenizer: Any, max_length: int) -> list[Example]:
+    """Attach token ids to every example; a record that cannot be tokenised (nothing left to
+    score after truncation, ...) fails naming where it came from."""
+    from feedalign.data.collate import tokenize_example
+
+    out = []
+    for ex in examples:
+        try:
+            tokens = tokenize_example(tokenizer, ex.prompt, ex.completion, max_length, example_id=ex.id)
+            rejected = None
+            if ex.rejected is not None:
+                rejected = tokenize_example(tokenizer, ex.prompt, ex.rejected, max_length, example_id=ex.id)
+        except ValueError as exc:
+            raise FeedbackDataError(ex.where or ex.id, str(exc)) from None
+        out.append(replace(ex, tokens=tokens, rejected_tokens=rejected))
+    return out
+
+
+def split_eval(
+    examples: Sequence[Example], fraction: float, seed: int, *, stream: int = 0, min_eval: int = 1
+) -> tuple[list[Example], list[Example]]:
+    """Seeded held-out split: ``round(fraction * n)`` examples (at least ``min_eval`` when
+    fraction > 0) go to evaluation; the training examples keep their original order.
+    ``stream`` (the source index) gives each source its own random stream."""
+    n = len(examples)
+    if fraction <= 0 or n < 2:
+        return list(examples), []
+    n_eval = min(n - 1, max(min_eval, round(fraction * n)))
+    perm = np.random.default_rng([seed, stream, 0x5EED]).permutation(n)
+    held = set(perm[:n_eval].tolist())
+    train = [ex for i, ex in enumerate(examples) if i not in held]
+    evaluation = [examples[i] for i in sorted(held)]
+    return train, evaluation
+
+
+class EpochSampler:
+    """Deterministic sampler over ``size`` examples: a fresh seeded permutation per epoch,
+    consumed in order; a batch that runs past the end continues in the next epoch.
+
+    With ``world`` processes every process advances through the same global batch of
+    ``batch_size * world`` indices and keeps its own slice (rank-major), so the state is the
+    same on every process.
+    """
+
+    def __init__(self, size: int, seed: int, *, stream: int = 0, rank: int = 0, world: int = 1) -> None:
+        if size < 1:
+            raise ValueError("EpochSampler needs at least one example")
+        self.size, self.seed, self.stream, self.rank, self.world = size, seed, stream, rank, world
+        self.epoch = 0
+        self.position = 0
+        self._perm = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.stream, epoch]).permutation(self.size)
+
+    def next_indices(self, batch_size: int) -> list[int]:
+        need = batch_size * self.world
+        out: list[int] = []
+        while len(out) < need:
+            take = min(need - len(out), self.size - self.position)
+            out.extend(self._perm[self.position : self.position + take].tolist())
+            self.position += take
+            if self.position == self.size:
+                self.epoch += 1
+                self.position = 0
+                self._perm = self._permutation(self.epoch)
+        return out[self.rank * batch_size : (self.rank + 1) * batch_size]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "size": self.size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["size"] != self.size:
+            raise ValueError(
+                f"checkpoint sampler covers {state['size']} examples but the data now has "
+                f"{self.size}; resume needs the same data"
+            )
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._perm = self._permutation(self.epoch)
+
+
+def collate(examples: Sequence[Example], feedback: str, pad_id: int) -> Batch:
+    """Pad a micro-batch: pairs give 2B rows (chosen rows first, then rejected rows)."""
+    from feedalign.data.collate import pad_batch
+
+    examples = list(examples)
+    prompts = [ex.prompt for ex in examples]
+    if feedback == "pair":
+        rows = [ex.tokens for ex in examples] + [ex.rejected_tokens for ex in examples]
+        row_ids = [f"{ex.id}/chosen" for ex in examples] + [f"{ex.id}/rejected" for ex in examples]
+        prompts = prompts + prompts
+        completions = [ex.completion for ex in examples] + [ex.rejected for ex in examples]
+    else:
+        rows = [ex.tokens for ex in examples]
+        row_ids = [ex.id for ex in examples]
+        completions = [ex.completion for ex in examples]
+    tensors = pad_batch(rows, pad_id)
+    labels = None
+    if feedback == "unpaired":
+        labels = torch.tensor([bool(ex.label) for ex in examples], dtype=torch.bool)
+    lengths = tensors["completion_mask"].sum(dim=1)
+    return Batch(examples, tensors, row_ids, prompts, completions, lengths, labels)
+
+
+def collate_texts(tokenizer: Any, prompts: Sequence[str], completions: Sequence[str], max_length: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Tokenise and pad arbitrary (prompt, completion) rows (e.g. KTO's mismatched pairs)."""
+    from feedalign.data.collate import pad_batch, tokenize_example
+
+    rows = [tokenize_example(tokenizer, p, c, max_length) for p, c in zip(prompts, completions)]
+    return pad_batch(rows, pad_id)
+
+
+def move_to(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in tensors.items()}

@@ -1,0 +1,252 @@
+"""Atomic, verifiable checkpoints.
+
+Layout of ``output_dir``::
+
+    step-00000040/          a complete checkpoint
+        weights.safetensors trainable parameters (the adapter only, for LoRA)
+        optimizer.pt        optimizer state_dict
+        scheduler.pt        LR scheduler state_dict
+        state.pt            RNG states (python, numpy, torch, cuda), sampler positions,
+                            loss-state providers (e.g. BCO's delta), grad scaler
+        trainer_state.json  step, epoch counters (human readable)
+        config.yaml         the run's config
+        manifest.json       sha256 of every file above; written last
+    latest                  name of the newest complete checkpoint
+    ckpt-00000050.tmp/      a checkpoint being written (ignored, removed on resume)
+
+A checkpoint is written into ``ckpt-XXXXXXXX.tmp``, every file and the directory are fsynced,
+then the directory is renamed to ``step-XXXXXXXX`` (``os.replace``) and ``latest`` is
+replaced atomically. A kill at any point leaves either the previous or the new checkpoint
+complete; resume verifies the manifest and falls back to the newest checkpoint that passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("feedalign.train")
+
+LATEST = "latest"
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+@dataclass
+class CheckpointPayload:
+    """Everything a checkpoint holds, in memory."""
+
+    step: int
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    state: dict[str, Any]  # rng, samplers, providers, scaler
+    trainer_state: dict[str, Any]
+    config_yaml: str
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # not supported on this platform (e.g. Windows)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(output_dir: str | os.PathLike[str], payload: CheckpointPayload, *, keep: int) -> Path:
+    """Write ``payload`` atomically as ``step-XXXXXXXX``, point ``latest`` at it and delete
+    all but the newest ``keep`` checkpoints (0 keeps all). Returns the checkpoint path."""
+    from safetensors.torch import save_file
+
+    out = Path(output_dir)
+    tmp = out / f"ckpt-{payload.step:08d}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in payload.weights.items()}
+    save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    torch.save(payload.optimizer, tmp / "optimizer.pt")
+    torch.save(payload.scheduler, tmp / "scheduler.pt")
+    torch.save(payload.state, tmp / "state.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps(payload.trainer_state, indent=2), encoding="utf-8")
+    (tmp / "config.yaml").write_text(payload.config_yaml, encoding="utf-8")
+    files = sorted(p.name for p in tmp.iterdir())
+    manifest = {"format": FORMAT_VERSION, "step": payload.step, "files": {n: _sha256(tmp / n) for n in files}}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    for name in files + [MANIFEST]:
+        _fsync_file(tmp / name)
+    _fsync_dir(tmp)
+    final = out / checkpoint_name(payload.step)
+    if final.exists():  # a previous attempt at this step (e.g. before a kill); replace it
+        stale = out / f"ckpt-{payload.step:08d}.old.tmp"
+        os.replace(final, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    os.replace(tmp, final)
+    _fsync_dir(out)
+    write_text_atomic(out / LATEST, final.name + "\n")
+    rotate_checkpoints(out, keep=keep, protect=final.name)
+    return final
+
+
+def list_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Complete-looking checkpoint directories (``step-*``), oldest first."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def rotate_checkpoints(output_dir: Path, *, keep: int, protect: str | None = None) -> None:
+    if keep <= 0:
+        return
+    checkpoints = list_checkpoints(output_dir)
+    for path in checkpoints[:-keep]:
+        if path.name != protect:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def verify_checkpoint(path: str | os.PathLike[str]) -> str | None:
+    """None if ``path`` is a complete checkpoint whose files match the manifest, else why not."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        return "no manifest (incomplete write)"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError) as exc:
+        return f"unreadable manifest: {exc}"
+    for name, digest in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"missing file {name}"
+        if _sha256(file) != digest:
+            return f"checksum mismatch for {name}"
+    return None
+
+
+def find_resume_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint to resume from: the one ``latest`` names if it verifies, else the
+    newest ``step-*`` that verifies. ``*.tmp`` directories are never considered."""
+    out = Path(output_dir)
+    candidates = list(reversed(list_checkpoints(out)))
+    pointer = out / LATEST
+    if pointer.is_file():
+        named = out / pointer.read_text(encoding="utf-8").strip()
+        if named in candidates:
+            candidates.remove(named)
+            candidates.insert(0, named)
+    for path in candidates:
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        logger.warning("skipping checkpoint %s: %s", path, problem)
+    return None
+
+
+def remove_incomplete(output_dir: str | os.PathLike[str]) -> None:
+    """Delete leftovers of interrupted saves (``*.tmp`` directories)."""
+    out = Path(output_dir)
+    if out.is_dir():
+        for path in out.iterdir():
+            if path.is_dir() and path.name.endswith(".tmp"):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> CheckpointPayload:
+    """Read a checkpoint written by :func:`save_checkpoint` (verify it first)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    trainer_state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    return CheckpointPayload(
+        step=int(trainer_state["step"]),
+        weights=load_file(str(path / WEIGHTS)),
+        # Our own files, written by save_checkpoint: they hold numpy RNG tuples, so the
+        # weights-only unpickler cannot read them.
+        optimizer=torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False),
+        scheduler=torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False),
+        state=torch.load(path / "state.pt", map_location="cpu", weights_only=False),
+        trainer_state=trainer_state,
+        config_yaml=(path / "config.yaml").read_text(encoding="utf-8"),
+    )
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train (all of them, or the LoRA adapter only)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    expected = {name for name, p in params.items() if p.requires_grad}
+    missing, unexpected = expected - set(weights), set(weights) - expected
+    if missing or unexpected:
+        raise ValueError(
+            "checkpoint weights do not match the model: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor.to(params[name].device, params[name].dtype))

@@ -1,0 +1,252 @@
+"""One forward of one source's micro-batch: log-probs, state, loss, implicit-reward metrics.
+
+Everything here is driven by ``LossSpec`` metadata: ``feedback`` picks the batch layout and
+calling convention, ``needs_reference`` whether reference log-probs are computed, ``state``
+which providers run. No loss is special-cased by name.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from feedalign.trainers.batching import Batch, EpochSampler, Example, collate, collate_texts, move_to
+from feedalign.trainers.state import StateContext, StateProvider
+
+DEFAULT_OBJECTIVE = "default"
+
+
+@dataclass
+class Runtime:
+    """The models and helpers shared by every source of a run."""
+
+    accelerator: Any
+    model: Any  # the policy (not DDP-wrapped; see loop.py)
+    reference: Any | None
+    tokenizer: Any
+    pad_id: int
+    chunk_size: int
+
+    def policy_logps(self, tensors: dict[str, Tensor]) -> Tensor:
+        from feedalign.policies.hf import sequence_logps
+
+        with self.accelerator.autocast():
+            return sequence_logps(
+                self.model,
+                tensors["input_ids"],
+                tensors["attention_mask"],
+                tensors["completion_mask"],
+                chunk_size=self.chunk_size,
+            )
+
+    def reference_logps(self, tensors: dict[str, Tensor], row_ids: Sequence[str]) -> Tensor:
+        if self.reference is None:
+            raise ValueError("this loss needs reference log-probs but the run has no reference")
+        with torch.no_grad(), self.accelerator.autocast():
+            return self.reference.logps(tensors, list(row_ids)).to(self.accelerator.device).float()
+
+    def gather(self, tensor: Tensor) -> Tensor:
+        return self.accelerator.gather(tensor) if self.accelerator.num_processes > 1 else tensor
+
+
+@dataclass
+class Source:
+    """One data source of a run, ready to train."""
+
+    name: str
+    index: int
+    spec: Any  # LossSpec
+    hparams: dict[str, Any]
+    weight: float
+    max_length: int
+    train_examples: list[Example]
+    eval_examples: list[Example]
+    sampler: EpochSampler
+    providers: dict[str, StateProvider] = field(default_factory=dict)
+
+    @property
+    def feedback(self) -> str:
+        return self.spec.feedback
+
+    @property
+    def beta(self) -> float:
+        """Scale of the implicit reward beta*log-ratio used for metrics (1 if no beta)."""
+        return float(self.hparams.get("beta", 1.0))
+
+    def next_batch(self, micro_batch_size: int, pad_id: int) -> Batch:
+        indices = self.sampler.next_indices(micro_batch_size)
+        return collate([self.train_examples[i] for i in indices], self.feedback, pad_id)
+
+
+@dataclass
+class SourceOutput:
+    losses: Tensor  # [B] per-example loss (graph attached when training)
+    metrics: dict[str, Tensor]
+    batch: Batch
+    correct: Tensor | None  # [B] bool: implicit reward agrees with the feedback
+    margins: Tensor | None  # [B] reward margins beta*(D_w - D_l), pairs only
+
+
+def _optional_inputs(spec: Any, batch: Batch, device: torch.device) -> dict[str, Tensor]:
+    """Optional loss inputs the trainer can supply, passed when the signature names them."""
+    params = inspect.signature(spec.fn).parameters
+    lengths = batch.lengths.to(device)
+    out: dict[str, Tensor] = {}
+    if spec.feedback == "pair":
+        b = batch.size
+        if "chosen_lengths" in params:
+            out["chosen_lengths"] = lengths[:b]
+        if "rejected_lengths" in params:
+            out["rejected_lengths"] = lengths[b:]
+    elif "lengths" in params:
+        out["lengths"] = lengths
+    return out
+
+
+def source_forward(runtime: Runtime, source: Source, batch: Batch, *, training: bool) -> SourceOutput:
+    """Per-example loss of ``batch`` for ``source``; providers update after a training batch."""
+    device = runtime.accelerator.device
+    spec = source.spec
+    tensors = move_to(batch.tensors, device)
+    policy = runtime.policy_logps(tensors)
+    reference = runtime.reference_logps(tensors, batch.row_ids) if spec.needs_reference else None
+    labels = batch.labels.to(device) if batch.labels is not None else None
+    ctx = StateContext(
+        batch=batch,
+        feedback=spec.feedback,
+        policy_logps=policy,
+        reference_logps=reference,
+        hparams=source.hparams,
+        score_texts=lambda p, c, ids: _score_texts(runtime, source, p, c, ids),
+        gather=runtime.gather,
+        training=training,
+    )
+    state_kwargs: dict[str, Tensor] = {}
+    for provider in source.providers.values():
+        state_kwargs.update(provider.compute(ctx))
+    kwargs = {**_optional_inputs(spec, batch, device), **state_kwargs, **source.hparams}
+    if spec.feedback == "pair":
+        b = batch.size
+        ref_c, ref_r = (reference[:b], reference[b:]) if reference is not None else (None, None)
+        losses, metrics = spec.fn(policy[:b], policy[b:], ref_c, ref_r, **kwargs)
+    elif spec.feedback == "unpaired":
+        losses, metrics = spec.fn(policy, reference, labels, **kwargs)
+    else:
+        losses, metrics = spec.fn(policy, **kwargs)
+    if losses.shape != (batch.size,):
+        raise ValueError(
+            f"loss '{spec.name}' returned per-example losses of shape {tuple(losses.shape)}; "
+            f"expected [{batch.size}]"
+        )
+    correct, margins = _reward_agreement(source, policy, reference, labels, state_kwargs, batch.size)
+    if training:
+        for provider in source.providers.values():
+            provider.update(ctx)
+    return SourceOutput(losses, metrics, batch, correct, margins)
+
+
+def _score_texts(
+    runtime: Runtime, source: Source, prompts: Sequence[str], completions: Sequence[str], ids: Sequence[str]
+) -> tuple[Tensor, Tensor | None]:
+    tensors = collate_texts(runtime.tokenizer, prompts, completions, source.max_length, runtime.pad_id)
+    tensors = move_to(tensors, runtime.accelerator.device)
+    with torch.no_grad():
+        policy = runtime.policy_logps(tensors)
+    reference = runtime.reference_logps(tensors, ids) if runtime.reference is not None else None
+    return policy, reference
+
+
+def _reward_agreement(
+    source: Source,
+    policy: Tensor,
+    reference: Tensor | None,
+    labels: Tensor | None,
+    state_kwargs: dict[str, Tensor],
+    b: int,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Implicit reward r = beta*(logp_theta - logp_ref) (logp_ref = 0 without a reference).
+    Pairs: correct iff r_w - r_l > 0. Labeled: correct iff sign(r - delta) matches the label
+    (delta from the source's ``delta`` state, else 0). Sequence losses: no verdict."""
+    with torch.no_grad():
+        rewards = source.beta * (policy.detach() - (reference.detach() if reference is not None else 0.0))
+        if source.feedback == "pair":
+            margins = rewards[:b] - rewards[b:]
+            return margins > 0, margins
+        if source.feedback == "unpaired" and labels is not None:
+            shift = state_kwargs.get("delta", torch.zeros((), device=rewards.device))
+            return (rewards - shift > 0) == labels.bool(), None
+    return None, None
+
+
+def objectives_of(batch: Batch) -> list[str]:
+    return [ex.objective or DEFAULT_OBJECTIVE for ex in batch.examples]
+
+
+def reward_metrics(outputs: Sequence[SourceOutput], prefix: str = "") -> dict[str, float]:
+    """Accuracy (pairs and labels together) and margins (pairs) per objective."""
+    correct: dict[str, list[float]] = {}
+    margins: dict[str, list[float]] = {}
+    for out in outputs:
+        names = objectives_of(out.batch)
+        if out.correct is not None:
+            for name, value in zip(names, out.correct.float().tolist()):
+                correct.setdefault(name, []).append(value)
+        if out.margins is not None:
+            for name, value in zip(names, out.margins.float().tolist()):
+                margins.setdefault(name, []).append(value)
+    metrics = {f"{prefix}rewards/accuracy/{k}": sum(v) / len(v) for k, v in sorted(correct.items())}
+    metrics.update({f"{prefix}rewards/margins/{k}": sum(v) / len(v) for k, v in sorted(margins.items())})
+    return metrics
+
+
+def eval_chunks(examples: Sequence[Example], size: int, *, min_size: int) -> list[list[Example]]:
+    """Consecutive chunks of ``size``; a last chunk smaller than ``min_size`` joins the one
+    before it (KTO's reference point needs at least two rows)."""
+    chunks = [list(examples[i : i + size]) for i in range(0, len(examples), size)]
+    if len(chunks) > 1 and len(chunks[-1]) < min_size:
+        chunks[-2].extend(chunks.pop())
+    return chunks
+
+
+def evaluate(runtime: Runtime, sources: Sequence[Source], batch_size: int) -> dict[str, float]:
+    """Held-out loss per source, weighted total loss, reward accuracy and margins per
+    objective. Runs in eval mode under no_grad; providers are not updated."""
+    model = runtime.model
+    was_training = model.training
+    model.eval()
+    metrics: dict[str, float] = {}
+    outputs: list[SourceOutput] = []
+    total = 0.0
+    try:
+        with torch.no_grad():
+            for source in sources:
+                if not source.eval_examples:
+                    continue
+                min_size = 2 if "kl_ref" in source.spec.state else 1
+                loss_sum, count, own = 0.0, 0, []
+                for chunk in eval_chunks(source.eval_examples, batch_size, min_size=min_size):
+                    out = source_forward(runtime, source, collate(chunk, source.feedback, runtime.pad_id), training=False)
+                    loss_sum += float(out.losses.double().sum())
+                    count += out.batch.size
+                    own.append(out)
+                mean = loss_sum / count
+                metrics[f"eval/loss/{source.name}"] = mean
+                total += source.weight * mean
+                source_rewards = reward_metrics(own)
+                accuracies = [v for k, v in source_rewards.items() if k.startswith("rewards/accuracy/")]
+                if accuracies:
+                    n = [len(o.batch.examples) for o in own]
+                    acc = sum(float(o.correct.float().sum()) for o in own if o.correct is not None)
+                    metrics[f"eval/{source.name}/rewards/accuracy"] = acc / sum(n)
+                outputs.extend(own)
+    finally:
+        model.train(was_training)
+    if outputs:
+        metrics["eval/loss"] = total
+        metrics.update(reward_metrics(outputs, prefix="eval/"))
+    return metrics

@@ -1,0 +1,133 @@
+"""Metrics: a JSONL file in the output directory, console lines, and optional trackers.
+
+``metrics.jsonl`` holds one JSON object per logged step (``{"step": 10, "loss": ...}``) and
+per evaluation (keys prefixed ``eval/``). TensorBoard / W&B / MLflow are used only when
+``train.log_with`` names them, through accelerate's trackers (imported lazily by accelerate).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("feedalign.train")
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def to_float(value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().float().mean())
+    return float(value)
+
+
+def _json_value(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class MetricsAverager:
+    """Averages metrics over the micro-steps of one optimizer step, ignoring NaNs (a metric
+    such as the mean reward of the desirable class is NaN on a batch without one)."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, metrics: Mapping[str, Any]) -> None:
+        for key, value in metrics.items():
+            value = to_float(value)
+            if math.isnan(value):
+                self._sums.setdefault(key, 0.0)
+                self._counts.setdefault(key, 0)
+                continue
+            self._sums[key] = self._sums.get(key, 0.0) + value
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def result(self) -> dict[str, float]:
+        return {k: (self._sums[k] / self._counts[k] if self._counts[k] else math.nan) for k in self._sums}
+
+
+class MetricsLogger:
+    """Writes metrics.jsonl (main process only) and forwards to accelerate trackers."""
+
+    def __init__(self, output_dir: str | os.PathLike[str], accelerator: Any, *, resume_step: int | None,
+                 trackers: tuple[str, ...] = (), run_config: Mapping[str, Any] | None = None) -> None:
+        self.path = Path(output_dir) / METRICS_FILE
+        self.accelerator = accelerator
+        self.trackers = trackers
+        self.is_main = accelerator.is_main_process
+        if self.is_main:
+            if resume_step is None:
+                self.path.write_text("", encoding="utf-8")
+            else:
+                self._truncate_after(resume_step)
+        if trackers:
+            accelerator.init_trackers("feedalign", config=_flat(run_config or {}))
+
+    def _truncate_after(self, step: int) -> None:
+        """On resume, drop lines logged after the checkpoint (they will be logged again)."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+        self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        values = {k: to_float(v) for k, v in metrics.items()}
+        if self.is_main:
+            record = {"step": step, **{k: _json_value(v) for k, v in values.items()}}
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if self.trackers:
+            self.accelerator.log({k: v for k, v in values.items() if math.isfinite(v)}, step=step)
+
+    def close(self) -> None:
+        if self.trackers:
+            self.accelerator.end_training()
+
+
+def format_metrics(metrics: Mapping[str, float], keys: tuple[str, ...] | None = None) -> str:
+    """A short console line: ``loss=0.6931 loss/dpo=0.6931 lr=1e-05``."""
+    items = [(k, v) for k, v in metrics.items() if keys is None or k in keys]
+    return " ".join(f"{k}={v:.4g}" for k, v in items)
+
+
+def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            if value and all(isinstance(v, Mapping) for v in value):
+                for i, v in enumerate(value):
+                    out.update(_flat(v, f"{name}.{i}."))
+            else:
+                out[name] = str(list(value))
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            out[name] = value if value is not None else "null"
+        else:
+            out[name] = str(value)
+    return out
+
+
+def read_metrics(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """All records of an output directory's metrics.jsonl (null -> NaN)."""
+    path = Path(output_dir) / METRICS_FILE
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        out.append({k: (math.nan if v is None else v) for k, v in record.items()})
+    return out

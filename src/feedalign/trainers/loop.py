@@ -1,0 +1,431 @@
+"""The one training loop for every registered policy loss.
+
+Each optimizer step runs ``grad_accum`` micro-steps; in each micro-step EVERY data source
+contributes a micro-batch and the loss is
+
+    total = sum_k weight_k * mean_i(per_example_loss_k[i])
+
+(accelerate divides it by ``grad_accum`` before backward, so for losses whose batch
+objective is a mean, 1 micro-batch of 8 and 8 micro-batches of 1 give the same gradient).
+What a source needs (batch layout, reference log-probs, state such as KTO's reference
+point or BCO's reward shift) comes from its ``LossSpec``; the loop never looks at a loss
+name.
+
+Distributed runs (``accelerate launch``): the policy is not wrapped in DDP, because
+log-probs are computed from the decoder body and LM head directly (``sequence_logps``);
+gradients are averaged across processes explicitly before clipping. Every process sees
+its own slice of each global micro-batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from feedalign.config.checks import check_config
+from feedalign.config.loader import config_from_dict, dump_config, load_config
+from feedalign.config.schema import Config
+from feedalign.trainers import checkpoint as ckpt
+from feedalign.trainers.forward import Runtime, Source, SourceOutput, evaluate, reward_metrics, source_forward
+from feedalign.trainers.logging import MetricsAverager, MetricsLogger, format_metrics
+from feedalign.trainers.setup import (
+    build_sources,
+    load_policy,
+    make_accelerator,
+    make_optimizer,
+    pad_id_of,
+    total_steps,
+)
+from feedalign.trainers.state import check_state
+
+logger = logging.getLogger("feedalign.train")
+
+NONFINITE_FILE = "nonfinite_batch.json"
+FINAL_DIR = "final"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the offending batch is saved to
+    ``output_dir/nonfinite_batch.json``."""
+
+    def __init__(self, message: str, *, step: int, record_ids: dict[str, list[str]], path: Path) -> None:
+        super().__init__(message)
+        self.step = step
+        self.record_ids = record_ids
+        self.path = path
+
+
+class TrainerCallback:
+    """Hooks into the loop; override what you need. Raising from a hook stops training."""
+
+    def on_step_end(self, step: int, metrics: Mapping[str, float]) -> None: ...
+
+    def on_evaluate(self, step: int, metrics: Mapping[str, float]) -> None: ...
+
+    def on_save(self, step: int, path: Path) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``model`` is the trained policy (peft-wrapped for LoRA)."""
+
+    output_dir: Path
+    final_dir: Path | None
+    steps: int
+    metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+    model: Any
+    tokenizer: Any
+    checkpoint: Path | None = None
+    resumed_from: Path | None = None
+
+
+@dataclass
+class _Run:
+    config: Config
+    accelerator: Any
+    runtime: Runtime
+    sources: list[Source]
+    optimizer: Any
+    scheduler: Any
+    params: list[torch.nn.Parameter]
+    total: int
+    per_epoch: int
+    out: Path
+    callbacks: Sequence[TrainerCallback]
+    step: int = 0
+    last_checkpoint: Path | None = None
+    history: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def train(
+    config: Config | Mapping[str, Any] | str | Path,
+    *,
+    overrides: Sequence[str] | None = None,
+    model: Any = None,
+    tokenizer: Any = None,
+    records: Mapping[str, Any] | None = None,
+    callbacks: Sequence[TrainerCallback] | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train a policy on every data source of ``config`` with its registered loss.
+
+    Args:
+        config: a :class:`Config`, a dict in the YAML layout, or a YAML file path.
+        overrides: ``key.sub=value`` strings applied on top of ``config``.
+        model, tokenizer: use these objects instead of loading ``model.path``.
+        records: in-memory data per source name (lists of records, a ``datasets.Dataset``
+            or a list of row dicts); such sources need no ``path``.
+        callbacks: :class:`TrainerCallback` objects.
+        resume: continue from the newest complete checkpoint in ``train.output_dir`` (a run
+            without one starts from scratch).
+
+    Raises:
+        ConfigError, FeedbackDataError: before any training step.
+        NonFiniteLossError: the loss became NaN/inf (batch saved to nonfinite_batch.json).
+    """
+    config = _as_config(config, overrides)
+    checked = check_config(config, resume=resume, model_given=model is not None, in_memory=set(records or {}))
+    for index, item in enumerate(checked):
+        check_state(item.spec, item.config, config.train, f"data.{index}")
+    out = Path(config.train.output_dir).expanduser()
+    if config.train.overwrite_output_dir and not resume:
+        _clear_output_dir(out)
+    accelerator = make_accelerator(config.train)
+    try:
+        run, resumed_from = _prepare(config, checked, accelerator, model, tokenizer, records, callbacks, resume)
+        metrics, eval_metrics = _train_loop(run, resumed=resumed_from is not None)
+        final_dir = _save_final(run)
+        return TrainResult(
+            output_dir=out,
+            final_dir=final_dir,
+            steps=run.step,
+            metrics=metrics,
+            eval_metrics=eval_metrics,
+            model=run.runtime.model,
+            tokenizer=run.runtime.tokenizer,
+            checkpoint=run.last_checkpoint,
+            resumed_from=resumed_from,
+        )
+    finally:
+        _release_accelerator()
+
+
+def _as_config(config: Config | Mapping[str, Any] | str | Path, overrides: Sequence[str] | None) -> Config:
+    if isinstance(config, (str, Path)):
+        return load_config(config, overrides)
+    if isinstance(config, Config) and not overrides:
+        return config
+    return config_from_dict(config, overrides)  # type: ignore[arg-type]
+
+
+def _clear_output_dir(out: Path) -> None:
+    for path in ckpt.list_checkpoints(out) + [out / FINAL_DIR]:
+        shutil.rmtree(path, ignore_errors=True)
+    for name in (ckpt.LATEST, NONFINITE_FILE):
+        (out / name).unlink(missing_ok=True)
+
+
+def _release_accelerator() -> None:
+    # accelerate keeps process-wide singletons; forget the per-run part so a later run in
+    # the same process may use other settings (e.g. another precision).
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
+def _prepare(config, checked, accelerator, model, tokenizer, records, callbacks, resume) -> tuple[_Run, Path | None]:
+    from accelerate.utils import set_seed
+
+    from feedalign.policies.hf import load_tokenizer
+    from feedalign.policies.reference import make_reference
+
+    train_cfg = config.train
+    set_seed(train_cfg.seed)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    sources = build_sources(config, checked, tokenizer, records, rank=rank, world=world)
+    if model is None:
+        model = load_policy(config)
+    model.to(accelerator.device)
+    model.train()
+    reference = None
+    if any(s.spec.needs_reference for s in sources):
+        reference = make_reference(
+            config.reference.strategy, model, cache_dir=config.reference.cache_dir, chunk_size=train_cfg.logps_chunk_size
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    total, per_epoch = total_steps(train_cfg, sources, world)
+    optimizer, scheduler = make_optimizer(train_cfg, params, total)
+    optimizer = accelerator.prepare(optimizer)
+    runtime = Runtime(accelerator, model, reference, tokenizer, pad_id_of(tokenizer), train_cfg.logps_chunk_size)
+    out = Path(train_cfg.output_dir).expanduser()
+    run = _Run(config, accelerator, runtime, sources, optimizer, scheduler, params, total, per_epoch, out, callbacks or ())
+    resumed_from = ckpt.find_resume_checkpoint(out) if resume else None
+    if resume and resumed_from is None:
+        logger.warning("--resume: no complete checkpoint in %s; starting from scratch", out)
+    if accelerator.is_main_process:
+        ckpt.remove_incomplete(out)
+    if resumed_from is not None:
+        _restore(run, resumed_from)
+    return run, resumed_from
+
+
+def _restore(run: _Run, path: Path) -> None:
+    payload = ckpt.load_checkpoint(path)
+    ckpt.load_trainable_state(run.runtime.model, payload.weights)
+    run.optimizer.load_state_dict(payload.optimizer)
+    run.scheduler.load_state_dict(payload.scheduler)
+    state = payload.state
+    for source in run.sources:
+        source.sampler.load_state_dict(state["samplers"][source.name])
+        for name, provider in source.providers.items():
+            provider.load_state_dict(state["providers"][source.name][name])
+    if state.get("scaler") is not None and run.accelerator.scaler is not None:
+        run.accelerator.scaler.load_state_dict(state["scaler"])
+    ckpt.set_rng_state(state["rng"])
+    run.step = payload.step
+    run.last_checkpoint = path
+    logger.info("resumed from %s (step %d)", path, payload.step)
+
+
+def _save(run: _Run) -> Path | None:
+    accelerator = run.accelerator
+    path = None
+    if accelerator.is_main_process:
+        state = {
+            "rng": ckpt.rng_state(),
+            "samplers": {s.name: s.sampler.state_dict() for s in run.sources},
+            "providers": {s.name: {n: p.state_dict() for n, p in s.providers.items()} for s in run.sources},
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+        }
+        trainer_state = {
+            "step": run.step,
+            "total_steps": run.total,
+            "samplers": state["samplers"],
+            "providers": state["providers"],
+        }
+        payload = ckpt.CheckpointPayload(
+            step=run.step,
+            weights=ckpt.trainable_state(run.runtime.model),
+            optimizer=run.optimizer.state_dict(),
+            scheduler=run.scheduler.state_dict(),
+            state=state,
+            trainer_state=trainer_state,
+            config_yaml=dump_config(run.config),
+        )
+        path = ckpt.save_checkpoint(run.out, payload, keep=run.config.train.keep_checkpoints)
+        run.last_checkpoint = path
+        for callback in run.callbacks:
+            callback.on_save(run.step, path)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _micro_step(run: _Run) -> tuple[torch.Tensor, list[SourceOutput]]:
+    """Forward every source once; returns the weighted total loss and the outputs."""
+    mb = run.config.train.micro_batch_size
+    outputs = []
+    total = torch.zeros((), device=run.accelerator.device)
+    for source in run.sources:
+        batch = source.next_batch(mb, run.runtime.pad_id)
+        out = source_forward(run.runtime, source, batch, training=True)
+        outputs.append(out)
+        total = total + source.weight * out.losses.mean()
+    return total, outputs
+
+
+def _check_finite(run: _Run, total: torch.Tensor, outputs: list[SourceOutput], micro: int) -> None:
+    flag = torch.isfinite(total.detach()).float().reshape(1)
+    if bool(run.runtime.gather(flag).min() > 0):
+        return
+    step = run.step + 1
+    report: dict[str, Any] = {"step": step, "micro_step": micro, "sources": {}}
+    for source, out in zip(run.sources, outputs):
+        per_example = out.losses.detach().float().cpu()
+        mean = float(per_example.mean())
+        report["sources"][source.name] = {
+            "loss": mean if math.isfinite(mean) else str(mean),
+            "record_ids": out.batch.ids,
+            "nonfinite_record_ids": [i for i, v in zip(out.batch.ids, per_example.tolist()) if not math.isfinite(v)],
+        }
+    path = run.out / NONFINITE_FILE
+    if run.accelerator.is_main_process:
+        path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    bad = {name: info["record_ids"] for name, info in report["sources"].items()}
+    culprits = {name: info["loss"] for name, info in report["sources"].items() if isinstance(info["loss"], str)}
+    raise NonFiniteLossError(
+        f"non-finite loss at step {step} (micro-step {micro}); source losses {culprits}; "
+        f"record ids {bad}; batch saved to {path}",
+        step=step,
+        record_ids=bad,
+        path=path,
+    )
+
+
+def _step_metrics(run: _Run, outputs: list[SourceOutput], total: torch.Tensor) -> dict[str, float]:
+    metrics: dict[str, Any] = {"loss": total.detach()}
+    for source, out in zip(run.sources, outputs):
+        metrics[f"loss/{source.name}"] = out.losses.detach().mean()
+        for key, value in out.metrics.items():
+            metrics[f"{source.name}/{key}"] = value
+    metrics.update(reward_metrics(outputs))
+    return metrics
+
+
+def _optimizer_step(run: _Run) -> dict[str, float]:
+    accelerator = run.accelerator
+    averager = MetricsAverager()
+    for micro in range(run.config.train.grad_accum):
+        with accelerator.accumulate():
+            total, outputs = _micro_step(run)
+            _check_finite(run, total, outputs, micro)
+            accelerator.backward(total)
+        averager.add(_step_metrics(run, outputs, total))
+    if accelerator.num_processes > 1:
+        _average_gradients(accelerator, run.params)
+    max_norm = run.config.train.max_grad_norm
+    grad_norm = accelerator.clip_grad_norm_(run.params, max_norm if max_norm is not None else math.inf)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    metrics = averager.result()
+    metrics["grad_norm"] = float(grad_norm)
+    metrics["lr"] = float(run.scheduler.get_last_lr()[0])
+    metrics["epoch"] = run.step / run.per_epoch
+    return metrics
+
+
+def _average_gradients(accelerator: Any, params: list[torch.nn.Parameter]) -> None:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _train_loop(run: _Run, *, resumed: bool) -> tuple[dict[str, float], dict[str, float]]:
+    from tqdm.auto import tqdm
+
+    train_cfg = run.config.train
+    accelerator = run.accelerator
+    metrics_logger = MetricsLogger(
+        run.out, accelerator, resume_step=run.step if resumed else None, trackers=train_cfg.log_with,
+        run_config=_config_dict(run.config),
+    )
+    has_eval = any(s.eval_examples for s in run.sources)
+    eval_bs = train_cfg.eval_batch_size or train_cfg.micro_batch_size
+    metrics: dict[str, float] = {}
+    eval_metrics: dict[str, float] = {}
+    bar = tqdm(total=run.total, initial=run.step, desc="train", disable=not accelerator.is_local_main_process)
+    try:
+        while run.step < run.total:
+            metrics = _optimizer_step(run)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4g}")
+            for callback in run.callbacks:
+                callback.on_step_end(run.step, metrics)
+            last = run.step == run.total
+            if run.step % train_cfg.log_every == 0 or last:
+                metrics_logger.log(run.step, metrics)
+                logger.info("step %d/%d %s", run.step, run.total, format_metrics(metrics, _CONSOLE_KEYS))
+            if has_eval and ((train_cfg.eval_every and run.step % train_cfg.eval_every == 0) or last):
+                eval_metrics = _evaluate(run, metrics_logger, eval_bs)
+            if train_cfg.save_every and (run.step % train_cfg.save_every == 0 or last):
+                _save(run)
+        if has_eval and not eval_metrics:
+            eval_metrics = _evaluate(run, metrics_logger, eval_bs)
+    finally:
+        bar.close()
+        metrics_logger.close()
+    return metrics, eval_metrics
+
+
+_CONSOLE_KEYS = ("loss", "lr", "grad_norm")
+
+
+def _evaluate(run: _Run, metrics_logger: MetricsLogger, batch_size: int) -> dict[str, float]:
+    eval_metrics = evaluate(run.runtime, run.sources, batch_size)
+    metrics_logger.log(run.step, eval_metrics)
+    logger.info("eval step %d %s", run.step, format_metrics(eval_metrics))
+    for callback in run.callbacks:
+        callback.on_evaluate(run.step, eval_metrics)
+    return eval_metrics
+
+
+def _config_dict(config: Config) -> dict[str, Any]:
+    from feedalign.config.loader import config_to_dict
+
+    return config_to_dict(config)
+
+
+def _save_final(run: _Run) -> Path | None:
+    """``output_dir/final``: save_pretrained (the adapter for LoRA) + tokenizer + config."""
+    accelerator = run.accelerator
+    final = run.out / FINAL_DIR
+    if accelerator.is_main_process:
+        tmp = run.out / f"{FINAL_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model = run.runtime.model
+        model.save_pretrained(str(tmp))
+        run.runtime.tokenizer.save_pretrained(str(tmp))
+        (tmp / "feedalign_config.yaml").write_text(dump_config(run.config), encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    accelerator.wait_for_everyone()
+    return final

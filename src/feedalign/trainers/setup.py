@@ -1,0 +1,180 @@
+"""Building a run: accelerator, data sources, policy, reference, optimizer and schedule."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from feedalign.config.checks import CheckedSource
+from feedalign.config.schema import Config, TrainConfig
+from feedalign.data.errors import FeedbackDataError
+from feedalign.data.records import LabeledRecord, PairRecord, ScoredRecord
+from feedalign.trainers.batching import EpochSampler, examples_from_records, split_eval, tokenize_examples
+from feedalign.trainers.forward import Source
+from feedalign.trainers.state import make_providers
+
+logger = logging.getLogger("feedalign.train")
+
+_RECORD_TYPES = (PairRecord, LabeledRecord, ScoredRecord)
+
+
+def mixed_precision(train: TrainConfig) -> str:
+    """accelerate's mixed_precision for ``train.precision``; falls back to fp32 (with a
+    warning) when the requested type is not available on this machine."""
+    cuda = torch.cuda.is_available() and not train.cpu
+    bf16_ok = (not cuda) or torch.cuda.is_bf16_supported()
+    if train.precision == "auto":
+        return "bf16" if cuda and bf16_ok else "no"
+    if train.precision == "bf16" and not bf16_ok:
+        warnings.warn("train.precision=bf16 is not supported by this GPU; training in fp32", stacklevel=2)
+        return "no"
+    if train.precision == "fp16" and not cuda:
+        warnings.warn("train.precision=fp16 needs a CUDA device; training in fp32", stacklevel=2)
+        return "no"
+    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[train.precision]
+
+
+def make_accelerator(train: TrainConfig) -> Any:
+    from accelerate import Accelerator
+
+    return Accelerator(
+        cpu=train.cpu,
+        mixed_precision=mixed_precision(train),
+        gradient_accumulation_steps=train.grad_accum,
+        log_with=list(train.log_with) or None,
+        project_dir=train.output_dir,
+    )
+
+
+def _load_source_records(config: Config, index: int, name: str, given: Any) -> list[Any]:
+    from feedalign.data.loaders import load_many, load_records
+
+    source = config.data[index]
+    on_invalid = config.train.on_invalid
+    quarantine = Path(config.train.output_dir) / "quarantine" / f"{name}.quarantine.jsonl"
+    if given is not None:
+        if isinstance(given, Sequence) and all(isinstance(r, _RECORD_TYPES) for r in given):
+            return list(given)
+        result = load_records(given, on_invalid=on_invalid, quarantine_path=quarantine, kind=source.kind)
+    else:
+        result = load_many(list(source.paths), on_invalid=on_invalid, quarantine_path=quarantine, kind=source.kind)
+    if result.rejected:
+        logger.warning("source %s: %d rows rejected, written to %s", name, len(result.rejected), quarantine)
+    return list(result.records)
+
+
+def _filter_objective(records: list[Any], objective: str | None) -> list[Any]:
+    """Keep records of ``objective``; records without one are assigned to it."""
+    if objective is None:
+        return records
+    out = []
+    for record in records:
+        if record.objective is None and not isinstance(record, ScoredRecord):
+            out.append(replace(record, objective=objective))
+        elif record.objective == objective:
+            out.append(record)
+    return out
+
+
+def build_sources(
+    config: Config,
+    checked: Sequence[CheckedSource],
+    tokenizer: Any,
+    records: Mapping[str, Any] | None,
+    *,
+    rank: int,
+    world: int,
+) -> list[Source]:
+    """Load, convert, tokenise and split every source; fails (FeedbackDataError) before
+    any model is touched."""
+    train = config.train
+    sources = []
+    for index, item in enumerate(checked):
+        given = (records or {}).get(item.name)
+        recs = _filter_objective(_load_source_records(config, index, item.name, given), item.config.objective)
+        where = item.config.paths[0] if item.config.paths else item.name
+        if not recs:
+            raise FeedbackDataError(where, f"source '{item.name}' has no records (objective filter: {item.config.objective!r})")
+        examples = examples_from_records(
+            recs, item.spec.feedback, source=item.name, pairing=item.config.pairing, seed=train.seed
+        )
+        if not examples:
+            raise FeedbackDataError(where, f"source '{item.name}' gives no examples for a '{item.spec.feedback}' loss")
+        examples = tokenize_examples(examples, tokenizer, item.config.max_length)
+        min_eval = 2 if "kl_ref" in item.spec.state else 1
+        train_ex, eval_ex = split_eval(examples, train.eval_fraction, train.seed, stream=index, min_eval=min_eval)
+        sampler = EpochSampler(len(train_ex), train.seed, stream=index, rank=rank, world=world)
+        sources.append(
+            Source(
+                name=item.name,
+                index=index,
+                spec=item.spec,
+                hparams=item.hparams,
+                weight=item.config.weight,
+                max_length=item.config.max_length,
+                train_examples=train_ex,
+                eval_examples=eval_ex,
+                sampler=sampler,
+                providers=make_providers(item.spec, item.config, item.hparams),
+            )
+        )
+        logger.info(
+            "source %s: loss %s (%s), weight %g, %d train / %d eval examples",
+            item.name, item.spec.name, item.spec.feedback, item.config.weight, len(train_ex), len(eval_ex),
+        )
+    return sources
+
+
+def load_policy(config: Config) -> Any:
+    from feedalign.policies.hf import load_causal_lm
+
+    m = config.model
+    lora = None
+    if m.lora is not None:
+        lora = {"r": m.lora.r, "alpha": m.lora.alpha, "dropout": m.lora.dropout}
+        if m.lora.target_modules is not None:
+            lora["target_modules"] = list(m.lora.target_modules)
+    return load_causal_lm(
+        m.path,
+        dtype=m.dtype,
+        lora=lora,
+        gradient_checkpointing=m.gradient_checkpointing,
+        attn_implementation=m.attn_implementation,
+    )
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an EOS token to pad batches with")
+    return int(pad)
+
+
+def total_steps(train: TrainConfig, sources: Sequence[Source], world: int) -> tuple[int, int]:
+    """(total optimizer steps, steps per epoch of the largest source)."""
+    per_step = train.micro_batch_size * train.grad_accum * world
+    largest = max(len(s.train_examples) for s in sources)
+    per_epoch = max(1, math.ceil(largest / per_step))
+    total = train.max_steps if train.max_steps is not None else max(1, math.ceil(train.epochs * per_epoch))
+    return total, per_epoch
+
+
+def make_optimizer(train: TrainConfig, params: list[torch.nn.Parameter], total: int) -> tuple[Any, Any]:
+    from transformers import get_scheduler
+
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(
+        params, lr=train.lr, betas=train.adam_betas, eps=train.adam_eps, weight_decay=train.weight_decay
+    )
+    warmup = train.warmup_steps or math.ceil(train.warmup_ratio * total)
+    name = {"constant": "constant_with_warmup"}.get(train.scheduler, train.scheduler)
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    return optimizer, scheduler
