@@ -56,6 +56,7 @@ class BenchConfig:
     options: dict[str, Any]
     reference_in_step: bool
     notes: str
+    pairs_per_step: int = 8
 
 
 CONFIGS: tuple[BenchConfig, ...] = (
@@ -97,6 +98,22 @@ CONFIGS: tuple[BenchConfig, ...] = (
 )
 
 
+LEVER_NOTES = {
+    "padded": "bare step from feedalign pieces: padded chosen+rejected, chunked completion-only "
+    "log-probs, reference precomputed, no host reads in the step",
+    "packed-sdpa": "as padded but one padding-free row; SDPA over the row with a block-diagonal mask",
+    "packed-varlen": "as padded but one padding-free row with per-sequence (variable-length) attention",
+    "naive-logps": "as padded but full [2B,T,V] logits + log_softmax instead of chunked log-probs",
+    "mb16": "as padded with 16 pairs per optimizer step",
+    "padded+compile": "padded, decoder under torch.compile(dynamic=True)",
+    "packed-varlen+compile": "packed-varlen, decoder under torch.compile(dynamic=True)",
+}
+LEVER_CONFIGS = tuple(
+    BenchConfig("lab", "dpo", name, {"lever": name}, False, LEVER_NOTES[name], 16 if name == "mb16" else 8)
+    for name in LEVER_NOTES
+)
+
+
 @dataclass
 class Row:
     framework: str
@@ -121,24 +138,26 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
     p.add_argument("--repeats", type=int, default=1, help="runs per config, interleaved round-robin")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--only", default="", help="comma-separated filters: trl, feedalign, dpo, kto, or config names")
+    p.add_argument("--only", default="", help="comma-separated: trl, feedalign, lab, dpo, kto, a config name, or a/b combos (trl/dpo)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<date>-<device>.json)")
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--levers", action="store_true", help="also run the lever experiments (framework 'lab')")
     return p.parse_args(argv)
 
 
-def _selected(only: str) -> list[BenchConfig]:
-    if not only:
-        return list(CONFIGS)
-    keys = {k.strip() for k in only.split(",") if k.strip()}
-    groups = [keys & {"trl", "feedalign"}, keys & {"dpo", "kto"}, keys - {"trl", "feedalign", "dpo", "kto"}]
-    out = []
-    for cfg in CONFIGS:
-        fields = ({cfg.framework}, {cfg.loss}, {cfg.name})
-        if all(not g or (g & f) for g, f in zip(groups, fields)):
-            out.append(cfg)
-    return out
+def _selected(only: str, levers: bool) -> list[BenchConfig]:
+    """Configs matching ANY comma-separated token; a token is one or more of framework /
+    loss / config name joined by '/', all of which must match (e.g. ``trl/dpo``)."""
+    tokens = [t.strip() for t in only.split(",") if t.strip()]
+    with_lab = levers or any("lab" in t.split("/") for t in tokens)
+    configs = list(CONFIGS) + (list(LEVER_CONFIGS) if with_lab else [])
+    if not tokens:
+        return configs
+    return [
+        c for c in configs
+        if any(set(t.split("/")) <= {c.framework, c.loss, c.name} for t in tokens)
+    ]
 
 
 def _run_one(cfg: BenchConfig, ctx: dict[str, Any], tmp: str, index: int):
@@ -150,6 +169,10 @@ def _run_one(cfg: BenchConfig, ctx: dict[str, Any], tmp: str, index: int):
         from _throughput_trl import run_trl
 
         return run_trl(cfg.loss, **common, **cfg.options)
+    if cfg.framework == "lab":
+        from _throughput_levers import run_lever
+
+        return run_lever(cfg.options["lever"], **common)
     from _throughput_feedalign import run_feedalign
 
     return run_feedalign(cfg.loss, **common, **cfg.options)
@@ -162,7 +185,7 @@ def _summarise(cfg: BenchConfig, results: list[Any], ctx: dict[str, Any]) -> Row
         steps = [b - a for a, b in zip(ends[:-1], ends[1:])]
         intervals += steps[max(0, ctx["warmup"] - 1) :] or steps[-1:]
     median = statistics.median(intervals)
-    tokens_per_s = ctx["tokens_per_step"] / median
+    tokens_per_s = ctx["tokens_per_step"] * cfg.pairs_per_step / 8 / median
     flops = wl.train_flops_per_token(ctx["n_params"], reference_forward=cfg.reference_in_step)
     mems = [r.peak_mem_gib for r in results if r.peak_mem_gib is not None]
     return Row(
@@ -190,6 +213,10 @@ def _ratios(rows: list[Row]) -> tuple[dict[str, float | None], list[dict[str, An
         if check_memory and best.peak_mem_gib is not None and base.peak_mem_gib is not None:
             memory_ok = best.peak_mem_gib <= base.peak_mem_gib
         met = ratio >= target and (memory_ok is not False if check_memory else True)
+        lab = [r for r in rows if r.framework == "lab" and r.loss == loss]
+        if lab:
+            best_lab = max(lab, key=lambda r: r.tokens_per_s)
+            ratios[f"lab_{name}"] = best_lab.tokens_per_s / base.tokens_per_s
         targets.append({
             "name": name, "target_ratio": target, "ratio": ratio, "met": met,
             "feedalign": f"{best.loss}/{best.config}", "trl": f"{base.loss}/{base.config}",
@@ -272,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    configs = _selected(args.only)
+    configs = _selected(args.only, args.levers)
     if not configs:
         raise SystemExit(f"--only {args.only!r} selects no configuration")
     with tempfile.TemporaryDirectory(prefix="feedalign-throughput-") as tmp:

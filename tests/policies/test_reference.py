@@ -184,3 +184,16 @@ def test_make_reference(tok, tmp_path):
         make_reference("cached", plain)
     with pytest.raises(ValueError, match="expected one of \\('none', 'copy', 'adapter', 'cached'\\)"):
         make_reference("frozen", plain)
+
+
+def test_pending_entries_are_written_when_the_cache_is_dropped(tok, examples, tmp_path):
+    import gc
+
+    inner = CopyReference(base_model(tok))
+    cache = CachedReference(inner, tmp_path)  # flush_every=256: nothing written yet
+    cache.logps(*next(batches(examples)))
+    assert not list(tmp_path.rglob("shard-*.pt"))
+    del cache
+    gc.collect()
+    assert len(CachedReference(None, tmp_path)) == 2
+

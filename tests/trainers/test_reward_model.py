@@ -188,3 +188,18 @@ def test_cli_trains_above_chance_per_objective_and_scores(tmp_path):
     expected = model.score(tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows])
     got = torch.tensor([[r["scores"][o] for o in OBJECTIVES] for r in scored])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_example_config_parses():
+    from pathlib import Path
+
+    from feedalign.trainers.reward_model import load_rm_config
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "rm_text_task.yaml"
+    config = load_rm_config(example, ["train.steps=5"])
+    assert config.objectives == OBJECTIVES and config.train.steps == 5
+    assert [s.objective for s in config.data] == ["helpful", "concise", None]
+    from feedalign.config.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.stepz: unknown key; did you mean 'train.steps'"):
+        load_rm_config(example, ["train.stepz=5"])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from trainer_fixtures import (
     assert_states_equal,
     base_config,
@@ -17,10 +18,12 @@ from trainer_fixtures import (
     labeled_rows,
     model_state,
     pair_rows,
+    same_prompt_thumbs,
     save_tiny_model,
     write_jsonl,
 )
 
+from feedalign.cli.main import main
 from feedalign.losses import get_loss, register_loss
 from feedalign.trainers import NonFiniteLossError, TrainerCallback, train
 from feedalign.trainers import checkpoint as ckpt
@@ -36,6 +39,7 @@ def env(tmp_path_factory):
         "thumbs": write_jsonl(root / "thumbs.jsonl", labeled_rows(16, seed=2)),
         "negatives": write_jsonl(root / "negatives.jsonl", labeled_rows(12, seed=3, labels="down", prefix="n")),
         "positives": write_jsonl(root / "positives.jsonl", labeled_rows(12, seed=4, labels="up", prefix="u")),
+        "same_prompt": write_jsonl(root / "same_prompt.jsonl", same_prompt_thumbs(6, seed=5)),
     }
     return root, data
 
@@ -59,6 +63,9 @@ def test_grad_accumulation_1x8_equals_8x1(env, tmp_path):
     moved = max(float((a[k] - v).abs().max()) for k, v in _initial_state(d["model"]).items())
     assert moved > 1e-4
     assert math.isclose(one_by_eight.metrics["loss"], eight_by_one.metrics["loss"], rel_tol=1e-5)
+    # Adam's first step is nearly scale-free, so also check the gradient itself (its norm
+    # is logged before clipping): a missing 1/grad_accum would make it 8x larger.
+    assert math.isclose(one_by_eight.metrics["grad_norm"], eight_by_one.metrics["grad_norm"], rel_tol=1e-5)
 
 
 def _initial_state(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -186,7 +193,7 @@ def test_mixed_feedback_run_trains_every_loss(env, tmp_path):
 
 def test_discordant_pairing_and_lora_adapter_reference(env, tmp_path):
     root, d = env
-    data = [{"path": str(d["thumbs"]), "loss": "dpo", "pairing": "discordant"}]
+    data = [{"path": str(d["same_prompt"]), "loss": "dpo", "pairing": "discordant"}]
     cfg = base_config(d["model"], tmp_path / "out", data, max_steps=2, save_every=2)
     cfg["model"]["lora"] = {"r": 4, "alpha": 8}
     cfg["reference"] = {"strategy": "adapter"}
@@ -211,7 +218,7 @@ def _nan_on_third_call():
     return nan_after_two, calls
 
 
-def test_nonfinite_loss_stops_with_step_and_ids(env, tmp_path):
+def test_nonfinite_loss_stops_with_step_and_ids(env, tmp_path, capsys):
     root, d = env
     fn, calls = _nan_on_third_call()
     try:
@@ -234,3 +241,8 @@ def test_nonfinite_loss_stops_with_step_and_ids(env, tmp_path):
     assert set(ids) <= {f"u{i}" for i in range(12)}
     assert ids == info.value.record_ids["_test_nan_after_two"]
     assert not (tmp_path / "out" / "final").exists()
+    # The command line reports it with a non-zero exit code.
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump({**cfg, "train": {**cfg["train"], "output_dir": str(tmp_path / "cli")}}))
+    assert main(["train", str(cfg_path), "--quiet"]) == 3
+    assert "non-finite loss at step 1" in capsys.readouterr().err

@@ -57,6 +57,17 @@ def labeled_rows(n: int, *, seed: int, labels: str = "mixed", prefix: str = "l")
     return rows
 
 
+def same_prompt_thumbs(n_prompts: int, *, seed: int) -> list[dict[str, Any]]:
+    """One thumbs-up and one thumbs-down completion per prompt (discordant pairs)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n_prompts):
+        prompt = _word(rng, 4)
+        rows.append({"id": f"s{i}u", "prompt": prompt, "completion": "ab" + _word(rng, 3), "label": True})
+        rows.append({"id": f"s{i}d", "prompt": prompt, "completion": "hg" + _word(rng, 3), "label": False})
+    return rows
+
+
 def base_config(model_dir: Path, output_dir: Path, data: list[dict[str, Any]], **train: Any) -> dict[str, Any]:
     train_cfg = {"output_dir": str(output_dir), "lr": 1e-3, "micro_batch_size": 4, "max_steps": 4, "log_every": 1}
     train_cfg.update(train)
@@ -81,3 +92,8 @@ def assert_states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
 
 def model_state(model: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def length_margins(prompts: list[str], completions: list[str]) -> torch.Tensor:
+    """A hand-made margin reward for MODPO tests: minus the completion length, [N, 1]."""
+    return torch.tensor([[-float(len(c))] for c in completions])

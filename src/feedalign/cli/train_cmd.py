@@ -47,7 +47,9 @@ def register(subparsers: Any) -> None:
     gen.add_argument("model", metavar="CHECKPOINT_OR_DIR")
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    source.add_argument("--prompts-file", help="a text file with one prompt per line, or a .jsonl file of {\"prompt\": ...}")
+    source.add_argument(
+        "--prompts-file", help='a text file with one prompt per line, or a .jsonl file of {"prompt": ...}'
+    )
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     gen.add_argument("--top-p", type=float, default=1.0)
@@ -57,7 +59,8 @@ def register(subparsers: Any) -> None:
 
 
 def _setup_console(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ never dies an hour in because of a typo in a path or a loss name.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Collection
@@ -36,6 +37,7 @@ def check_config(
     *,
     resume: bool = False,
     model_given: bool = False,
+    tokenizer_given: bool = False,
     in_memory: Collection[str] = (),
 ) -> list[CheckedSource]:
     """Validate ``config`` against the file system and the loss registry.
@@ -43,15 +45,20 @@ def check_config(
     Args:
         resume: the run continues from a checkpoint in ``train.output_dir``.
         model_given: a model object is passed to ``train``, so ``model.path`` may be unset.
+        tokenizer_given: a tokenizer object is passed to ``train``.
         in_memory: names of sources whose records are passed to ``train`` directly.
 
     Returns the sources with their loss specs and resolved hyperparameters.
     """
     check_output_dir(config, resume=resume)
+    check_trackers(config.train.log_with)
     if not model_given:
         check_model_path(config.model.path, "model.path")
+    if not tokenizer_given:
         if config.model.tokenizer is not None:
             check_model_path(config.model.tokenizer, "model.tokenizer")
+        elif model_given:
+            check_model_path(config.model.path, "model.path")
     checked = []
     for index, (name, source) in enumerate(zip(config.source_names, config.data)):
         prefix = f"data.{index}"
@@ -85,6 +92,18 @@ def check_output_dir(config: Config, *, resume: bool) -> None:
             "it, set train.overwrite_output_dir=true to start over, or pick another directory",
             key=key,
         )
+
+
+_TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+
+
+def check_trackers(trackers: Collection[str]) -> None:
+    for name in trackers:
+        packages = _TRACKER_PACKAGES.get(name, (name,))
+        if not any(importlib.util.find_spec(p) is not None for p in packages):
+            raise ConfigError(
+                f"'{name}' is requested but not installed (pip install {packages[0]})", key="train.log_with"
+            )
 
 
 def check_model_path(path: str | None, key: str) -> None:

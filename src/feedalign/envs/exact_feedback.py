@@ -178,11 +178,30 @@ def compress(feedback: Feedback) -> Feedback:
     keys = [k for k in feedback if k != "weight"]
     if any(feedback[k].is_floating_point() for k in keys):
         raise ValueError(f"compress: only index/bool columns can be merged, got {keys}")
-    stacked = torch.stack([feedback[k].long() for k in keys], 1)
-    weight = feedback.get("weight", torch.ones(len(stacked), dtype=DTYPE))
-    unique, inverse = torch.unique(stacked, dim=0, return_inverse=True)
-    merged_weight = torch.zeros(len(unique), dtype=DTYPE).index_add_(0, inverse, weight.to(DTYPE))
-    out = {k: unique[:, i].to(feedback[k].dtype) for i, k in enumerate(keys)}
+    columns = [feedback[k].long() for k in keys]
+    if any(len(col) and col.min() < 0 for col in columns):
+        raise ValueError("compress: index columns must be non-negative")
+    sizes = [int(col.max()) + 1 if len(col) else 1 for col in columns]
+    key = torch.zeros(len(columns[0]), dtype=torch.long)
+    for col, size in zip(columns, sizes):  # mixed-radix code of the row: one integer per row
+        key = key * size + col
+    weight = feedback.get("weight", torch.ones(len(key), dtype=DTYPE)).to(DTYPE)
+    n_codes = 1
+    for size in sizes:
+        n_codes *= size
+    if n_codes <= 50_000_000:  # small tables: a histogram is much faster than sorting
+        counts = torch.bincount(key, weights=weight, minlength=n_codes)
+        present = torch.bincount(key, minlength=n_codes) > 0
+        unique, merged_weight = present.nonzero().squeeze(1), counts[present]
+    else:
+        unique, inverse = torch.unique(key, return_inverse=True)
+        merged_weight = torch.zeros(len(unique), dtype=DTYPE).index_add_(0, inverse, weight)
+    out: Feedback = {}
+    code = unique.clone()
+    for k, size in reversed(list(zip(keys, sizes))):
+        out[k] = (code % size).to(feedback[k].dtype)
+        code = code // size
+    out = {k: out[k] for k in keys}
     out["weight"] = merged_weight
     return out
 

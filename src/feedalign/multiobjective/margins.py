@@ -206,10 +206,13 @@ class ImplicitRewardMargins:
         one base in memory for the policy, its reference and the margin model."""
         active = peft_model.active_adapter
         grads = {p: p.requires_grad for p in peft_model.parameters()}
+        modes = {m: m.training for m in peft_model.modules()}
         peft_model.load_adapter(os.fspath(adapter_dir), adapter_name=adapter_name, is_trainable=False)
         peft_model.set_adapter(active)
         for param, flag in grads.items():
             param.requires_grad_(flag)
+        for module in peft_model.modules():  # new adapter modules follow their parent's mode
+            module.training = modes.get(module, False)
         return cls(peft_model, tokenizer, beta=beta, adapter_name=adapter_name, **kwargs)
 
     def _logps(self, model: Any, batch: dict[str, Tensor]) -> Tensor:

@@ -206,13 +206,14 @@ class SteeringSpec:
         return self.parse_prompt(prompt)[1]
 
     # ----------------------------------------------------------------- training
-    def per_example_hparams(self, ws: Any, k: int | None = None, *, device: Any = None) -> dict[str, torch.Tensor]:
+    def per_example_hparams(self, ws: Any, k: int | None = None, *, device: Any = None,
+                            dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         """MODPO's per-example ``weight`` [B] (= w_k) and ``margin_weights`` [B, m-1] (= w_{-k},
         the other objectives in order, matching the margin columns)."""
         k = self.k if k is None else k
         if k is None:
             raise ValueError("per_example_hparams: set SteeringSpec.trained (or pass k)")
-        arr = torch.as_tensor(np.atleast_2d(np.asarray(ws, dtype=np.float64)), dtype=torch.float32, device=device)
+        arr = torch.as_tensor(np.atleast_2d(np.asarray(ws, dtype=np.float64)), dtype=dtype, device=device)
         others = [j for j in range(self.m) if j != k]
         return {"weight": arr[:, k].contiguous(), "margin_weights": arr[:, others].contiguous()}
 
@@ -240,7 +241,7 @@ class SteeringSpec:
         added = tokenizer.add_tokens(self.level_tokens())
         if added and model is not None:
             old = model.get_input_embeddings().weight.shape[0]
-            model.resize_token_embeddings(len(tokenizer))
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
             with torch.no_grad():
                 for emb in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
                     if emb.weight.shape[0] > old:
@@ -250,17 +251,18 @@ class SteeringSpec:
     def check_tokenizer(self, tokenizer: Any) -> None:
         """Raise unless every grid value's prefix tokenises without ``<unk>`` and distinctly."""
         unk = getattr(tokenizer, "unk_token_id", None)
-        seen: dict[tuple[int, ...], int] = {}
+        seen: dict[tuple[int, ...], str] = {}
         for level in range(self.grid + 1):
             w = np.zeros(self.m)
             w[0], w[1] = level / self.grid, 1 - level / self.grid
-            ids = tuple(tokenizer(self.prefix(w), add_special_tokens=False)["input_ids"])
-            if unk is not None and unk in ids or ids in seen:
+            text = self.prefix(w)
+            ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+            clash = seen.get(ids, text) != text
+            if (unk is not None and unk in ids) or clash:
                 hint = "use render: tokens (and SteeringSpec.prepare)" if self.render == "text" else "call SteeringSpec.prepare first"
-                raise ValueError(
-                    f"steering prefix {self.prefix(w)!r} does not survive this tokenizer "
-                    f"({'unknown tokens' if unk in ids else 'same ids as another weight'}); {hint}")
-            seen[ids] = level
+                why = f"same ids as {seen[ids]!r}" if clash else "unknown tokens"
+                raise ValueError(f"steering prefix {text!r} does not survive this tokenizer ({why}); {hint}")
+            seen[ids] = text
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": "feedalign.steering", "version": 1, **dataclasses.asdict(self)}
@@ -295,9 +297,9 @@ def load_spec(directory_or_file: str | os.PathLike[str]) -> SteeringSpec:
 def sample_weights(n: int, m: int, seed: int = 0, *, grid: int | None = None) -> np.ndarray:
     """``n`` weights ``[n, m]`` uniform on the simplex (rounded to ``1/grid`` if given)."""
     ws = sample_simplex(m, n, seed)
-    if grid is None:
+    if grid is None or m < 2 or n == 0:
         return ws
-    return SteeringSpec(objectives=tuple(f"o{j}" for j in range(max(m, 2))), grid=grid).snap(ws) if m >= 2 else ws
+    return SteeringSpec(objectives=tuple(f"o{j}" for j in range(m)), grid=grid).snap(ws)
 
 
 def condition_prompt(prompt: str, w: Any, spec: SteeringSpec) -> str:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -191,13 +192,27 @@ class AdapterReference:
         return self._fingerprint
 
 
+def _write_shard(directory: Path, pending: dict[str, float]) -> None:
+    """Write ``pending`` as a new shard (temporary file + ``os.replace``) and empty it."""
+    if not pending:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"shard-{os.getpid()}-{uuid.uuid4().hex[:12]}.pt"
+    temporary = directory / f".tmp-{name}"
+    keys = list(pending)
+    torch.save({"keys": keys, "logps": torch.tensor([pending[k] for k in keys], dtype=torch.float32)}, temporary)
+    os.replace(temporary, directory / name)
+    pending.clear()
+
+
 class CachedReference:
     """Reference log-probs stored on disk under ``cache_dir/<fingerprint>/shard-*.pt``.
 
     Entries are keyed by sha256(fingerprint, example key, token ids, completion mask), so a
     changed tokenisation or truncation is a miss rather than a stale hit. Misses are computed
     with ``inner`` (if given), kept in memory and written as a new shard every
-    ``flush_every`` entries and on ``flush()``; every shard is written to a temporary file and
+    ``flush_every`` entries, on ``flush()`` and when the object is collected or the process
+    exits; every shard is written to a temporary file and
     moved into place with ``os.replace``, so readers never see a partial shard.
 
     Args:
@@ -223,6 +238,8 @@ class CachedReference:
         self.flush_every = flush_every
         self._table = self._load()
         self._pending: dict[str, float] = {}
+        # Holds the directory and the pending dict, not self, so it does not keep self alive.
+        weakref.finalize(self, _write_shard, self.directory, self._pending)
 
     def _default_fingerprint(self) -> str:
         if self.inner is not None:
@@ -293,18 +310,10 @@ class CachedReference:
         return len(self) - before
 
     def flush(self) -> None:
-        """Write pending entries as one new shard (atomically)."""
-        if not self._pending:
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"shard-{os.getpid()}-{uuid.uuid4().hex[:12]}.pt"
-        temporary = self.directory / f".tmp-{name}"
-        keys = list(self._pending)
-        payload = {"keys": keys, "logps": torch.tensor([self._pending[k] for k in keys], dtype=torch.float32)}
-        torch.save(payload, temporary)
-        os.replace(temporary, self.directory / name)
+        """Write pending entries as one new shard (atomically). Also runs when the object is
+        garbage-collected or the interpreter exits, so computed entries are not lost."""
         self._table.update(self._pending)
-        self._pending = {}
+        _write_shard(self.directory, self._pending)
 
     def drop_inner(self) -> None:
         """Release the computing reference (e.g. a model copy) once everything is cached."""

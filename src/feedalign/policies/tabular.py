@@ -126,13 +126,17 @@ class SteerableTabularPolicy(nn.Module):
         w = self._weights(w)
         if w.dim() == 1:
             return self.log_probs(w)[prompt_idx, response_idx]
-        logits = self.base[prompt_idx] + torch.einsum("bi,ibk->bk", w, self.heads[:, prompt_idx])
+        # index_select + logsumexp: several times faster on CPU than fancy indexing and
+        # log_softmax over [B, K] rows with small K (matters for million-row steering data).
+        logits = torch.index_select(self.base, 0, prompt_idx)
+        for i in range(self.n_objectives):
+            logits = logits + w[:, i : i + 1] * torch.index_select(self.heads[i], 0, prompt_idx)
         if self.mlp is not None:
             logits = logits + self.mlp(w).view(-1, self.n_prompts, self.n_responses)[
                 torch.arange(len(prompt_idx)), prompt_idx
             ]
-        logps = torch.log_softmax(logits, dim=-1)
-        return logps.gather(1, response_idx[:, None]).squeeze(1)
+        chosen = logits.gather(1, response_idx[:, None]).squeeze(1)
+        return chosen - torch.logsumexp(logits, dim=-1)
 
     @torch.no_grad()
     def at(self, w: Any) -> TabularPolicy:

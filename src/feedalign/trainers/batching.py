@@ -212,7 +212,9 @@ def collate(examples: Sequence[Example], feedback: str, pad_id: int) -> Batch:
     return Batch(examples, tensors, row_ids, prompts, completions, lengths, labels)
 
 
-def collate_texts(tokenizer: Any, prompts: Sequence[str], completions: Sequence[str], max_length: int, pad_id: int) -> dict[str, torch.Tensor]:
+def collate_texts(
+    tokenizer: Any, prompts: Sequence[str], completions: Sequence[str], max_length: int, pad_id: int
+) -> dict[str, torch.Tensor]:
     """Tokenise and pad arbitrary (prompt, completion) rows (e.g. KTO's mismatched pairs)."""
     from feedalign.data.collate import pad_batch, tokenize_example
 

@@ -230,7 +230,8 @@ def evaluate(runtime: Runtime, sources: Sequence[Source], batch_size: int) -> di
                 min_size = 2 if "kl_ref" in source.spec.state else 1
                 loss_sum, count, own = 0.0, 0, []
                 for chunk in eval_chunks(source.eval_examples, batch_size, min_size=min_size):
-                    out = source_forward(runtime, source, collate(chunk, source.feedback, runtime.pad_id), training=False)
+                    batch = collate(chunk, source.feedback, runtime.pad_id)
+                    out = source_forward(runtime, source, batch, training=False)
                     loss_sum += float(out.losses.double().sum())
                     count += out.batch.size
                     own.append(out)

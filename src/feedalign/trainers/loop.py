@@ -24,26 +24,20 @@ import logging
 import math
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from feedalign.config.checks import check_config
-from feedalign.config.loader import config_from_dict, dump_config, load_config
+from feedalign.config.loader import config_from_dict, config_to_dict, dump_config, load_config
 from feedalign.config.schema import Config
 from feedalign.trainers import checkpoint as ckpt
-from feedalign.trainers.forward import Runtime, Source, SourceOutput, evaluate, reward_metrics, source_forward
+from feedalign.trainers.forward import SourceOutput, evaluate, reward_metrics, source_forward
 from feedalign.trainers.logging import MetricsAverager, MetricsLogger, format_metrics
-from feedalign.trainers.setup import (
-    build_sources,
-    load_policy,
-    make_accelerator,
-    make_optimizer,
-    pad_id_of,
-    total_steps,
-)
+from feedalign.trainers.run import Run, TrainerCallback, prepare_run, release_accelerator, save_run
+from feedalign.trainers.setup import make_accelerator
 from feedalign.trainers.state import check_state
 
 logger = logging.getLogger("feedalign.train")
@@ -63,16 +57,6 @@ class NonFiniteLossError(RuntimeError):
         self.path = path
 
 
-class TrainerCallback:
-    """Hooks into the loop; override what you need. Raising from a hook stops training."""
-
-    def on_step_end(self, step: int, metrics: Mapping[str, float]) -> None: ...
-
-    def on_evaluate(self, step: int, metrics: Mapping[str, float]) -> None: ...
-
-    def on_save(self, step: int, path: Path) -> None: ...
-
-
 @dataclass
 class TrainResult:
     """What a run produced. ``model`` is the trained policy (peft-wrapped for LoRA)."""
@@ -86,24 +70,6 @@ class TrainResult:
     tokenizer: Any
     checkpoint: Path | None = None
     resumed_from: Path | None = None
-
-
-@dataclass
-class _Run:
-    config: Config
-    accelerator: Any
-    runtime: Runtime
-    sources: list[Source]
-    optimizer: Any
-    scheduler: Any
-    params: list[torch.nn.Parameter]
-    total: int
-    per_epoch: int
-    out: Path
-    callbacks: Sequence[TrainerCallback]
-    step: int = 0
-    last_checkpoint: Path | None = None
-    history: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def train(
@@ -121,7 +87,8 @@ def train(
     Args:
         config: a :class:`Config`, a dict in the YAML layout, or a YAML file path.
         overrides: ``key.sub=value`` strings applied on top of ``config``.
-        model, tokenizer: use these objects instead of loading ``model.path``.
+        model, tokenizer: use these objects instead of loading ``model.path`` (the model is
+            trained in place; LoRA from ``model.lora`` is applied only to loaded models).
         records: in-memory data per source name (lists of records, a ``datasets.Dataset``
             or a list of row dicts); such sources need no ``path``.
         callbacks: :class:`TrainerCallback` objects.
@@ -133,7 +100,13 @@ def train(
         NonFiniteLossError: the loss became NaN/inf (batch saved to nonfinite_batch.json).
     """
     config = _as_config(config, overrides)
-    checked = check_config(config, resume=resume, model_given=model is not None, in_memory=set(records or {}))
+    checked = check_config(
+        config,
+        resume=resume,
+        model_given=model is not None,
+        tokenizer_given=tokenizer is not None,
+        in_memory=set(records or {}),
+    )
     for index, item in enumerate(checked):
         check_state(item.spec, item.config, config.train, f"data.{index}")
     out = Path(config.train.output_dir).expanduser()
@@ -141,7 +114,9 @@ def train(
         _clear_output_dir(out)
     accelerator = make_accelerator(config.train)
     try:
-        run, resumed_from = _prepare(config, checked, accelerator, model, tokenizer, records, callbacks, resume)
+        run, resumed_from = prepare_run(
+            config, checked, accelerator, model, tokenizer, records, callbacks, resume
+        )
         metrics, eval_metrics = _train_loop(run, resumed=resumed_from is not None)
         final_dir = _save_final(run)
         return TrainResult(
@@ -156,7 +131,7 @@ def train(
             resumed_from=resumed_from,
         )
     finally:
-        _release_accelerator()
+        release_accelerator()
 
 
 def _as_config(config: Config | Mapping[str, Any] | str | Path, overrides: Sequence[str] | None) -> Config:
@@ -174,105 +149,7 @@ def _clear_output_dir(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def _release_accelerator() -> None:
-    # accelerate keeps process-wide singletons; forget the per-run part so a later run in
-    # the same process may use other settings (e.g. another precision).
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-
-
-def _prepare(config, checked, accelerator, model, tokenizer, records, callbacks, resume) -> tuple[_Run, Path | None]:
-    from accelerate.utils import set_seed
-
-    from feedalign.policies.hf import load_tokenizer
-    from feedalign.policies.reference import make_reference
-
-    train_cfg = config.train
-    set_seed(train_cfg.seed)
-    if tokenizer is None:
-        tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    sources = build_sources(config, checked, tokenizer, records, rank=rank, world=world)
-    if model is None:
-        model = load_policy(config)
-    model.to(accelerator.device)
-    model.train()
-    reference = None
-    if any(s.spec.needs_reference for s in sources):
-        reference = make_reference(
-            config.reference.strategy, model, cache_dir=config.reference.cache_dir, chunk_size=train_cfg.logps_chunk_size
-        )
-    params = [p for p in model.parameters() if p.requires_grad]
-    total, per_epoch = total_steps(train_cfg, sources, world)
-    optimizer, scheduler = make_optimizer(train_cfg, params, total)
-    optimizer = accelerator.prepare(optimizer)
-    runtime = Runtime(accelerator, model, reference, tokenizer, pad_id_of(tokenizer), train_cfg.logps_chunk_size)
-    out = Path(train_cfg.output_dir).expanduser()
-    run = _Run(config, accelerator, runtime, sources, optimizer, scheduler, params, total, per_epoch, out, callbacks or ())
-    resumed_from = ckpt.find_resume_checkpoint(out) if resume else None
-    if resume and resumed_from is None:
-        logger.warning("--resume: no complete checkpoint in %s; starting from scratch", out)
-    if accelerator.is_main_process:
-        ckpt.remove_incomplete(out)
-    if resumed_from is not None:
-        _restore(run, resumed_from)
-    return run, resumed_from
-
-
-def _restore(run: _Run, path: Path) -> None:
-    payload = ckpt.load_checkpoint(path)
-    ckpt.load_trainable_state(run.runtime.model, payload.weights)
-    run.optimizer.load_state_dict(payload.optimizer)
-    run.scheduler.load_state_dict(payload.scheduler)
-    state = payload.state
-    for source in run.sources:
-        source.sampler.load_state_dict(state["samplers"][source.name])
-        for name, provider in source.providers.items():
-            provider.load_state_dict(state["providers"][source.name][name])
-    if state.get("scaler") is not None and run.accelerator.scaler is not None:
-        run.accelerator.scaler.load_state_dict(state["scaler"])
-    ckpt.set_rng_state(state["rng"])
-    run.step = payload.step
-    run.last_checkpoint = path
-    logger.info("resumed from %s (step %d)", path, payload.step)
-
-
-def _save(run: _Run) -> Path | None:
-    accelerator = run.accelerator
-    path = None
-    if accelerator.is_main_process:
-        state = {
-            "rng": ckpt.rng_state(),
-            "samplers": {s.name: s.sampler.state_dict() for s in run.sources},
-            "providers": {s.name: {n: p.state_dict() for n, p in s.providers.items()} for s in run.sources},
-            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-        }
-        trainer_state = {
-            "step": run.step,
-            "total_steps": run.total,
-            "samplers": state["samplers"],
-            "providers": state["providers"],
-        }
-        payload = ckpt.CheckpointPayload(
-            step=run.step,
-            weights=ckpt.trainable_state(run.runtime.model),
-            optimizer=run.optimizer.state_dict(),
-            scheduler=run.scheduler.state_dict(),
-            state=state,
-            trainer_state=trainer_state,
-            config_yaml=dump_config(run.config),
-        )
-        path = ckpt.save_checkpoint(run.out, payload, keep=run.config.train.keep_checkpoints)
-        run.last_checkpoint = path
-        for callback in run.callbacks:
-            callback.on_save(run.step, path)
-    accelerator.wait_for_everyone()
-    return path
-
-
-def _micro_step(run: _Run) -> tuple[torch.Tensor, list[SourceOutput]]:
+def _micro_step(run: Run) -> tuple[torch.Tensor, list[SourceOutput]]:
     """Forward every source once; returns the weighted total loss and the outputs."""
     mb = run.config.train.micro_batch_size
     outputs = []
@@ -285,7 +162,7 @@ def _micro_step(run: _Run) -> tuple[torch.Tensor, list[SourceOutput]]:
     return total, outputs
 
 
-def _check_finite(run: _Run, total: torch.Tensor, outputs: list[SourceOutput], micro: int) -> None:
+def _check_finite(run: Run, total: torch.Tensor, outputs: list[SourceOutput], micro: int) -> None:
     flag = torch.isfinite(total.detach()).float().reshape(1)
     if bool(run.runtime.gather(flag).min() > 0):
         return
@@ -297,13 +174,16 @@ def _check_finite(run: _Run, total: torch.Tensor, outputs: list[SourceOutput], m
         report["sources"][source.name] = {
             "loss": mean if math.isfinite(mean) else str(mean),
             "record_ids": out.batch.ids,
-            "nonfinite_record_ids": [i for i, v in zip(out.batch.ids, per_example.tolist()) if not math.isfinite(v)],
+            "nonfinite_record_ids": [
+                i for i, v in zip(out.batch.ids, per_example.tolist()) if not math.isfinite(v)
+            ],
         }
     path = run.out / NONFINITE_FILE
     if run.accelerator.is_main_process:
         path.write_text(json.dumps(report, indent=2), encoding="utf-8")
     bad = {name: info["record_ids"] for name, info in report["sources"].items()}
-    culprits = {name: info["loss"] for name, info in report["sources"].items() if isinstance(info["loss"], str)}
+    sources = report["sources"]
+    culprits = {name: info["loss"] for name, info in sources.items() if isinstance(info["loss"], str)}
     raise NonFiniteLossError(
         f"non-finite loss at step {step} (micro-step {micro}); source losses {culprits}; "
         f"record ids {bad}; batch saved to {path}",
@@ -313,7 +193,7 @@ def _check_finite(run: _Run, total: torch.Tensor, outputs: list[SourceOutput], m
     )
 
 
-def _step_metrics(run: _Run, outputs: list[SourceOutput], total: torch.Tensor) -> dict[str, float]:
+def _step_metrics(run: Run, outputs: list[SourceOutput], total: torch.Tensor) -> dict[str, float]:
     metrics: dict[str, Any] = {"loss": total.detach()}
     for source, out in zip(run.sources, outputs):
         metrics[f"loss/{source.name}"] = out.losses.detach().mean()
@@ -323,7 +203,7 @@ def _step_metrics(run: _Run, outputs: list[SourceOutput], total: torch.Tensor) -
     return metrics
 
 
-def _optimizer_step(run: _Run) -> dict[str, float]:
+def _optimizer_step(run: Run) -> dict[str, float]:
     accelerator = run.accelerator
     averager = MetricsAverager()
     for micro in range(run.config.train.grad_accum):
@@ -358,14 +238,14 @@ def _average_gradients(accelerator: Any, params: list[torch.nn.Parameter]) -> No
         offset += g.numel()
 
 
-def _train_loop(run: _Run, *, resumed: bool) -> tuple[dict[str, float], dict[str, float]]:
+def _train_loop(run: Run, *, resumed: bool) -> tuple[dict[str, float], dict[str, float]]:
     from tqdm.auto import tqdm
 
     train_cfg = run.config.train
     accelerator = run.accelerator
     metrics_logger = MetricsLogger(
         run.out, accelerator, resume_step=run.step if resumed else None, trackers=train_cfg.log_with,
-        run_config=_config_dict(run.config),
+        run_config=config_to_dict(run.config),
     )
     has_eval = any(s.eval_examples for s in run.sources)
     eval_bs = train_cfg.eval_batch_size or train_cfg.micro_batch_size
@@ -386,7 +266,7 @@ def _train_loop(run: _Run, *, resumed: bool) -> tuple[dict[str, float], dict[str
             if has_eval and ((train_cfg.eval_every and run.step % train_cfg.eval_every == 0) or last):
                 eval_metrics = _evaluate(run, metrics_logger, eval_bs)
             if train_cfg.save_every and (run.step % train_cfg.save_every == 0 or last):
-                _save(run)
+                save_run(run)
         if has_eval and not eval_metrics:
             eval_metrics = _evaluate(run, metrics_logger, eval_bs)
     finally:
@@ -398,7 +278,7 @@ def _train_loop(run: _Run, *, resumed: bool) -> tuple[dict[str, float], dict[str
 _CONSOLE_KEYS = ("loss", "lr", "grad_norm")
 
 
-def _evaluate(run: _Run, metrics_logger: MetricsLogger, batch_size: int) -> dict[str, float]:
+def _evaluate(run: Run, metrics_logger: MetricsLogger, batch_size: int) -> dict[str, float]:
     eval_metrics = evaluate(run.runtime, run.sources, batch_size)
     metrics_logger.log(run.step, eval_metrics)
     logger.info("eval step %d %s", run.step, format_metrics(eval_metrics))
@@ -407,13 +287,7 @@ def _evaluate(run: _Run, metrics_logger: MetricsLogger, batch_size: int) -> dict
     return eval_metrics
 
 
-def _config_dict(config: Config) -> dict[str, Any]:
-    from feedalign.config.loader import config_to_dict
-
-    return config_to_dict(config)
-
-
-def _save_final(run: _Run) -> Path | None:
+def _save_final(run: Run) -> Path | None:
     """``output_dir/final``: save_pretrained (the adapter for LoRA) + tokenizer + config."""
     accelerator = run.accelerator
     final = run.out / FINAL_DIR

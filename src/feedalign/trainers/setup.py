@@ -64,7 +64,9 @@ def _load_source_records(config: Config, index: int, name: str, given: Any) -> l
             return list(given)
         result = load_records(given, on_invalid=on_invalid, quarantine_path=quarantine, kind=source.kind)
     else:
-        result = load_many(list(source.paths), on_invalid=on_invalid, quarantine_path=quarantine, kind=source.kind)
+        result = load_many(
+            list(source.paths), on_invalid=on_invalid, quarantine_path=quarantine, kind=source.kind
+        )
     if result.rejected:
         logger.warning("source %s: %d rows rejected, written to %s", name, len(result.rejected), quarantine)
     return list(result.records)
@@ -101,15 +103,19 @@ def build_sources(
         recs = _filter_objective(_load_source_records(config, index, item.name, given), item.config.objective)
         where = item.config.paths[0] if item.config.paths else item.name
         if not recs:
-            raise FeedbackDataError(where, f"source '{item.name}' has no records (objective filter: {item.config.objective!r})")
+            detail = f"source '{item.name}' has no records (objective filter: {item.config.objective!r})"
+            raise FeedbackDataError(where, detail)
         examples = examples_from_records(
             recs, item.spec.feedback, source=item.name, pairing=item.config.pairing, seed=train.seed
         )
         if not examples:
-            raise FeedbackDataError(where, f"source '{item.name}' gives no examples for a '{item.spec.feedback}' loss")
+            detail = f"source '{item.name}' gives no examples for a '{item.spec.feedback}' loss"
+            raise FeedbackDataError(where, detail)
         examples = tokenize_examples(examples, tokenizer, item.config.max_length)
         min_eval = 2 if "kl_ref" in item.spec.state else 1
-        train_ex, eval_ex = split_eval(examples, train.eval_fraction, train.seed, stream=index, min_eval=min_eval)
+        train_ex, eval_ex = split_eval(
+            examples, train.eval_fraction, train.seed, stream=index, min_eval=min_eval
+        )
         sampler = EpochSampler(len(train_ex), train.seed, stream=index, rank=rank, world=world)
         sources.append(
             Source(
@@ -122,7 +128,7 @@ def build_sources(
                 train_examples=train_ex,
                 eval_examples=eval_ex,
                 sampler=sampler,
-                providers=make_providers(item.spec, item.config, item.hparams),
+                providers=make_providers(item.spec, item.config, item.hparams, prefix=f"data.{index}"),
             )
         )
         logger.info(

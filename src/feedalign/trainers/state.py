@@ -16,8 +16,9 @@ the loss was computed on a training batch (``update``), and round-trips through
                toward the larger class (ALGORITHMS.md §8, §15.4).
 * ``margins``  MODPO margin rewards of the other objectives, from a margin source selected
                by ``margins.kind`` (``callable``: a user function "module:function" taking
-               ``(prompts, completions)`` and returning [N, m-1]). Reward-model and
-               implicit-reward margin sources plug in through :func:`register_margin_source`.
+               ``(prompts, completions)`` and returning [N, m-1]; ``reward_model``,
+               ``implicit``, ``builtin``, ``stack`` from :mod:`feedalign.multiobjective.margins`).
+               More kinds plug in through :func:`register_margin_source`.
 """
 
 from __future__ import annotations
@@ -128,11 +129,23 @@ _MARGIN_SOURCES: dict[str, Callable[[MarginsConfig], MarginSource]] = {}
 
 def register_margin_source(kind: str, factory: Callable[[MarginsConfig], MarginSource]) -> None:
     """Make ``margins.kind: <kind>`` available; ``factory(margins_config)`` returns a callable
-    ``(prompts, completions) -> Tensor [N, m-1]`` (e.g. a reward model or an implicit reward
-    ``beta*(logp_adapter - logp_base)``)."""
-    if kind in _MARGIN_SOURCES:
+    ``(prompts, completions) -> Tensor [N, m-1]``."""
+    if kind in margin_sources():
         raise ValueError(f"margin source '{kind}' is already registered")
     _MARGIN_SOURCES[kind] = factory
+
+
+def margin_sources() -> dict[str, Callable[[MarginsConfig], MarginSource]]:
+    """Registered margin-source kinds. The built-in kinds come from
+    :mod:`feedalign.multiobjective.margins` (callable, builtin, reward_model, implicit,
+    stack); without it only ``callable`` ("module:function") is available."""
+    if not _MARGIN_SOURCES:
+        try:
+            from feedalign.multiobjective.margins import MARGIN_SOURCE_FACTORIES
+        except ImportError:
+            MARGIN_SOURCE_FACTORIES = {"callable": lambda cfg: import_callable(str(cfg.target))}
+        _MARGIN_SOURCES.update(MARGIN_SOURCE_FACTORIES)
+    return _MARGIN_SOURCES
 
 
 def import_callable(target: str) -> Callable[..., Any]:
@@ -150,9 +163,6 @@ def import_callable(target: str) -> Callable[..., Any]:
     if not callable(fn):
         raise ValueError(f"'{target}' is not callable")
     return fn  # type: ignore[return-value]
-
-
-register_margin_source("callable", lambda cfg: import_callable(str(cfg.target)))
 
 
 class MarginRewards(StateProvider):
@@ -199,16 +209,11 @@ def check_state(spec: Any, source: DataSourceConfig, train: TrainConfig, prefix:
                 "`margins: {kind: callable, target: 'module:function'}`",
                 key=f"{prefix}.margins",
             )
-        if source.margins.kind not in _MARGIN_SOURCES:
+        if source.margins.kind not in margin_sources():
             raise ConfigError(
-                f"unknown margin source '{source.margins.kind}'; valid: {sorted(_MARGIN_SOURCES)}",
+                f"unknown margin source '{source.margins.kind}'; valid: {sorted(margin_sources())}",
                 key=f"{prefix}.margins.kind",
             )
-        if source.margins.kind == "callable":
-            try:
-                import_callable(str(source.margins.target))
-            except ValueError as exc:
-                raise ConfigError(str(exc), key=f"{prefix}.margins.target") from None
 
 
 def _reward_shift(spec: Any, source: DataSourceConfig, hparams: dict[str, Any]) -> StateProvider:
@@ -220,7 +225,7 @@ def _reward_shift(spec: Any, source: DataSourceConfig, hparams: dict[str, Any]) 
 def _margin_rewards(spec: Any, source: DataSourceConfig, hparams: dict[str, Any]) -> StateProvider:
     if source.margins is None:
         raise ValueError(f"loss '{spec.name}' needs a `margins` source")
-    return MarginRewards(_MARGIN_SOURCES[source.margins.kind](source.margins))
+    return MarginRewards(margin_sources()[source.margins.kind](source.margins))
 
 
 # State name -> provider factory (spec, source config, resolved hparams).
@@ -231,6 +236,16 @@ _PROVIDERS: dict[str, Callable[[Any, DataSourceConfig, dict[str, Any]], StatePro
 }
 
 
-def make_providers(spec: Any, source: DataSourceConfig, hparams: dict[str, Any]) -> dict[str, StateProvider]:
-    """One provider per state name of ``spec`` (call :func:`check_state` first)."""
-    return {name: _PROVIDERS[name](spec, source, hparams) for name in spec.state}
+def make_providers(
+    spec: Any, source: DataSourceConfig, hparams: dict[str, Any], *, prefix: str = "data"
+) -> dict[str, StateProvider]:
+    """One provider per state name of ``spec`` (call :func:`check_state` first). A provider
+    that cannot be built (e.g. a margin function that does not import) is a ConfigError."""
+    providers = {}
+    for name in spec.state:
+        try:
+            providers[name] = _PROVIDERS[name](spec, source, hparams)
+        except (ValueError, ImportError, OSError) as exc:
+            key = f"{prefix}.margins" if name == "margins" else f"{prefix}.loss"
+            raise ConfigError(f"cannot set up state '{name}': {exc}", key=key) from None
+    return providers

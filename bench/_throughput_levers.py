@@ -1,0 +1,165 @@
+"""Lever experiments for bench/throughput.py (``--levers``): a bare DPO step built from
+feedalign's public pieces, to measure what each speed lever would buy the trainer.
+
+The step is the trainer's arithmetic without its bookkeeping: tokenise with
+``feedalign.data.collate.tokenize_example``, build a batch (padded ``pad_batch`` or padding-free
+``pack_examples``), per-sequence log-probs with ``feedalign.policies.hf`` (chunked over
+completion rows), the registered ``dpo`` loss against reference log-probs computed once
+before training, backward, gradient clipping, AdamW. Nothing is read back to the host
+inside a step. Variants:
+
+* ``padded``         right-padded [2B, T] chosen+rejected batch (the trainer's layout);
+* ``packed-sdpa``    one padding-free row; transformers derives a block-diagonal mask from
+                     the restarting position ids and SDPA runs over the whole row (S^2);
+* ``packed-varlen``  one padding-free row with a variable-length attention function
+                     (``torch.nn.attention.varlen.varlen_attn`` on CUDA, per-segment causal
+                     SDPA elsewhere): attention cost stays per sequence;
+* ``naive-logps``    padded, full [2B, T, V] logits then log_softmax (what chunking avoids);
+* ``mb16``           padded, 16 pairs per micro-batch (2 steps' worth of data per step);
+* ``+compile``       any of the above with the decoder under ``torch.compile(dynamic=True)``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from _throughput_trl import RunResult
+from _throughput_workload import PeakMemory, pair_texts, synchronize
+
+VARLEN_ATTENTION = "feedalign_bench_varlen"
+LEVERS = ("padded", "packed-sdpa", "packed-varlen", "naive-logps", "mb16", "padded+compile", "packed-varlen+compile")
+_SEGMENTS: dict[tuple[int, int], tuple[torch.Tensor, list[int], int]] = {}
+
+
+def _segments(position_ids: torch.Tensor) -> tuple[torch.Tensor, list[int], int]:
+    """(cu_seqlens int32 on device, boundaries on host, longest) of a packed row, computed
+    once per position tensor (every layer sees the same one)."""
+    key = (position_ids.data_ptr(), position_ids.shape[-1])
+    if key not in _SEGMENTS:
+        _SEGMENTS.clear()
+        starts = (position_ids[0] == 0).nonzero().flatten().tolist() + [position_ids.shape[-1]]
+        lengths = [b - a for a, b in zip(starts[:-1], starts[1:])]
+        cu = torch.tensor(starts, dtype=torch.int32, device=position_ids.device)
+        _SEGMENTS[key] = (cu, starts, max(lengths))
+    return _SEGMENTS[key]
+
+
+@torch.compiler.disable
+def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_ids=None, **kwargs):
+    """Causal attention within each packed sequence. query [1, H, S, D], key/value
+    [1, Hkv, S, D] -> [1, S, H, D] (the layout transformers' attention functions return)."""
+    if position_ids is None:
+        raise ValueError("varlen attention needs position_ids (a packed batch)")
+    cu, starts, longest = _segments(position_ids)
+    groups = query.shape[1] // key.shape[1]
+    if query.is_cuda:
+        from torch.nn.attention.varlen import varlen_attn
+
+        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [S, H, D]
+        out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, window_size=(-1, 0), enable_gqa=groups > 1)
+        return out[None], None
+    key = key.repeat_interleave(groups, dim=1) if groups > 1 else key
+    value = value.repeat_interleave(groups, dim=1) if groups > 1 else value
+    pieces = [
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True, scale=scaling
+        )
+        for a, b in zip(starts[:-1], starts[1:])
+    ]
+    return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _register_varlen() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(VARLEN_ATTENTION, varlen_attention)
+
+
+def _tokenised(tokenizer: Any, pairs: list[dict[str, list[int]]]) -> list[tuple[dict, dict]]:
+    from feedalign.data.collate import tokenize_example
+
+    out = []
+    for row in pair_texts(pairs):
+        chosen = tokenize_example(tokenizer, row["prompt"], row["chosen"], 4096)
+        rejected = tokenize_example(tokenizer, row["prompt"], row["rejected"], 4096)
+        out.append((chosen, rejected))
+    return out
+
+
+def _batch(rows: list[dict], layout: str, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    from feedalign.data.collate import pack_examples, pad_batch
+
+    tensors = pack_examples(rows) if layout == "packed" else pad_batch(rows, pad_id)
+    return {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
+
+
+def _logps(model: Any, batch: dict[str, torch.Tensor], naive: bool) -> torch.Tensor:
+    from feedalign.policies.hf import batch_logps, naive_sequence_logps
+
+    if naive:
+        return naive_sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    return batch_logps(model, batch)
+
+
+def _setup(lever: str, model_dir: str, dtype: torch.dtype, device: torch.device):
+    from feedalign.policies.hf import load_causal_lm
+
+    packed = lever.startswith("packed")
+    attn = VARLEN_ATTENTION if "varlen" in lever else "sdpa"
+    if "varlen" in lever:
+        _register_varlen()
+    model = load_causal_lm(model_dir, dtype=dtype, attn_implementation=attn).to(device)
+    model.train()
+    if lever.endswith("+compile"):
+        model.get_decoder().compile(dynamic=True)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=fused, foreach=None if fused else True)
+    return model, optimizer, "packed" if packed else "padded"
+
+
+def run_lever(
+    lever: str, *, model_dir: str, tokenizer_dir: str, pairs: list[dict[str, list[int]]], steps: int,
+    device: torch.device, dtype: torch.dtype, **_: Any,
+) -> RunResult:
+    """``steps`` DPO steps of one lever variant (reference log-probs computed first, inside
+    the wall time; the reference pass uses the same layout and attention as the policy)."""
+    from feedalign.losses import get_loss
+    from feedalign.policies.hf import load_tokenizer
+
+    result = RunResult()
+    per_step = 16 if lever == "mb16" else 8
+    steps = steps // 2 if lever == "mb16" else steps
+    tokenizer = load_tokenizer(tokenizer_dir)
+    dpo = get_loss("dpo")
+    hparams = dpo.resolve_hparams()
+    synchronize(device)
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        model, optimizer, layout = _setup(lever, model_dir, dtype, device)
+        data = _tokenised(tokenizer, pairs)
+        batches = []
+        for s in range(steps):
+            chunk = data[s * per_step : (s + 1) * per_step]
+            batches.append([c for c, _ in chunk] + [r for _, r in chunk])
+        with torch.no_grad():
+            reference = [_logps(model, _batch(rows, layout, tokenizer.pad_token_id, device), False) for rows in batches]
+        for rows, ref in zip(batches, reference):
+            batch = _batch(rows, layout, tokenizer.pad_token_id, device)
+            policy = _logps(model, batch, lever == "naive-logps")
+            b = len(rows) // 2
+            losses, _ = dpo.fn(policy[:b], policy[b:], ref[:b], ref[b:], **hparams)
+            loss = losses.mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            synchronize(device)
+            result.step_ends.append(time.perf_counter())
+            result.losses.append(loss.detach())
+        result.wall_s = time.perf_counter() - start
+    result.losses = [float(x) for x in result.losses[:3]]
+    result.peak_mem_gib, result.mem_kind = memory.gib, memory.kind
+    return result
