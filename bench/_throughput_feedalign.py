@@ -8,13 +8,11 @@ the trainer's own ``TrainerCallback.on_step_end``, after a device synchronize.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 
-from _throughput_trl import RunResult
-from _throughput_workload import PeakMemory, pair_texts, synchronize, unpaired_texts
+from _throughput_workload import PeakMemory, RunResult, pair_texts, unpaired_texts
 
 
 def records_for(loss: str, pairs: list[dict[str, list[int]]]) -> list[Any]:
@@ -90,8 +88,7 @@ def run_feedalign(
 
     class StepTimer(TrainerCallback):
         def on_step_end(self, step: int, metrics: Any) -> None:
-            synchronize(device)
-            result.step_ends.append(time.perf_counter())
+            result.mark_step(device)
             if "loss" in metrics:
                 result.losses.append(float(metrics["loss"]))
 
@@ -110,14 +107,12 @@ def run_feedalign(
     if precompute and reference != "cached":
         raise ValueError("run_feedalign: precompute needs reference='cached'")
     records = records_for(loss, pairs)
-    synchronize(device)
     with PeakMemory(device) as memory:
-        start = time.perf_counter()
+        result.start(device)
         if precompute:
             precompute_reference(config, records, steps)
         train(config, records={"bench": records}, callbacks=[StepTimer()])
-        synchronize(device)
-        result.wall_s = time.perf_counter() - start
+        result.stop(device)
     result.peak_mem_gib, result.mem_kind = memory.gib, memory.kind
     return result
 
@@ -134,7 +129,7 @@ def precompute_reference(config: dict[str, Any], records: list[Any], steps: int)
     from feedalign.config.checks import check_config
     from feedalign.config.loader import config_from_dict
     from feedalign.policies.hf import load_tokenizer
-    from feedalign.policies.reference import make_reference
+    from feedalign.policies.reference import CachedReference
     from feedalign.trainers.batching import collate_texts, move_to
     from feedalign.trainers.setup import build_sources, load_policy, pad_id_of
 
@@ -143,8 +138,7 @@ def precompute_reference(config: dict[str, Any], records: list[Any], steps: int)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
     device = torch.device("cpu" if cfg.train.cpu or not torch.cuda.is_available() else "cuda")
     (source,) = build_sources(cfg, checked, tokenizer, {"bench": records}, rank=0, world=1)
-    policy = load_policy(cfg).to(device)
-    cache = make_reference("cached", policy, cache_dir=cfg.reference.cache_dir, chunk_size=cfg.train.logps_chunk_size)
+    cache = CachedReference(_FrozenPolicy(load_policy(cfg).to(device), cfg.train.logps_chunk_size), cfg.reference.cache_dir)
     pad_id = pad_id_of(tokenizer)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
     with torch.no_grad(), autocast:
@@ -159,3 +153,23 @@ def precompute_reference(config: dict[str, Any], records: list[Any], steps: int)
                 cache.logps(move_to(tensors, device), kl_ids)
     cache.flush()
     return len(cache)
+
+
+class _FrozenPolicy:
+    """The freshly loaded policy as the reference that fills the cache, without the copy
+    ``make_reference`` would take (nothing trains in this pass). Its fingerprint equals the
+    trainer's reference copy's, so the trainer's cache lookups hit."""
+
+    def __init__(self, model: Any, chunk_size: int) -> None:
+        self.model, self.chunk_size = model.eval(), chunk_size
+
+    def logps(self, batch: dict[str, torch.Tensor], example_keys: Any = None) -> torch.Tensor:
+        from feedalign.policies.hf import batch_logps
+
+        with torch.no_grad():
+            return batch_logps(self.model, batch, chunk_size=self.chunk_size).float()
+
+    def fingerprint(self) -> str:
+        from feedalign.policies.reference import model_fingerprint
+
+        return model_fingerprint(self.model)

@@ -21,13 +21,11 @@ inside a step. Variants:
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 
-from _throughput_trl import RunResult
-from _throughput_workload import PeakMemory, pair_texts, synchronize
+from _throughput_workload import PeakMemory, RunResult, pair_texts
 
 VARLEN_ATTENTION = "feedalign_bench_varlen"
 LEVERS = ("padded", "packed-sdpa", "packed-varlen", "naive-logps", "mb16", "padded+compile", "packed-varlen+compile")
@@ -135,9 +133,8 @@ def run_lever(
     tokenizer = load_tokenizer(tokenizer_dir)
     dpo = get_loss("dpo")
     hparams = dpo.resolve_hparams()
-    synchronize(device)
     with PeakMemory(device) as memory:
-        start = time.perf_counter()
+        result.start(device)
         model, optimizer, layout = _setup(lever, model_dir, dtype, device)
         data = _tokenised(tokenizer, pairs)
         batches = []
@@ -156,10 +153,9 @@ def run_lever(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            synchronize(device)
-            result.step_ends.append(time.perf_counter())
+            result.mark_step(device)
             result.losses.append(loss.detach())
-        result.wall_s = time.perf_counter() - start
+        result.stop(device)
     result.losses = [float(x) for x in result.losses[:3]]
     result.peak_mem_gib, result.mem_kind = memory.gib, memory.kind
     return result

@@ -9,22 +9,11 @@ CPU, where bf16 autocast is also switched off) and ``use_cpu`` on a CPU.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from _throughput_workload import PeakMemory, pair_texts, synchronize, unpaired_texts
-
-
-@dataclass
-class RunResult:
-    step_ends: list[float] = field(default_factory=list)
-    wall_s: float = 0.0
-    peak_mem_gib: float | None = None
-    mem_kind: str = ""
-    losses: list[float] = field(default_factory=list)
+from _throughput_workload import PeakMemory, RunResult, pair_texts, unpaired_texts
 
 
 def _step_timer(device: torch.device, result: RunResult):
@@ -34,8 +23,7 @@ def _step_timer(device: torch.device, result: RunResult):
         """Host time at the end of every optimizer step, after a device synchronize."""
 
         def on_step_end(self, args, state, control, **kwargs):
-            synchronize(device)
-            result.step_ends.append(time.perf_counter())
+            result.mark_step(device)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
@@ -83,9 +71,8 @@ def run_trl(
     result = RunResult()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     dtype_name = str(dtype).removeprefix("torch.")
-    synchronize(device)
     with PeakMemory(device) as memory:
-        start = time.perf_counter()
+        result.start(device)
         if loss == "dpo":
             from trl import DPOConfig, DPOTrainer
 
@@ -116,8 +103,7 @@ def run_trl(
 
         trainer.remove_callback(PrinterCallback)
         trainer.train()
-        synchronize(device)
-        result.wall_s = time.perf_counter() - start
+        result.stop(device)
     result.peak_mem_gib, result.mem_kind = memory.gib, memory.kind
     del trainer
     return result

@@ -125,6 +125,7 @@ class Row:
     mem_kind: str
     mfu: float
     wall_s: float
+    cpu_s: float
     steps: int
     notes: str
     step_times_s: list[float] = field(default_factory=list)
@@ -141,17 +142,30 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default="", help="comma-separated: trl, feedalign, lab, dpo, kto, a config name, or a/b combos (trl/dpo)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<date>-<device>.json)")
     p.add_argument("--no-write", action="store_true", help="print only")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--levers", action="store_true", help="also run the lever experiments (framework 'lab')")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default on a CPU: 1)")
+    p.add_argument(
+        "--clock", choices=("auto", "wall", "cpu"), default="auto",
+        help="step clock: wall (after a device sync) or process CPU time; auto = wall on a GPU, cpu on a CPU",
+    )
+    p.add_argument(
+        "--isolate", action="store_true",
+        help="run every configuration in a fresh process (meaningful CPU memory figures; slower)",
+    )
+    p.add_argument(
+        "--levers", nargs="?", const="default", default=None, choices=("default", "all"),
+        help="also run the lever experiments (framework 'lab'); 'all' adds the torch.compile variants",
+    )
     return p.parse_args(argv)
 
 
-def _selected(only: str, levers: bool) -> list[BenchConfig]:
+def _selected(only: str, levers: str | None) -> list[BenchConfig]:
     """Configs matching ANY comma-separated token; a token is one or more of framework /
     loss / config name joined by '/', all of which must match (e.g. ``trl/dpo``)."""
     tokens = [t.strip() for t in only.split(",") if t.strip()]
-    with_lab = levers or any("lab" in t.split("/") for t in tokens)
-    configs = list(CONFIGS) + (list(LEVER_CONFIGS) if with_lab else [])
+    with_lab = levers is not None or any("lab" in t.split("/") for t in tokens)
+    named = {part for t in tokens for part in t.split("/")}
+    lab = [c for c in LEVER_CONFIGS if levers == "all" or "compile" not in c.name or c.name in named]
+    configs = list(CONFIGS) + (lab if with_lab else [])
     if not tokens:
         return configs
     return [
@@ -178,11 +192,25 @@ def _run_one(cfg: BenchConfig, ctx: dict[str, Any], tmp: str, index: int):
     return run_feedalign(cfg.loss, **common, **cfg.options)
 
 
+def _run_isolated(cfg: BenchConfig, ctx: dict[str, Any], tmp: str, index: int):
+    """``_run_one`` in a fresh spawned process, so that its resident-set peak is its own."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_child_run, (cfg, ctx, tmp, index))
+
+
+def _child_run(cfg: BenchConfig, ctx: dict[str, Any], tmp: str, index: int):
+    torch.set_num_threads(ctx["threads"])
+    return _run_one(cfg, ctx, tmp, index)
+
+
 def _summarise(cfg: BenchConfig, results: list[Any], ctx: dict[str, Any]) -> Row:
     intervals: list[float] = []
     for r in results:
-        ends = r.step_ends
+        ends = r.step_cpu_ends if ctx["cpu_clock"] else r.step_ends
         steps = [b - a for a, b in zip(ends[:-1], ends[1:])]
+        # steps[i] is the time of step i + 2 (1-based); keep the steps after the warm-up
         intervals += steps[max(0, ctx["warmup"] - 1) :] or steps[-1:]
     median = statistics.median(intervals)
     tokens_per_s = ctx["tokens_per_step"] * cfg.pairs_per_step / 8 / median
@@ -192,6 +220,7 @@ def _summarise(cfg: BenchConfig, results: list[Any], ctx: dict[str, Any]) -> Row
         framework=cfg.framework, loss=cfg.loss, config=cfg.name, tokens_per_s=tokens_per_s, median_step_s=median,
         peak_mem_gib=max(mems) if mems else None, mem_kind=results[0].mem_kind,
         mfu=flops * tokens_per_s / ctx["peak_flops"], wall_s=statistics.median(r.wall_s for r in results),
+        cpu_s=statistics.median(r.cpu_s for r in results),
         steps=ctx["steps"], notes=cfg.notes, step_times_s=[round(x, 5) for x in intervals],
         first_losses=[round(x, 6) for x in results[0].losses[:3]],
     )
@@ -243,6 +272,13 @@ def _context(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
     else:
         device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cpu":
+        # One thread: on a shared CPU, OpenMP threads spin-waiting for each other inflate
+        # both clocks; one thread's CPU time is the work itself.
+        torch.set_num_threads(args.threads or 1)
+    elif args.threads:
+        torch.set_num_threads(args.threads)
+    cpu_clock = args.clock == "cpu" or (args.clock == "auto" and device.type == "cpu")
     shape = wl.SIZES[args.size]
     steps = args.steps or (4 if args.size == "tiny" else 12)
     if steps < args.warmup + 2:
@@ -254,7 +290,9 @@ def _context(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
         model_dir=model_dir, tokenizer_dir=tokenizer_dir, n_params=n_params,
         tokens_per_step=statistics.fmean(wl.tokens_per_step(pairs, 8)),
         padded_tokens_per_step=statistics.fmean(wl.padded_tokens_per_step(pairs, 8)),
-        peak_flops=wl.measure_matmul_peak(device, dtype),
+        peak_flops=wl.measure_matmul_peak(device, dtype, cpu_time=cpu_clock),
+        cpu_clock=cpu_clock,
+        threads=torch.get_num_threads(),
     )
 
 
@@ -283,6 +321,9 @@ def _report(args: argparse.Namespace, ctx: dict[str, Any], rows: list[Row]) -> d
         "steps": ctx["steps"],
         "warmup_steps": ctx["warmup"],
         "repeats": args.repeats,
+        "clock": "process_cpu_time" if ctx["cpu_clock"] else "wall_after_sync",
+        "torch_threads": torch.get_num_threads(),
+        "isolated_processes": args.isolate,
         "pairs_per_step": 8,
         "tokens_per_step_mean": ctx["tokens_per_step"],
         "padded_tokens_per_step_mean": ctx["padded_tokens_per_step"],
@@ -297,8 +338,6 @@ def _report(args: argparse.Namespace, ctx: dict[str, Any], rows: list[Row]) -> d
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     configs = _selected(args.only, args.levers)
     if not configs:
         raise SystemExit(f"--only {args.only!r} selects no configuration")
@@ -309,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeats):
             for cfg in configs:
                 print(f"[throughput] running {cfg.framework} {cfg.loss} {cfg.name}", file=sys.stderr, flush=True)
-                results[f"{cfg.framework}/{cfg.loss}/{cfg.name}"].append(_run_one(cfg, ctx, tmp, index))
+                run = _run_isolated if args.isolate else _run_one
+                results[f"{cfg.framework}/{cfg.loss}/{cfg.name}"].append(run(cfg, ctx, tmp, index))
                 index += 1
         rows = [_summarise(c, results[f"{c.framework}/{c.loss}/{c.name}"], ctx) for c in configs]
     report = _report(args, ctx, rows)

@@ -102,7 +102,9 @@ def test_requested_tracker_must_be_installed(files, monkeypatch):
 
     tmp_path, model, data = files
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
     with pytest.raises(ConfigError) as info:
         check_config(_cfg(tmp_path, model, data, "train.log_with=[wandb]"))
     assert info.value.key == "train.log_with" and "pip install wandb" in str(info.value)

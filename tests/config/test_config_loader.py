@@ -34,15 +34,23 @@ train:
 
 
 def _minimal(**train):
-    return {"model": {"path": "org/m"}, "data": [{"path": "x.jsonl", "loss": "dpo"}], "train": {"output_dir": "o", **train}}
+    return {
+        "model": {"path": "org/m"},
+        "data": [{"path": "x.jsonl", "loss": "dpo"}],
+        "train": {"output_dir": "o", **train},
+    }
 
 
 def test_yaml_with_overrides(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text(YAML)
-    cfg = load_config(path, ["train.lr=1e-4", "data.0.weight=2", "data.1.hparams.beta=0.3", "train.log_with=[tensorboard]"])
+    cfg = load_config(
+        path, ["train.lr=1e-4", "data.0.weight=2", "data.1.hparams.beta=0.3", "train.log_with=[tensorboard]"]
+    )
     assert isinstance(cfg, Config)
-    assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)  # "1e-4" is a YAML string; accepted as float
+    assert cfg.train.lr == 1e-4 and isinstance(
+        cfg.train.lr, float
+    )  # "1e-4" is a YAML string; accepted as float
     assert cfg.data[0].weight == 2.0
     assert cfg.data[1].hparams == {"beta": 0.3}
     assert cfg.data[1].path == ("a.jsonl", "b.jsonl")

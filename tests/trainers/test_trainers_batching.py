@@ -23,7 +23,10 @@ THUMBS = [LabeledRecord("q", "up", True, id="u"), LabeledRecord("q", "down", Fal
 def test_pairs_become_two_labeled_rows_for_unpaired_losses():
     examples = examples_from_records(PAIRS, "unpaired", source="s", pairing=None, seed=0)
     assert [(e.id, e.completion, e.label) for e in examples] == [
-        ("a/chosen", "good", True), ("a/rejected", "bad", False), ("b/chosen", "yes", True), ("b/rejected", "no", False)
+        ("a/chosen", "good", True),
+        ("a/rejected", "bad", False),
+        ("b/chosen", "yes", True),
+        ("b/rejected", "no", False),
     ]
     assert examples[0].objective == "helpful"
 
@@ -57,7 +60,9 @@ def test_sampler_covers_each_epoch_and_resumes_exactly(world):
     state = samplers[0].state_dict()
     clone = EpochSampler(size, seed=7, stream=1, rank=0, world=world)
     clone.load_state_dict(state)
-    assert [clone.next_indices(batch) for _ in range(5)] == [samplers[0].next_indices(batch) for _ in range(5)]
+    assert [clone.next_indices(batch) for _ in range(5)] == [
+        samplers[0].next_indices(batch) for _ in range(5)
+    ]
     with pytest.raises(ValueError, match="same data"):
         EpochSampler(size + 1, seed=7).load_state_dict(state)
 
@@ -85,7 +90,9 @@ def test_collate_pairs_chosen_rows_then_rejected_rows():
     from feedalign.policies.tiny import build_char_tokenizer
 
     tok = build_char_tokenizer("abcdefghijklmnopqrstuvwxyz12 ")
-    examples = tokenize_examples(examples_from_records(PAIRS, "pair", source="s", pairing=None, seed=0), tok, 32)
+    examples = tokenize_examples(
+        examples_from_records(PAIRS, "pair", source="s", pairing=None, seed=0), tok, 32
+    )
     batch = collate(examples, "pair", tok.pad_token_id)
     assert batch.tensors["input_ids"].shape[0] == 4
     assert batch.row_ids == ["a/chosen", "b/chosen", "a/rejected", "b/rejected"]
@@ -93,5 +100,11 @@ def test_collate_pairs_chosen_rows_then_rejected_rows():
     assert batch.prompts == ["p1", "p2", "p1", "p2"]
     # completion tokens + EOS per row
     assert batch.lengths.tolist() == [5, 4, 4, 3]
-    unpaired = collate(tokenize_examples(examples_from_records(THUMBS, "unpaired", source="s", pairing=None, seed=0), tok, 32), "unpaired", 0)
+    unpaired = collate(
+        tokenize_examples(
+            examples_from_records(THUMBS, "unpaired", source="s", pairing=None, seed=0), tok, 32
+        ),
+        "unpaired",
+        0,
+    )
     assert torch.equal(unpaired.labels, torch.tensor([True, False]))

@@ -68,7 +68,21 @@ def test_config_and_data_errors_exit_2_before_training(env, tmp_path, capsys):
     assert "bad.jsonl:2" in err
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
     # Quarantine mode skips the bad row and trains.
-    assert main(["train", str(cfg), f"data.0.path={bad_rows}", "--on-invalid", "quarantine", "--quiet", "--set", "train.max_steps=1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(cfg),
+                f"data.0.path={bad_rows}",
+                "--on-invalid",
+                "quarantine",
+                "--quiet",
+                "--set",
+                "train.max_steps=1",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "out" / "quarantine" / "dpo.quarantine.jsonl").read_text().count("\n") == 1
 
 
@@ -79,28 +93,71 @@ def test_train_api_errors_name_the_key_before_any_step(env, tmp_path):
         train(base_config(env["model"], tmp_path / "out", data, micro_batch_size=1), callbacks=[spy])
     assert info.value.key == "train.micro_batch_size"
     with pytest.raises(ConfigError) as info:
-        train(base_config(env["model"], tmp_path / "out", [{"path": str(env["pairs"]), "loss": "modpo"}]), callbacks=[spy])
+        train(
+            base_config(env["model"], tmp_path / "out", [{"path": str(env["pairs"]), "loss": "modpo"}]),
+            callbacks=[spy],
+        )
     assert info.value.key == "data.0.margins"
     assert spy.steps == []
 
 
 def test_modpo_with_callable_margins_and_generate(env, tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(HERE))
-    data = [{
-        "path": str(env["pairs"]), "loss": "modpo", "hparams": {"weight": 0.5, "margin_weights": [0.5]},
-        "margins": {"kind": "callable", "target": "trainer_fixtures:length_margins"},
-    }]
-    cfg = _write_cfg(tmp_path / "cfg.yaml", base_config(env["model"], tmp_path / "out", data, max_steps=2, save_every=2))
+    data = [
+        {
+            "path": str(env["pairs"]),
+            "loss": "modpo",
+            "hparams": {"weight": 0.5, "margin_weights": [0.5]},
+            "margins": {"kind": "callable", "target": "trainer_fixtures:length_margins"},
+        }
+    ]
+    cfg = _write_cfg(
+        tmp_path / "cfg.yaml", base_config(env["model"], tmp_path / "out", data, max_steps=2, save_every=2)
+    )
     assert main(["train", str(cfg), "--quiet"]) == 0
     capsys.readouterr()
     for target in (tmp_path / "out", tmp_path / "out" / "step-00000002"):
-        assert main(["generate", str(target), "--prompt", "abc", "--prompt", "hg", "--max-new-tokens", "4", "--json", "--temperature", "0"]) == 0
+        assert (
+            main(
+                [
+                    "generate",
+                    str(target),
+                    "--prompt",
+                    "abc",
+                    "--prompt",
+                    "hg",
+                    "--max-new-tokens",
+                    "4",
+                    "--json",
+                    "--temperature",
+                    "0",
+                ]
+            )
+            == 0
+        )
         lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert [line["prompt"] for line in lines] == ["abc", "hg"]
         assert all(isinstance(line["completion"], str) for line in lines)
     # The final model and the last checkpoint hold the same weights: same greedy output.
-    assert main(["generate", str(tmp_path / "out" / "final"), "--prompts-file", str(_prompts(tmp_path)), "--max-new-tokens", "4", "--temperature", "0", "--json"]) == 0
-    assert [json.loads(line)["completion"] for line in capsys.readouterr().out.splitlines()] == [ln["completion"] for ln in lines]
+    assert (
+        main(
+            [
+                "generate",
+                str(tmp_path / "out" / "final"),
+                "--prompts-file",
+                str(_prompts(tmp_path)),
+                "--max-new-tokens",
+                "4",
+                "--temperature",
+                "0",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert [json.loads(line)["completion"] for line in capsys.readouterr().out.splitlines()] == [
+        ln["completion"] for ln in lines
+    ]
     assert main(["generate", str(tmp_path / "nope"), "--prompt", "a"]) == 2
 
 
@@ -112,8 +169,12 @@ def _prompts(tmp_path: Path) -> Path:
 
 def _run_cli(args, env_vars, **kwargs):
     return subprocess.Popen(
-        [sys.executable, "-m", "feedalign", *args], env=env_vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, **kwargs
+        [sys.executable, "-m", "feedalign", *args],
+        env=env_vars,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
     )
 
 
@@ -124,7 +185,15 @@ def test_sigkill_then_resume_matches_uninterrupted_run(env, tmp_path):
         {"path": str(env["thumbs"]), "loss": "bco"},
     ]
     steps = 60
-    cfg = base_config(env["model"], tmp_path / "killed", data, max_steps=steps, save_every=5, keep_checkpoints=2, log_every=5)
+    cfg = base_config(
+        env["model"],
+        tmp_path / "killed",
+        data,
+        max_steps=steps,
+        save_every=5,
+        keep_checkpoints=2,
+        log_every=5,
+    )
     cfg_path = _write_cfg(tmp_path / "cfg.yaml", cfg)
     env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = _run_cli(["train", str(cfg_path), "--quiet"], env_vars)
@@ -144,3 +213,39 @@ def test_sigkill_then_resume_matches_uninterrupted_run(env, tmp_path):
     # The uninterrupted run, in this process (also single-threaded).
     train({**cfg, "train": {**cfg["train"], "output_dir": str(tmp_path / "reference")}})
     assert_states_equal(final_state(tmp_path / "killed"), final_state(tmp_path / "reference"))
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_equals_one_process_with_the_global_batch(env, tmp_path):
+    """torchrun with 2 CPU processes x micro-batch 2 == 1 process x micro-batch 4."""
+    data = [
+        {"path": str(env["pairs"]), "loss": "dpo"},
+        {"path": str(env["thumbs"]), "loss": "bco"},  # delta gathers rewards from both processes
+    ]
+    cfg = base_config(
+        env["model"], tmp_path / "ddp", data, max_steps=3, micro_batch_size=2, cpu=True, save_every=3
+    )
+    cfg_path = _write_cfg(tmp_path / "cfg.yaml", cfg)
+    env_vars = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*launcher, "-m", "feedalign", "train", str(cfg_path), "--quiet"],
+        env=env_vars,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = train(
+        {**cfg, "train": {**cfg["train"], "output_dir": str(tmp_path / "single"), "micro_batch_size": 4}}
+    )
+    assert_states_equal(final_state(tmp_path / "ddp"), final_state(tmp_path / "single"), atol=1e-6)
+    from feedalign.trainers import checkpoint as ckpt
+
+    ddp_state = ckpt.load_checkpoint(tmp_path / "ddp" / "step-00000003").state
+    single_state = ckpt.load_checkpoint(single.checkpoint).state
+    assert ddp_state["samplers"] == single_state["samplers"]
+    assert ddp_state["providers"]["bco"]["delta"]["count"] == 3 * 4
+    assert ddp_state["providers"]["bco"]["delta"]["mean"] == pytest.approx(
+        single_state["providers"]["bco"]["delta"]["mean"], abs=1e-6
+    )

@@ -14,7 +14,6 @@ import yaml
 from trainer_fixtures import (
     assert_states_equal,
     base_config,
-    final_state,
     labeled_rows,
     model_state,
     pair_rows,
@@ -37,7 +36,9 @@ def env(tmp_path_factory):
         "model": save_tiny_model(root / "model"),
         "pairs": write_jsonl(root / "pairs.jsonl", pair_rows(16, seed=1, objective="helpful")),
         "thumbs": write_jsonl(root / "thumbs.jsonl", labeled_rows(16, seed=2)),
-        "negatives": write_jsonl(root / "negatives.jsonl", labeled_rows(12, seed=3, labels="down", prefix="n")),
+        "negatives": write_jsonl(
+            root / "negatives.jsonl", labeled_rows(12, seed=3, labels="down", prefix="n")
+        ),
         "positives": write_jsonl(root / "positives.jsonl", labeled_rows(12, seed=4, labels="up", prefix="u")),
         "same_prompt": write_jsonl(root / "same_prompt.jsonl", same_prompt_thumbs(6, seed=5)),
     }
@@ -55,8 +56,12 @@ def test_grad_accumulation_1x8_equals_8x1(env, tmp_path):
         {"path": str(d["negatives"]), "loss": "pmpo", "hparams": {"alpha": 0.0, "beta": 1.0}, "weight": 0.5},
         {"path": str(d["positives"]), "loss": "sft", "weight": 0.1},
     ]
-    one_by_eight = train(base_config(d["model"], tmp_path / "a", data, micro_batch_size=8, grad_accum=1, max_steps=1))
-    eight_by_one = train(base_config(d["model"], tmp_path / "b", data, micro_batch_size=1, grad_accum=8, max_steps=1))
+    one_by_eight = train(
+        base_config(d["model"], tmp_path / "a", data, micro_batch_size=8, grad_accum=1, max_steps=1)
+    )
+    eight_by_one = train(
+        base_config(d["model"], tmp_path / "b", data, micro_batch_size=1, grad_accum=8, max_steps=1)
+    )
     a, b = _params_after(one_by_eight), _params_after(eight_by_one)
     assert_states_equal(a, b, atol=1e-6)
     # The step did move the parameters (the equality is not vacuous).
@@ -97,7 +102,16 @@ def _resume_data(d):
 def uninterrupted(env, tmp_path_factory):
     root, d = env
     out = tmp_path_factory.mktemp("uninterrupted")
-    cfg = base_config(d["model"], out, _resume_data(d), max_steps=6, save_every=3, grad_accum=2, scheduler="cosine", warmup_steps=2)
+    cfg = base_config(
+        d["model"],
+        out,
+        _resume_data(d),
+        max_steps=6,
+        save_every=3,
+        grad_accum=2,
+        scheduler="cosine",
+        warmup_steps=2,
+    )
     return cfg, train(cfg)
 
 
@@ -167,7 +181,9 @@ def test_mixed_feedback_run_trains_every_loss(env, tmp_path):
         {"path": str(d["negatives"]), "loss": "pmpo", "hparams": {"alpha": 0.0, "beta": 1.0}},
         {"path": str(d["positives"]), "loss": "sft", "weight": 0.2},
     ]
-    cfg = base_config(d["model"], tmp_path / "out", data, max_steps=8, lr=3e-3, eval_fraction=0.25, eval_every=4)
+    cfg = base_config(
+        d["model"], tmp_path / "out", data, max_steps=8, lr=3e-3, eval_fraction=0.25, eval_every=4
+    )
     result = train(cfg)
     records = read_metrics(tmp_path / "out")
     train_records = [r for r in records if "loss" in r]
@@ -243,6 +259,79 @@ def test_nonfinite_loss_stops_with_step_and_ids(env, tmp_path, capsys):
     assert not (tmp_path / "out" / "final").exists()
     # The command line reports it with a non-zero exit code.
     cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump({**cfg, "train": {**cfg["train"], "output_dir": str(tmp_path / "cli")}}))
+    cfg_path.write_text(
+        yaml.safe_dump({**cfg, "train": {**cfg["train"], "output_dir": str(tmp_path / "cli")}})
+    )
     assert main(["train", str(cfg_path), "--quiet"]) == 3
     assert "non-finite loss at step 1" in capsys.readouterr().err
+
+
+def test_python_api_with_objects_and_in_memory_records(tmp_path):
+    from feedalign.data.records import PairRecord
+    from feedalign.policies.tiny import build_char_tokenizer, build_tiny_causal_lm
+
+    tokenizer = build_char_tokenizer("abcdefgh ")
+    model = build_tiny_causal_lm(len(tokenizer), hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64)
+    before = model_state(model)
+    pairs = [PairRecord(f"p{i}", "ab" * (i % 3 + 1), "hg", objective="helpful") for i in range(6)]
+    rows = [
+        {"prompt": f"q{i}", "completion": "ab" if i % 2 else "hg", "label": bool(i % 2)} for i in range(6)
+    ]
+    config = {
+        "model": {},
+        "data": [{"loss": "dpo", "name": "prefs"}, {"loss": "bco", "name": "thumbs"}],
+        "train": {"output_dir": str(tmp_path / "out"), "max_steps": 3, "micro_batch_size": 2, "lr": 1e-2},
+    }
+    result = train(config, model=model, tokenizer=tokenizer, records={"prefs": pairs, "thumbs": rows})
+    assert result.steps == 3 and result.model is model
+    after = model_state(model)
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # trained in place
+    assert result.metrics["thumbs/delta"] != 0.0  # BCO's shift moved off its initial 0
+    assert (tmp_path / "out" / "final" / "tokenizer.json").is_file()
+
+
+def test_reference_strategies_agree(env, tmp_path):
+    root, d = env
+    data = [{"path": str(d["pairs"]), "loss": "dpo"}, {"path": str(d["thumbs"]), "loss": "kto"}]
+
+    def run(name, **extra):
+        cfg = base_config(d["model"], tmp_path / name, data, max_steps=3)
+        for key, value in extra.items():
+            cfg.setdefault(key, {}).update(value)
+        return _params_after(train(cfg))
+
+    copy = run("copy", reference={"strategy": "copy"})
+    cache = tmp_path / "ref_cache"
+    cached = run("cached", reference={"strategy": "cached", "cache_dir": str(cache)})
+    assert list(cache.rglob("shard-*.pt"))  # written at the end of the run
+    cached_again = run("cached_again", reference={"strategy": "cached", "cache_dir": str(cache)})
+    assert_states_equal(copy, cached)
+    assert_states_equal(copy, cached_again)
+    lora = {"lora": {"r": 4, "alpha": 8}}
+    lora_copy = run("lora_copy", model=lora, reference={"strategy": "copy"})
+    lora_adapter = run("lora_adapter", model=lora, reference={"strategy": "adapter"})
+    assert_states_equal(lora_copy, lora_adapter, atol=1e-6)
+
+
+def test_config_changes_lists_changed_keys():
+    from feedalign.trainers.run import config_changes
+
+    saved = "train: {lr: 0.1, seed: 0}\ndata: [{loss: dpo, weight: 1.0}]\n"
+    current = "train: {lr: 0.2, seed: 0}\ndata: [{loss: dpo, weight: 2.0}]\n"
+    assert config_changes(saved, current) == ["data.0.weight", "train.lr"]
+    assert config_changes(saved, saved) == []
+
+
+def test_resume_with_other_data_fails_clearly(env, uninterrupted, tmp_path):
+    from feedalign.config import ConfigError
+
+    root, d = env
+    cfg, full = uninterrupted
+    out = tmp_path / "run"
+    shutil.copytree(full.output_dir, out)
+    bigger = write_jsonl(tmp_path / "more_pairs.jsonl", pair_rows(20, seed=9))
+    cfg = {**cfg, "train": {**cfg["train"], "output_dir": str(out)}}
+    cfg["data"] = [{**cfg["data"][0], "path": str(bigger)}, *cfg["data"][1:]]
+    with pytest.raises(ConfigError, match="same data") as info:
+        train(cfg, resume=True)
+    assert info.value.key == "train.output_dir" and "data.0.path" in str(info.value)

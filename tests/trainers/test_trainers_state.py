@@ -72,7 +72,9 @@ def test_reward_shift_is_the_count_weighted_cumulative_mean():
     assert shift.compute(second)["delta"].item() == pytest.approx(expected)
     clone = RunningRewardShift(beta=0.5)
     clone.load_state_dict(shift.state_dict())
-    assert clone.state_dict() == shift.state_dict() == {"mean": pytest.approx(expected), "count": 5, "beta": 0.5}
+    assert (
+        clone.state_dict() == shift.state_dict() == {"mean": pytest.approx(expected), "count": 5, "beta": 0.5}
+    )
 
 
 def test_margins_split_chosen_and_rejected_rows():
@@ -103,4 +105,7 @@ def test_check_state_and_provider_construction():
     with pytest.raises(ConfigError) as info:
         make_providers(get_loss("modpo"), bad, {"beta": 0.1}, prefix="data.1")
     assert info.value.key == "data.1.margins"
-    assert isinstance(make_providers(get_loss("bco"), DataSourceConfig(loss="bco"), {"beta": 0.1})["delta"], RunningRewardShift)
+    assert isinstance(
+        make_providers(get_loss("bco"), DataSourceConfig(loss="bco"), {"beta": 0.1})["delta"],
+        RunningRewardShift,
+    )

@@ -39,7 +39,12 @@ def pair_rows(n: int, *, seed: int, objective: str | None = None) -> list[dict[s
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        row = {"id": f"p{i}", "prompt": _word(rng, 4), "chosen": "ab" + _word(rng, 3), "rejected": "hg" + _word(rng, 3)}
+        row = {
+            "id": f"p{i}",
+            "prompt": _word(rng, 4),
+            "chosen": "ab" + _word(rng, 3),
+            "rejected": "hg" + _word(rng, 3),
+        }
         if objective:
             row["objective"] = objective
         rows.append(row)
@@ -68,8 +73,16 @@ def same_prompt_thumbs(n_prompts: int, *, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-def base_config(model_dir: Path, output_dir: Path, data: list[dict[str, Any]], **train: Any) -> dict[str, Any]:
-    train_cfg = {"output_dir": str(output_dir), "lr": 1e-3, "micro_batch_size": 4, "max_steps": 4, "log_every": 1}
+def base_config(
+    model_dir: Path, output_dir: Path, data: list[dict[str, Any]], **train: Any
+) -> dict[str, Any]:
+    train_cfg = {
+        "output_dir": str(output_dir),
+        "lr": 1e-3,
+        "micro_batch_size": 4,
+        "max_steps": 4,
+        "log_every": 1,
+    }
     train_cfg.update(train)
     return {"model": {"path": str(model_dir)}, "data": data, "train": train_cfg}
 
@@ -84,7 +97,9 @@ def assert_states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
     assert a.keys() == b.keys()
     for name in a:
         if atol == 0.0:
-            assert torch.equal(a[name], b[name]), f"{name} differs (max {float((a[name] - b[name]).abs().max())})"
+            assert torch.equal(a[name], b[name]), (
+                f"{name} differs (max {float((a[name] - b[name]).abs().max())})"
+            )
         else:
             diff = float((a[name] - b[name]).abs().max())
             assert diff <= atol, f"{name} differs by {diff}"

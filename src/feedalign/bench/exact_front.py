@@ -15,7 +15,9 @@ Methods:
   * dpo sweep          one run per w, pairs labelled BT(w.r)
   * steerable one-run  ONE SteerableTabularPolicy trained once, w ~ Dirichlet(1) per example,
                        DPO on pairs labelled BT(w.r) for that example's w; evaluated at each w
-  * rewarded soups     per-objective DPO policies (w = e_i) interpolated in parameter space
+  * rewarded soups     per-objective DPO policies (w = e_i) interpolated in parameter space,
+                       for the tabular policy (log-probs linear in the parameters) and for an
+                       MLP policy (non-linear; the soup is then not the geometric mixture)
   * geometric mixture  exact normalized prod_i (pi*_{e_i})^{w_i} (equals pi*_w; a check)
 """
 
@@ -33,7 +35,7 @@ from feedalign.envs.exact import DTYPE, tv_distance
 from feedalign.evaluation.pareto import hypervolume
 from feedalign.multiobjective.soups import interpolate_state_dicts
 from feedalign.multiobjective.weights import sample_simplex, simplex_grid
-from feedalign.policies.tabular import SteerableTabularPolicy, TabularPolicy
+from feedalign.policies.tabular import MLPTabularPolicy, SteerableTabularPolicy, TabularPolicy
 from feedalign.policies.tabular_fit import exact_margins
 
 
@@ -120,6 +122,30 @@ def fit_steerable(ctx: BenchContext) -> SteerableTabularPolicy:
     return policy
 
 
+def soup_mlp(ctx: BenchContext, weights: np.ndarray, data: list[fb.Feedback]) -> list[Tensor]:
+    """Rewarded soups outside the linear regime: a shared MLP initialisation fitted to pi_ref
+    (SFT on the exact pi_ref distribution), one DPO fine-tune per objective, parameters
+    interpolated with w."""
+    c, env = ctx.config, ctx.env
+    x, y = torch.meshgrid(torch.arange(env.n_prompts), torch.arange(env.n_responses), indexing="ij")
+    pi_ref_rows = {"prompt": x.reshape(-1), "response": y.reshape(-1),
+                   "weight": env.ref_probs.reshape(-1) / env.n_prompts}
+    init = MLPTabularPolicy(env.n_prompts, env.n_responses, c.soup_mlp_hidden, seed=c.seed)
+    ctx.fit(init, "sft", pi_ref_rows, steps=3 * c.steps, lr=0.03)
+    singles = []
+    for k in range(env.n_objectives):
+        policy = MLPTabularPolicy(env.n_prompts, env.n_responses, c.soup_mlp_hidden)
+        policy.load_state_dict(init.state_dict())
+        ctx.fit(policy, "dpo", data[k], hparams={"beta": c.beta}, steps=3 * c.steps, lr=0.03)
+        singles.append(policy.state_dict())
+    out = []
+    for w in weights:
+        soup = MLPTabularPolicy(env.n_prompts, env.n_responses, c.soup_mlp_hidden)
+        soup.load_state_dict(interpolate_state_dicts(singles, w))
+        out.append(soup.probs().detach().to(DTYPE))
+    return out
+
+
 def rows_front(ctx: BenchContext) -> list[dict[str, Any]]:
     c, env = ctx.config, ctx.env
     weights = simplex_grid(env.n_objectives, c.n_front_weights)
@@ -158,6 +184,13 @@ def rows_front(ctx: BenchContext) -> list[dict[str, Any]]:
                           policies=policies, n_feedback=n_objective, runs=env.n_objectives,
                           notes="tabular logits are linear in the parameters: the soup is the geometric "
                                 "mixture of the learned per-objective policies (§12.3), the favourable case",
+                          **common))
+
+    policies = soup_mlp(ctx, weights, objective_data)
+    rows.append(front_row(ctx, method=f"rewarded soups (mlp policy, hidden {c.soup_mlp_hidden})",
+                          feedback="per-objective BT pairs", policies=policies, n_feedback=n_objective,
+                          runs=env.n_objectives,
+                          notes="log-probs non-linear in the parameters: the soup is not the geometric mixture",
                           **common))
 
     optima = [env.optimum(torch.eye(env.n_objectives, dtype=DTYPE)[k]) for k in range(env.n_objectives)]

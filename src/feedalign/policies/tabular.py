@@ -9,6 +9,8 @@ registered loss consumes.
 Models:
   * :class:`TabularPolicy`          free logits [P, K].
   * :class:`SteerableTabularPolicy` logits(w) = base + sum_i w_i * head_i, one model for all w.
+  * :class:`MLPTabularPolicy`       the same table through a one-hidden-layer network (log-probs
+                                    non-linear in the parameters; for weight-interpolation checks).
   * :class:`TabularReward`          free reward table [P, K] (reward-model losses).
   * :class:`OffsetImplicitReward`   beta*(logp_theta - logp_ref) - offset(x): the implicit reward
                                     of a tabular policy with a learned per-prompt offset.
@@ -142,6 +144,37 @@ class SteerableTabularPolicy(nn.Module):
     def at(self, w: Any) -> TabularPolicy:
         """A frozen :class:`TabularPolicy` snapshot for weight vector w (for evaluation)."""
         return TabularPolicy(self.n_prompts, self.n_responses, self.logits_at(w).detach().clone())
+
+
+class MLPTabularPolicy(nn.Module):
+    """pi_theta(.|x) = softmax(MLP(one_hot(x))): the same table, parameterised non-linearly.
+
+    Its log-probs are NOT linear in the parameters, which is what weight interpolation
+    (rewarded soups, ALGORITHMS.md §12) would need to reproduce the geometric mixture; it is
+    the counterpart of :class:`TabularPolicy` for checking soups outside that regime.
+
+    Args:
+        n_prompts, n_responses: P, K.
+        hidden: width of the hidden layer.
+        seed: seeds the initialisation.
+    """
+
+    def __init__(self, n_prompts: int, n_responses: int, hidden: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        self.n_prompts, self.n_responses = n_prompts, n_responses
+        gen = torch.Generator().manual_seed(seed)
+        self.embed = nn.Parameter(torch.randn(n_prompts, hidden, generator=gen))
+        self.out = nn.Parameter(torch.randn(hidden, n_responses, generator=gen) / hidden**0.5)
+        self.bias = nn.Parameter(torch.zeros(n_responses))
+
+    def log_probs(self) -> Tensor:
+        return torch.log_softmax(torch.tanh(self.embed) @ self.out + self.bias, dim=-1)
+
+    def probs(self) -> Tensor:
+        return self.log_probs().exp()
+
+    def sequence_logps(self, prompt_idx: Tensor, response_idx: Tensor) -> Tensor:
+        return self.log_probs()[prompt_idx, response_idx]
 
 
 class TabularReward(nn.Module):

@@ -168,46 +168,57 @@ def fit_tabular(
     if spec.needs_reference and reference is None and spec.feedback in ("pair", "unpaired"):
         raise ValueError(f"loss '{spec.name}' needs a reference: pass reference=[P, K] log pi_ref")
     reference = None if reference is None else torch.as_tensor(reference, dtype=torch.float32)
-    n = len(feedback["prompt"])
-    if n == 0:
+    if len(feedback["prompt"]) == 0:
         raise ValueError("fit_tabular: feedback has no rows")
-    params = [p for p in policy.parameters() if p.requires_grad]
-    gen = torch.Generator().manual_seed(seed)
-    result = FitResult()
+    if optimizer not in ("adam", "lbfgs"):
+        raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
 
     def objective(batch: Feedback, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         return batch_objective(
             spec, policy, batch, reference=reference, hparams=resolved, state_fns=state_fns, step=step
         )
 
+    params = [p for p in policy.parameters() if p.requires_grad]
+    result = FitResult()
     if optimizer == "lbfgs":
-        opt = torch.optim.LBFGS(params, lr=lr, max_iter=20, history_size=50, line_search_fn="strong_wolfe")
-        for step in range(steps):
-
-            def closure() -> Tensor:
-                opt.zero_grad()
-                loss, _ = objective(feedback, step)
-                loss.backward()
-                return loss
-
-            result.losses.append(float(opt.step(closure).detach()))
-    elif optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr)
-        batches = _batches(n, batch_size, gen)
-        for step in range(steps):
-            index = next(batches)
-            batch = feedback if index is None else {k: v[index] for k, v in feedback.items()}
-            opt.zero_grad()
-            loss, _ = objective(batch, step)
-            loss.backward()
-            opt.step()
-            result.losses.append(float(loss.detach()))
+        result.losses = _run_lbfgs(params, objective, feedback, steps, lr)
     else:
-        raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
+        result.losses = _run_adam(params, objective, feedback, steps, lr, batch_size, seed)
     with torch.no_grad():
         _, metrics = objective(feedback, steps)
     result.metrics = {k: float(v) for k, v in metrics.items() if torch.as_tensor(v).numel() == 1}
     return result
+
+
+def _run_adam(params, objective, feedback: Feedback, steps: int, lr: float, batch_size: int | None,
+              seed: int) -> list[float]:
+    opt = torch.optim.Adam(params, lr=lr)
+    batches = _batches(len(feedback["prompt"]), batch_size, torch.Generator().manual_seed(seed))
+    losses = []
+    for step in range(steps):
+        index = next(batches)
+        batch = feedback if index is None else {k: v[index] for k, v in feedback.items()}
+        opt.zero_grad()
+        loss, _ = objective(batch, step)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _run_lbfgs(params, objective, feedback: Feedback, steps: int, lr: float) -> list[float]:
+    opt = torch.optim.LBFGS(params, lr=lr, max_iter=20, history_size=50, line_search_fn="strong_wolfe")
+    losses = []
+    for step in range(steps):
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            loss, _ = objective(feedback, step)
+            loss.backward()
+            return loss
+
+        losses.append(float(opt.step(closure).detach()))
+    return losses
 
 
 # ---------------------------------------------------------------------------- state providers

@@ -11,10 +11,13 @@ What a source needs (batch layout, reference log-probs, state such as KTO's refe
 point or BCO's reward shift) comes from its ``LossSpec``; the loop never looks at a loss
 name.
 
-Distributed runs (``accelerate launch``): the policy is not wrapped in DDP, because
-log-probs are computed from the decoder body and LM head directly (``sequence_logps``);
-gradients are averaged across processes explicitly before clipping. Every process sees
-its own slice of each global micro-batch.
+Data-parallel runs (``torchrun --nproc_per_node N -m feedalign train CFG`` or
+``accelerate launch --multi_gpu -m feedalign train CFG``; on CPU set ``train.cpu=true``):
+the policy is not wrapped in DDP, because log-probs are computed from the decoder body and
+LM head directly (``sequence_logps``); gradients are averaged across processes explicitly
+before clipping, and every process takes its slice of each global micro-batch, so N
+processes x micro-batch b train exactly like 1 process x micro-batch N*b. FSDP / DeepSpeed
+sharding is not supported by this loop.
 """
 
 from __future__ import annotations
@@ -269,6 +272,9 @@ def _train_loop(run: Run, *, resumed: bool) -> tuple[dict[str, float], dict[str,
                 save_run(run)
         if has_eval and not eval_metrics:
             eval_metrics = _evaluate(run, metrics_logger, eval_bs)
+        flush = getattr(run.runtime.reference, "flush", None)
+        if flush is not None:  # a cached reference writes what it computed
+            flush()
     finally:
         bar.close()
         metrics_logger.close()

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from feedalign.config.errors import ConfigError
 from feedalign.config.loader import dump_config
 from feedalign.config.schema import Config
 from feedalign.trainers import checkpoint as ckpt
@@ -113,15 +114,24 @@ def prepare_run(
 
 
 def restore_run(run: Run, path: Path) -> None:
+    """Load a checkpoint into the run. A checkpoint that does not fit the run (other data,
+    LoRA switched on or off, ...) is a ConfigError naming what differs."""
     payload = ckpt.load_checkpoint(path)
-    ckpt.load_trainable_state(run.runtime.model, payload.weights)
-    run.optimizer.load_state_dict(payload.optimizer)
-    run.scheduler.load_state_dict(payload.scheduler)
-    state = payload.state
-    for source in run.sources:
-        source.sampler.load_state_dict(state["samplers"][source.name])
-        for name, provider in source.providers.items():
-            provider.load_state_dict(state["providers"][source.name][name])
+    changed = config_changes(payload.config_yaml, dump_config(run.config))
+    if changed:
+        logger.warning("resuming with settings that differ from the checkpoint's: %s", ", ".join(changed[:10]))
+    try:
+        ckpt.load_trainable_state(run.runtime.model, payload.weights)
+        run.optimizer.load_state_dict(payload.optimizer)
+        run.scheduler.load_state_dict(payload.scheduler)
+        state = payload.state
+        for source in run.sources:
+            source.sampler.load_state_dict(state["samplers"][source.name])
+            for name, provider in source.providers.items():
+                provider.load_state_dict(state["providers"][source.name][name])
+    except (ValueError, KeyError) as exc:
+        detail = f"cannot resume from {path}: {exc!r}; changed settings: {changed or 'none'}"
+        raise ConfigError(detail, key="train.output_dir") from None
     if state.get("scaler") is not None and run.accelerator.scaler is not None:
         run.accelerator.scaler.load_state_dict(state["scaler"])
     ckpt.set_rng_state(state["rng"])
@@ -161,3 +171,24 @@ def save_run(run: Run) -> Path | None:
             callback.on_save(run.step, path)
     accelerator.wait_for_everyone()
     return path
+
+
+def config_changes(saved_yaml: str, current_yaml: str) -> list[str]:
+    """Dotted keys whose values differ between two dumped configs."""
+    import yaml
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(node, dict):
+            out: dict[str, Any] = {}
+            for key, value in node.items():
+                out.update(flat(value, f"{prefix}{key}."))
+            return out
+        if isinstance(node, list) and node and all(isinstance(v, dict) for v in node):
+            out = {}
+            for i, value in enumerate(node):
+                out.update(flat(value, f"{prefix}{i}."))
+            return out
+        return {prefix.rstrip("."): node}
+
+    saved, current = flat(yaml.safe_load(saved_yaml)), flat(yaml.safe_load(current_yaml))
+    return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))

@@ -1,0 +1,93 @@
+"""`feedalign quickstart --out DIR`: the whole offline pipeline on a built-in task.
+
+    feedalign quickstart --out DIR [--seed N] [--quick] [--methods dpo,kto,bco,pmpo]
+                         [--no-plots] [--no-front] [--threads N] [--strict]
+
+Exit codes: 0 the pipeline completed (margins are reported, pass or fail); 1 with --strict
+when a method missed its margin; 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+EXIT_MARGIN_MISSED = 1
+EXIT_BAD_INPUT = 2
+
+
+def register(subparsers: Any) -> None:
+    from feedalign.quickstart.settings import DEFAULT_METHODS, METHODS
+
+    parser = subparsers.add_parser(
+        "quickstart",
+        help="offline end-to-end run: tiny model, SFT, simulated feedback, DPO/KTO/BCO/PMPO, report",
+        description="Build a tiny model locally, fine-tune it on a synthetic task, simulate pairs, thumbs, "
+        "positive-only and negative-only feedback from ground-truth scorers, align with several losses, "
+        "evaluate on held-out prompts and write DIR/report.json, DIR/report.md and plots. No network.",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
+    parser.add_argument("--quick", action="store_true", help="a much smaller smoke run (< 1 min; margins not expected to pass)")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)}; available: {','.join(METHODS)})")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    parser.add_argument("--no-front", action="store_true", help="skip the multi-objective front stage")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1: fastest for this model size)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if any method misses its margin")
+    parser.set_defaults(func=run_quickstart_cmd)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from feedalign.quickstart.settings import QuickstartSettings
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    options: dict[str, Any] = {"seed": args.seed, "methods": methods, "plots": not args.no_plots,
+                               "front": not args.no_front}
+    if args.threads is not None:
+        options["threads"] = args.threads
+    return QuickstartSettings.preset("quick" if args.quick else "full", **options)
+
+
+def run_quickstart_cmd(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from feedalign.quickstart.pipeline import run_quickstart
+    from feedalign.quickstart.report import REPORT_JSON, REPORT_MD, summary_table
+
+    _quiet_libraries()
+    ctx = run_quickstart(settings, args.out, log=lambda line: print(line, flush=True))
+    report = ctx.report
+    print(f"\n== done in {ctx.timings['total']:.0f} s")
+    print(summary_table(report))
+    front = report.get("front", {})
+    if front.get("status") == "done":
+        m = front["metrics"]
+        print(f"front ({front['policy']}, {len(front['per_weight'])} weights): hypervolume {m['hypervolume']:.4f}, "
+              f"EU_front {m['eu_front']:.4f}")
+    print(f"report: {ctx.path(REPORT_MD)}  (data: {ctx.path(REPORT_JSON)})")
+    if not report["all_passed"]:
+        failed = [n for n, m in report["methods"].items() if not m["passed"]]
+        print(f"margin missed by: {', '.join(failed)}" + ("" if args.strict else " (use --strict to fail the exit code)"))
+        if args.strict:
+            return EXIT_MARGIN_MISSED
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Keep the console to stage headers, progress bars and results."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # keep the trainer's bars, not the weight-loading ones
+
+    logging.getLogger("feedalign").setLevel(logging.WARNING)
+    for name in ("transformers", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
