@@ -71,7 +71,10 @@ def test_max_pairs_per_prompt_and_identical_texts_are_not_paired():
     same = [_labeled("p", "a", True, n=1), _labeled("p", "a", False, n=2)]
     assert discordant_pairs(same) == []
     mixed = same + [_labeled("p", "b", False, n=3)]
-    assert [(p.chosen, p.rejected) for p in discordant_pairs(mixed)] == [("a", "b")]
+    for seed in range(10):
+        pairs = discordant_pairs(mixed, seed=seed)
+        assert all(p.chosen != p.rejected for p in pairs)
+        assert [(p.chosen, p.rejected) for p in pairs] in ([], [("a", "b")])
     with pytest.raises(TypeError, match="record 0"):
         discordant_pairs([PairRecord("p", "a", "b")])
     with pytest.raises(ValueError):
@@ -131,3 +134,28 @@ def test_discordant_pairs_function_recovers_bradley_terry():
     winners = np.array([int(p.chosen[1:]) for p in pairs])
     losers = np.array([int(p.rejected[1:]) for p in pairs])
     _assert_bt(_discordant_preference_rates(winners, losers, k))
+
+
+def test_repeated_completions_keep_bradley_terry_order():
+    """Many samples of few distinct texts (as from a policy): the up/down matching must not
+    skip ahead to a different text, which would bias the order away from BT (§14)."""
+    import math
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rewards = {"y0": 1.0, "y1": 0.0, "y2": -1.0}
+    texts = list(rewards)
+    records = []
+    for n in range(30000):
+        y = texts[rng.integers(3)]
+        up = bool(rng.random() < 1 / (1 + math.exp(-(rewards[y] - 0.5))))
+        records.append(_labeled("p", y, up, n=n))
+    wins: dict[tuple[str, str], int] = {}
+    for pair in discordant_pairs(records, seed=1):
+        wins[(pair.chosen, pair.rejected)] = wins.get((pair.chosen, pair.rejected), 0) + 1
+    for a, b in [("y0", "y1"), ("y1", "y2"), ("y0", "y2")]:
+        n_ab, n_ba = wins.get((a, b), 0), wins.get((b, a), 0)
+        expected = 1 / (1 + math.exp(-(rewards[a] - rewards[b])))
+        se = math.sqrt(expected * (1 - expected) / (n_ab + n_ba))
+        assert abs(n_ab / (n_ab + n_ba) - expected) < 4 * se, (a, b, n_ab, n_ba)

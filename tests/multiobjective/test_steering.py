@@ -65,7 +65,12 @@ def test_tokenizer_safety_check_and_token_rendering():
     emb = model.get_input_embeddings().weight.detach()
     assert emb.shape[0] == len(tokenizer) == old.shape[0] + 21
     torch.testing.assert_close(emb[: old.shape[0]], old)
-    torch.testing.assert_close(emb[-1], old.mean(0))
+    # Ordinal rows: e(v) = mean + (1 - v) a + v b, so e(0.5) is the midpoint of e(0) and e(1).
+    rows = tokenizer.convert_tokens_to_ids(spec.level_tokens())
+    torch.testing.assert_close(emb[rows[10]], (emb[rows[0]] + emb[rows[20]]) / 2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close((emb[rows[0]] + emb[rows[20]]) / 2 - (emb[rows[5]] + emb[rows[15]]) / 2,
+                               torch.zeros(emb.shape[1]), rtol=0, atol=1e-6)
+    assert (emb[rows[0]] - emb[rows[20]]).norm() > 0.1 * old.norm(dim=1).mean()
     ids = tokenizer(spec.condition_prompt("write about fruit with apple pear plum fig :", [0.3, 0.7]),
                     add_special_tokens=False)["input_ids"]
     assert tokenizer.convert_ids_to_tokens(ids[:2]) == ["<w:0.30>", "<w:0.70>"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -364,10 +364,6 @@ def run_exact_bench(config: ExactBenchConfig | None = None, *, groups: tuple[str
     finally:
         torch.set_num_threads(threads)
     return rows
-
-
-def config_dict(config: ExactBenchConfig) -> dict[str, Any]:
-    return asdict(config)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

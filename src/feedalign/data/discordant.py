@@ -30,9 +30,9 @@ def discordant_pairs(
 
     Within each (prompt, objective) group the up- and down-labeled records are shuffled with a
     generator seeded by ``seed`` and the group key (so one group's pairing does not depend on
-    the others), then matched in order; each record is used at most once. A down record whose
-    completion equals the up record's text is skipped in favour of the next one (such a pair
-    would be chosen == rejected). Unmatched records are left out.
+    the others), then matched position by position; each record is used at most once. A matched pair whose
+    two completions are the same text is dropped afterwards (it would be chosen == rejected;
+    re-matching instead would bias the pair order). Unmatched records are left out.
 
     Args:
         labeled_records: LabeledRecords; any other record type is an error.
@@ -75,18 +75,18 @@ def discordant_pairs(
 
 
 def _match(ups: list[LabeledRecord], downs: list[LabeledRecord], limit: int | None):
-    """Greedy in-order matching, skipping downs with the same text as the up record."""
-    used = [False] * len(downs)
-    start = 0  # every down before `start` is used
+    """Match the shuffled lists position by position, then drop pairs whose two texts are equal.
+
+    Matching uniformly at random first and filtering afterwards keeps the exchangeability
+    argument of the module docstring: skipping ahead to find a different text would favour
+    some (up, down) combinations over others and bias the order away from Bradley-Terry.
+    A same-text pair carries no preference (chosen == rejected), so dropping it loses nothing.
+    """
     count = 0
-    for up in ups:
+    for up, down in zip(ups, downs):
         if limit is not None and count >= limit:
             return
-        while start < len(downs) and used[start]:
-            start += 1
-        for j in range(start, len(downs)):
-            if not used[j] and downs[j].completion != up.completion:
-                used[j] = True
-                count += 1
-                yield up, downs[j]
-                break
+        if down.completion == up.completion:
+            continue
+        count += 1
+        yield up, down

@@ -144,6 +144,11 @@ def discordant_pairs(thumbs: Feedback, *, generator: torch.Generator | int | Non
     with odds sigma(r_a-c)sigma(c-r_b) / (sigma(r_b-c)sigma(c-r_a)) = exp(r_a - r_b): exactly
     Bradley-Terry on r, c(x) cancels (ALGORITHMS.md §14). The record-level pairing for text
     data lives with the data tools; this index version serves the exact benchmark.
+
+    Pairs with the same response on both sides are kept: they give h = 0 and no gradient in
+    DPO. Skipping them DURING matching (taking the next down row instead) is not harmless when
+    responses repeat: it breaks the exchangeability above and biases the order frequencies
+    away from BT. Dropping them AFTER a uniform random matching is exact.
     """
     gen = _generator(generator)
     prompts, chosen, rejected = [], [], []

@@ -120,7 +120,8 @@ def _check_pmpo(hparams: dict[str, Any]) -> list[str]:
     if alpha < 1.0 and beta < 1.0 - alpha:
         return [
             f"beta={beta} < 1 - alpha={1.0 - alpha:g}: rejected samples can push log-probs to -inf "
-            "(collapse; ALGORITHMS.md §9). Use beta >= 1 - alpha."
+            "(collapse; ALGORITHMS.md §9). Use beta >= 1 - alpha; negative-only sets need more "
+            "(beta >= (1 - alpha) / P_ref(reject) in the worst case)."
         ]
     return []
 
@@ -147,7 +148,13 @@ def pmpo_loss(
 
     KL(pi_ref || pi_theta): pass ``kl`` (a scalar, e.g. computed exactly or token-level),
     or leave it None for the Monte-Carlo estimate logp_ref(y) - logp_theta(y) on the batch's
-    own samples, valid when they were drawn from pi_ref (ALGORITHMS.md §9 (a)).
+    own samples, valid when they were drawn from pi_ref (ALGORITHMS.md §9 (a)): thumbs on
+    reference samples, both classes in their natural proportions. On a one-class set the
+    batch holds samples of q- (or q+), not pi_ref: with only negatives and the in-batch
+    estimate the loss is (1 - alpha - beta)*logp + const, which collapses for beta < 1 - alpha
+    and otherwise raises the rejected samples' likelihood. For negative-only data pass an
+    exact or reference-sample ``kl``; the collapse threshold is then
+    beta >= (1 - alpha) * max_y q-(y)/pi_ref(y) (see feedalign.envs.exact).
     """
     labels = labels.bool()
     sign = torch.where(labels, torch.full_like(policy_logps, alpha), torch.full_like(policy_logps, alpha - 1.0))

@@ -234,19 +234,41 @@ class SteeringSpec:
         return out, ws
 
     def prepare(self, tokenizer: Any, model: Any = None) -> int:
-        """For ``render="tokens"``: add the level tokens to ``tokenizer`` and grow ``model``'s
-        embeddings (new rows = mean of the old ones). Returns the number of tokens added."""
-        if self.render != "tokens":
-            return 0
-        added = tokenizer.add_tokens(self.level_tokens())
-        if added and model is not None:
-            old = model.get_input_embeddings().weight.shape[0]
-            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-            with torch.no_grad():
-                for emb in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
-                    if emb.weight.shape[0] > old:
-                        emb.weight[old:] = emb.weight[:old].mean(0, keepdim=True)
+        """For ``render="tokens"``: add the level tokens to ``tokenizer`` (idempotent) and, with
+        a ``model``, grow its embeddings (:meth:`prepare_model`). Returns the tokens added."""
+        added = tokenizer.add_tokens(self.level_tokens()) if self.render == "tokens" else 0
+        if model is not None:
+            self.prepare_model(model, tokenizer)
         return added
+
+    def prepare_model(self, model: Any, tokenizer: Any) -> bool:
+        """Grow ``model``'s embeddings to ``len(tokenizer)``; returns whether it grew.
+
+        The new level-token rows are ordinal: ``e(<w:v>) = mean + (1 - v) * a + v * b`` with
+        ``a, b ~ N(0, std^2)`` per dimension (seeded by ``seed``; mean and std of the old
+        rows), so the weights are told apart, and ordered, even when the embeddings stay frozen
+        (e.g. LoRA). An untied output embedding gets the mean row for every new token.
+        """
+        emb = model.get_input_embeddings()
+        old = emb.weight.shape[0]
+        if len(tokenizer) <= old:
+            return False
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        emb, out = model.get_input_embeddings(), model.get_output_embeddings()
+        with torch.no_grad():
+            base = emb.weight[:old].float()
+            mean, std = base.mean(0), base.std(0)
+            gen = torch.Generator().manual_seed(self.seed)
+            a, b = (torch.randn(base.shape[1], generator=gen) * std for _ in range(2))
+            emb.weight[old:] = mean.to(emb.weight.dtype)
+            for level, token in enumerate(self.level_tokens()):
+                row = tokenizer.convert_tokens_to_ids(token)
+                if row is not None and row >= old:
+                    v = level / self.grid
+                    emb.weight[row] = (mean + (1 - v) * a + v * b).to(emb.weight.dtype)
+            if out is not None and out.weight is not emb.weight and out.weight.shape[0] > old:
+                out.weight[old:] = out.weight[:old].mean(0, keepdim=True)
+        return True
 
     def check_tokenizer(self, tokenizer: Any) -> None:
         """Raise unless every grid value's prefix tokenises without ``<unk>`` and distinctly."""

@@ -73,29 +73,26 @@ METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
         MethodSpec(
-            "dpo", "dpo", ("pairs_helpful",), (1.0, 0.0), {"beta": 0.1}, lr=1e-3, steps=150,
+            "dpo", "dpo", ("pairs_helpful",), (1.0, 0.0), {"beta": 0.1}, lr=5e-4, steps=150,
             summary="DPO on preference pairs judged on helpfulness",
         ),
         MethodSpec(
-            "kto", "kto", ("thumbs_helpful",), (1.0, 0.0), {"beta": 0.1}, lr=1e-3, steps=150,
+            "kto", "kto", ("thumbs_helpful",), (1.0, 0.0), {"beta": 0.1}, lr=5e-4, steps=150,
             summary="KTO on thumbs up/down judged on helpfulness",
         ),
         MethodSpec(
-            "bco", "bco", ("thumbs_concise",), (0.0, 1.0), {"beta": 0.1}, lr=1e-3, steps=150,
+            "bco", "bco", ("thumbs_concise",), (0.0, 1.0), {"beta": 0.1}, lr=5e-4, steps=150,
             summary="BCO on thumbs up/down judged on concision",
         ),
+        # beta = 1 - alpha: the smallest KL weight of the stable region (ALGORITHMS.md 9).
         MethodSpec(
-            "pmpo", "pmpo", ("accepted_overall", "rejected_overall"), (0.5, 0.5), {"alpha": 0.5, "beta": 1.0},
-            lr=1e-3, steps=150,
+            "pmpo", "pmpo", ("accepted_overall", "rejected_overall"), (0.5, 0.5), {"alpha": 0.5, "beta": 0.5},
+            lr=1e-3, steps=300,
             summary="PMPO on accepted (best of k) and rejected (worst of k) samples, overall score",
         ),
         MethodSpec(
             "pmpo_pos", "pmpo", ("accepted_overall",), (0.5, 0.5), {"alpha": 1.0, "beta": 0.1},
-            lr=1e-3, steps=150, summary="PMPO on the positive-only set (alpha = 1)",
-        ),
-        MethodSpec(
-            "pmpo_neg", "pmpo", ("rejected_overall",), (0.5, 0.5), {"alpha": 0.0, "beta": 1.5},
-            lr=1e-3, steps=150, summary="PMPO on the negative-only set (alpha = 0, beta > 1 - alpha)",
+            lr=1e-3, steps=300, summary="PMPO on the positive-only set (alpha = 1)",
         ),
     )
 }
@@ -129,7 +126,7 @@ class QuickstartSettings:
     step_scale: float = 1.0  # multiplies every method's steps (the quick preset shrinks it)
     # feedback simulation on samples of the reference policy
     pool_prompts: int = 1024
-    pool_samples: int = 4
+    pool_samples: int = 8
     pair_temperature: float = 0.1
     thumb_temperature: float = 0.1
     # sampling (feedback pool and evaluation)
