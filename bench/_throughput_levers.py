@@ -53,11 +53,16 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
         raise ValueError("varlen attention needs position_ids (a packed batch)")
     cu, starts, longest = _segments(position_ids)
     groups = query.shape[1] // key.shape[1]
-    if query.is_cuda:
-        from torch.nn.attention.varlen import varlen_attn
-
-        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [S, H, D]
-        out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, window_size=(-1, 0), enable_gqa=groups > 1)
+    varlen = _cuda_varlen() if query.is_cuda else None
+    if varlen is not None:
+        fn, params = varlen
+        gqa = groups > 1 and "enable_gqa" in params
+        if groups > 1 and not gqa:
+            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [S, H, D]
+        causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+        extra = {"enable_gqa": True} if gqa else {}
+        out = fn(q, k, v, cu, cu, longest, longest, scale=scaling, **causal, **extra)
         return out[None], None
     key = key.repeat_interleave(groups, dim=1) if groups > 1 else key
     value = value.repeat_interleave(groups, dim=1) if groups > 1 else value
@@ -68,6 +73,18 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
         for a, b in zip(starts[:-1], starts[1:])
     ]
     return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _cuda_varlen() -> tuple[Any, set[str]] | None:
+    """torch's flash-attention variable-length kernel and its keyword names (they changed
+    between releases: ``is_causal`` vs ``window_size``), or None where torch lacks it."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    import inspect
+
+    return varlen_attn, set(inspect.signature(varlen_attn).parameters)
 
 
 def _register_varlen() -> None:

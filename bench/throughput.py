@@ -1,4 +1,4 @@
-"""Training throughput of feedalign against TRL on the same workload, in one process.
+"""Training throughput of feedalign against TRL on the same workload, in one command.
 
     python bench/throughput.py                      # Qwen2-0.5B shape, bf16, on the GPU
     python bench/throughput.py --size small         # scaled down, fp32, for a CPU
@@ -10,9 +10,11 @@ step (KTO: the same pairs as 16 thumbs-up / thumbs-down rows). Figures per confi
 
 * tokens/s    mean non-pad tokens per step / median step time after the warm-up steps
               (a step = the interval between consecutive optimizer-step ends, so collation,
-              logging and host syncs of the loop are included);
+              logging and host syncs of the loop are included); wall clock on a GPU, the
+              process's CPU time (one torch thread) on a CPU (``--clock``);
 * peak memory torch.cuda.max_memory_allocated on a GPU; on a CPU the peak rise of the
-              process's resident set (sampled), over construction + training;
+              process's resident set (sampled), over construction + training, meaningful
+              with ``--isolate`` (a fresh process per configuration);
 * MFU         (6 N + 2 N if a reference forward runs in the step) x tokens/s over the
               measured dense matmul rate of the device (N = parameters, tied head once);
 * wall        construction (tokenisation, reference precomputation) + all steps.

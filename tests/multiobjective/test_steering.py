@@ -199,3 +199,21 @@ def test_lora_soup_averages_merged_deltas_not_factors(tmp_path):
         assert torch.equal(v, before[k])
     vertex = SoupPolicy(base, {"helpful": dirs[0], "concise": dirs[1]}).model_for([1.0, 0.0])
     torch.testing.assert_close(vertex.state_dict()[key], before[key] + 2.0 * b0 @ a0, rtol=1e-5, atol=1e-6)
+
+
+def test_spec_for_source_block():
+    from types import SimpleNamespace
+
+    from feedalign.multiobjective.steering import spec_for_source
+
+    spec = spec_for_source({"objectives": ["helpful", "concise"], "grid": 10, "render": "tokens"},
+                           trained="helpful", beta=0.5)
+    assert spec == SteeringSpec(("helpful", "concise"), trained="helpful", beta=0.5, grid=10, render="tokens")
+    block = SimpleNamespace(objectives=("a", "b"), grid=None, seed=3, render=None, min_weight=None)
+    assert spec_for_source(block, trained="b", beta=0.1).seed == 3
+    with pytest.raises(ValueError, match="needs `objective:`"):
+        spec_for_source({"objectives": ["a", "b"]}, trained=None, beta=0.1)
+    with pytest.raises(ValueError, match=r"unknown keys \['gird'\]"):
+        spec_for_source({"objectives": ["a", "b"], "gird": 3}, trained="a", beta=0.1)
+    with pytest.raises(ValueError, match="trained='c' is not one of"):
+        spec_for_source({"objectives": ["a", "b"]}, trained="c", beta=0.1)

@@ -213,39 +213,3 @@ def test_sigkill_then_resume_matches_uninterrupted_run(env, tmp_path):
     # The uninterrupted run, in this process (also single-threaded).
     train({**cfg, "train": {**cfg["train"], "output_dir": str(tmp_path / "reference")}})
     assert_states_equal(final_state(tmp_path / "killed"), final_state(tmp_path / "reference"))
-
-
-@pytest.mark.slow
-def test_two_process_data_parallel_equals_one_process_with_the_global_batch(env, tmp_path):
-    """torchrun with 2 CPU processes x micro-batch 2 == 1 process x micro-batch 4."""
-    data = [
-        {"path": str(env["pairs"]), "loss": "dpo"},
-        {"path": str(env["thumbs"]), "loss": "bco"},  # delta gathers rewards from both processes
-    ]
-    cfg = base_config(
-        env["model"], tmp_path / "ddp", data, max_steps=3, micro_batch_size=2, cpu=True, save_every=3
-    )
-    cfg_path = _write_cfg(tmp_path / "cfg.yaml", cfg)
-    env_vars = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run(
-        [*launcher, "-m", "feedalign", "train", str(cfg_path), "--quiet"],
-        env=env_vars,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    single = train(
-        {**cfg, "train": {**cfg["train"], "output_dir": str(tmp_path / "single"), "micro_batch_size": 4}}
-    )
-    assert_states_equal(final_state(tmp_path / "ddp"), final_state(tmp_path / "single"), atol=1e-6)
-    from feedalign.trainers import checkpoint as ckpt
-
-    ddp_state = ckpt.load_checkpoint(tmp_path / "ddp" / "step-00000003").state
-    single_state = ckpt.load_checkpoint(single.checkpoint).state
-    assert ddp_state["samplers"] == single_state["samplers"]
-    assert ddp_state["providers"]["bco"]["delta"]["count"] == 3 * 4
-    assert ddp_state["providers"]["bco"]["delta"]["mean"] == pytest.approx(
-        single_state["providers"]["bco"]["delta"]["mean"], abs=1e-6
-    )

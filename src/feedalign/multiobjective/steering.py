@@ -58,6 +58,7 @@ __all__ = [
     "soup_lora_adapters",
     "SoupPolicy",
     "SPEC_FILE",
+    "spec_for_source",
 ]
 
 SPEC_FILE = "steering.json"
@@ -288,6 +289,26 @@ class SteeringSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": "feedalign.steering", "version": 1, **dataclasses.asdict(self)}
+
+
+STEER_KEYS = ("objectives", "grid", "seed", "render", "min_weight")
+
+
+def spec_for_source(steer: Any, *, trained: str | None, beta: float) -> SteeringSpec:
+    """The spec of a training source's ``steer:`` block (a mapping or an object with the
+    attributes ``objectives`` and optionally ``grid``, ``seed``, ``render``, ``min_weight``);
+    ``trained`` is the source's objective (MODPO's k), ``beta`` its loss's beta."""
+    get = steer.get if isinstance(steer, Mapping) else (lambda key, default=None: getattr(steer, key, default))
+    if isinstance(steer, Mapping):
+        unknown = sorted(set(steer) - set(STEER_KEYS))
+        if unknown:
+            raise ValueError(f"steer: unknown keys {unknown}; valid: {list(STEER_KEYS)}")
+    if not get("objectives"):
+        raise ValueError("steer: `objectives` (the weight order, e.g. [helpful, concise]) is required")
+    if trained is None:
+        raise ValueError("steer: the source needs `objective:` (the objective whose pairs it trains)")
+    options = {k: get(k) for k in ("grid", "seed", "render", "min_weight") if get(k) is not None}
+    return SteeringSpec(objectives=tuple(get("objectives")), trained=trained, beta=float(beta), **options)
 
 
 def save_spec(spec: SteeringSpec, directory: str | os.PathLike[str]) -> Path:

@@ -6,13 +6,19 @@ Importing this package is light; torch and transformers load when a stage runs.
 """
 
 from feedalign.quickstart.pipeline import Context, Stage, default_stages, run_quickstart
-from feedalign.quickstart.settings import DEFAULT_METHODS, FEEDBACK_SETS, METHODS, MethodSpec, QuickstartSettings
+from feedalign.quickstart.settings import (
+    DEFAULT_METHODS,
+    FEEDBACK_SETS,
+    METHODS,
+    MethodSpec,
+    QuickstartSettings,
+)
 
 __all__ = [
-    "Context",
     "DEFAULT_METHODS",
     "FEEDBACK_SETS",
     "METHODS",
+    "Context",
     "MethodSpec",
     "QuickstartSettings",
     "Stage",

@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from feedalign.quickstart.settings import FEEDBACK_SETS, OBJECTIVES, MethodSpec, QuickstartSettings
+from feedalign.quickstart.settings import (
+    FEEDBACK_SETS,
+    OBJECTIVES,
+    MethodSpec,
+    QuickstartSettings,
+)
 
 
 @dataclass
@@ -68,7 +73,7 @@ def train_run(ctx: Context, name: str, model_path: Path, source: dict[str, Any],
         "train": {
             "output_dir": str(ctx.path("runs", name)), "seed": s.seed, "lr": lr, "max_steps": steps,
             "micro_batch_size": s.batch_size, "scheduler": "constant", "warmup_steps": min(10, steps // 10),
-            "log_every": max(1, steps // 50), "cpu": True, "overwrite_output_dir": True,
+            "log_every": 1, "cpu": True, "overwrite_output_dir": True,
         },
     }
     start = time.perf_counter()
@@ -120,14 +125,18 @@ def stage_sft(ctx: Context) -> None:
 
 
 def stage_feedback(ctx: Context) -> None:
-    from feedalign.quickstart.feedback import sample_pool, simulate_feedback, write_and_reload
+    from feedalign.quickstart.feedback import (
+        sample_pool,
+        simulate_feedback,
+        write_and_reload,
+    )
 
     s = ctx.settings
     prompts = ctx.task.prompts(s.pool_prompts, "train", seed=s.seed + 1)
     pool = sample_pool(ctx.models["reference"], ctx.tokenizer, ctx.task, prompts, s.pool_samples,
                        max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=s.seed + 2,
                        batch_size=s.generate_batch_size)
-    sets = simulate_feedback(pool, seed=s.seed, pair_temperature=s.pair_temperature,
+    sets = simulate_feedback(pool, ctx.task.score, seed=s.seed, pair_temperature=s.pair_temperature,
                              thumb_temperature=s.thumb_temperature)
     paths, counts = write_and_reload(sets, ctx.path("feedback"))
     ctx.feedback_paths.update(paths)
@@ -139,7 +148,8 @@ def stage_feedback(ctx: Context) -> None:
     }
     ctx.report["feedback_pool"] = {
         "prompts": len(prompts), "samples_per_prompt": s.pool_samples, "temperature": s.temperature,
-        "pair_temperature": s.pair_temperature, "thumb_temperature": s.thumb_temperature,
+        "judged_samples": len(pool.judged()), "pair_temperature": s.pair_temperature,
+        "thumb_temperature": s.thumb_temperature,
         "mean_scores": {o: float(pool.scores[o].mean()) for o in OBJECTIVES},
     }
     for name, c in counts.items():

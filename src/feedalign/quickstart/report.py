@@ -77,11 +77,22 @@ def _training_series(metrics_file: Path, key: str = "loss") -> list[tuple[float,
     return [(r["step"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
 
 
+def _moving_average(series: list[tuple[float, float]], window: int) -> list[tuple[float, float]]:
+    out, total = [], 0.0
+    for i, (_, value) in enumerate(series):
+        total += value - (series[i - window][1] if i >= window else 0.0)
+        if i >= window - 1:
+            out.append((series[i][0], total / window))
+    return out
+
+
 def write_plots(ctx: Any) -> list[Path]:
     from feedalign.evaluation.plots import plot_bars, plot_curves, plot_front
 
     report, plots = ctx.report, ctx.path("plots")
     methods = report["methods"]
+    for stale in plots.glob("training_*.png"):  # from an earlier run with other methods
+        stale.unlink()
     paths = [plot_bars(plots / "improvement.png",
                        {f"{n} ({m['target_objective']})": {o: (m["before"][o], m["after"][o]) for o in OBJECTIVES}
                         for n, m in methods.items()},
@@ -89,8 +100,10 @@ def write_plots(ctx: Any) -> list[Path]:
     runs = {"sft": Path(ctx.runs["sft"]["dir"]) / "metrics.jsonl"}
     runs.update({n: Path(m["metrics_file"]) for n, m in methods.items()})
     for name, metrics_file in runs.items():
-        series = {"loss": _training_series(metrics_file)}
-        if series["loss"]:
+        raw = _training_series(metrics_file)
+        if raw:
+            window = max(1, len(raw) // 20)
+            series = {"loss": raw, f"moving average ({window} steps)": _moving_average(raw, window)}
             paths.append(plot_curves(plots / f"training_{name}.png", series, title=f"{name}: training loss",
                                      ylabel="loss"))
     points = {"reference": ([[report["reference"]["eval"][o]["mean"] for o in OBJECTIVES]], None)}

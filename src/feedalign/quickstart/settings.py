@@ -101,10 +101,10 @@ DEFAULT_METHODS = ("dpo", "kto", "bco", "pmpo")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
-    "quick": dict(
-        quick=True, sft_examples=256, sft_steps=40, pool_prompts=48, pool_samples=4, step_scale=0.1,
-        eval_prompts=48, front_prompts=32, generate_batch_size=64, batch_size=16,
-    ),
+    "quick": {
+        "quick": True, "sft_examples": 256, "sft_steps": 40, "pool_prompts": 48, "pool_samples": 4,
+        "step_scale": 0.1, "eval_prompts": 48, "front_prompts": 32, "generate_batch_size": 64, "batch_size": 16,
+    },
 }
 
 

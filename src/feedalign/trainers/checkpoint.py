@@ -6,15 +6,20 @@ Layout of ``output_dir``::
         weights.safetensors trainable parameters (the adapter only, for LoRA)
         optimizer.pt        optimizer state_dict
         scheduler.pt        LR scheduler state_dict
-        state.pt            RNG states (python, numpy, torch, cuda), sampler positions,
-                            loss-state providers (e.g. BCO's delta), grad scaler
+        state.pt            RNG states of the main process (python, numpy, torch, cuda),
+                            sampler positions, loss-state providers (e.g. BCO's delta),
+                            grad scaler
+        rng_state_<r>.pt    RNG states of process r (one file per process)
+        deepspeed/          accelerator.save_state (DeepSpeed runs only: engine, optimizer)
         trainer_state.json  step, epoch counters (human readable)
         config.yaml         the run's config
         manifest.json       sha256 of every file above; written last
     latest                  name of the newest complete checkpoint
     ckpt-00000050.tmp/      a checkpoint being written (ignored, removed on resume)
 
-A checkpoint is written into ``ckpt-XXXXXXXX.tmp``, every file and the directory are fsynced,
+A checkpoint is written into ``ckpt-XXXXXXXX.tmp`` (with several processes: the main process
+creates it, every process writes its own files into it, then the main process writes the
+rest, see ``trainers.run.save_run``), every file and the directory are fsynced,
 then the directory is renamed to ``step-XXXXXXXX`` (``os.replace``) and ``latest`` is
 replaced atomically. A kill at any point leaves either the previous or the new checkpoint
 complete; resume verifies the manifest and falls back to the newest checkpoint that passes.
@@ -113,16 +118,52 @@ def write_text_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def save_checkpoint(output_dir: str | os.PathLike[str], payload: CheckpointPayload, *, keep: int) -> Path:
-    """Write ``payload`` atomically as ``step-XXXXXXXX``, point ``latest`` at it and delete
-    all but the newest ``keep`` checkpoints (0 keeps all). Returns the checkpoint path."""
-    from safetensors.torch import save_file
+def staging_dir(output_dir: str | os.PathLike[str], step: int) -> Path:
+    return Path(output_dir) / f"ckpt-{step:08d}.tmp"
 
-    out = Path(output_dir)
-    tmp = out / f"ckpt-{payload.step:08d}.tmp"
+
+def begin_checkpoint(output_dir: str | os.PathLike[str], step: int) -> Path:
+    """Create an empty staging directory for the checkpoint of ``step``."""
+    tmp = staging_dir(output_dir, step)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    return tmp
+
+
+def rank_rng_name(rank: int) -> str:
+    return f"rng_state_{rank}.pt"
+
+
+def save_rank_rng(directory: Path, rank: int) -> None:
+    """This process's RNG state into a staging directory."""
+    torch.save(rng_state(), directory / rank_rng_name(rank))
+
+
+def load_rank_rng(path: str | os.PathLike[str], rank: int) -> dict[str, Any] | None:
+    """Process ``rank``'s RNG state from a checkpoint, or None if it has none."""
+    file = Path(path) / rank_rng_name(rank)
+    if not file.is_file():
+        return None
+    return torch.load(file, map_location="cpu", weights_only=False)  # our own file (numpy state)
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+
+
+def save_checkpoint(
+    output_dir: str | os.PathLike[str], payload: CheckpointPayload, *, keep: int, staged: bool = False
+) -> Path:
+    """Write ``payload`` atomically as ``step-XXXXXXXX``, point ``latest`` at it and delete
+    all but the newest ``keep`` checkpoints (0 keeps all). Returns the checkpoint path.
+
+    ``staged``: the staging directory was made by :func:`begin_checkpoint` and may already
+    hold files of other processes (they join the manifest)."""
+    from safetensors.torch import save_file
+
+    out = Path(output_dir)
+    tmp = staging_dir(out, payload.step) if staged else begin_checkpoint(out, payload.step)
     weights = {k: v.detach().cpu().contiguous() for k, v in payload.weights.items()}
     save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
     torch.save(payload.optimizer, tmp / "optimizer.pt")
@@ -130,12 +171,13 @@ def save_checkpoint(output_dir: str | os.PathLike[str], payload: CheckpointPaylo
     torch.save(payload.state, tmp / "state.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(payload.trainer_state, indent=2), encoding="utf-8")
     (tmp / "config.yaml").write_text(payload.config_yaml, encoding="utf-8")
-    files = sorted(p.name for p in tmp.iterdir())
+    files = _files(tmp)
     manifest = {"format": FORMAT_VERSION, "step": payload.step, "files": {n: _sha256(tmp / n) for n in files}}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     for name in files + [MANIFEST]:
         _fsync_file(tmp / name)
-    _fsync_dir(tmp)
+    for sub in sorted({(tmp / n).parent for n in files}, key=lambda d: len(d.parts), reverse=True):
+        _fsync_dir(sub)
     final = out / checkpoint_name(payload.step)
     if final.exists():  # a previous attempt at this step (e.g. before a kill); replace it
         stale = out / f"ckpt-{payload.step:08d}.old.tmp"

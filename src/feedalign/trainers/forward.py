@@ -8,6 +8,7 @@ which providers run. No loss is special-cased by name.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,23 +27,23 @@ class Runtime:
     """The models and helpers shared by every source of a run."""
 
     accelerator: Any
-    model: Any  # the policy (not DDP-wrapped; see loop.py)
+    model: Any  # the policy itself (unwrapped; what is saved and returned)
     reference: Any | None
     tokenizer: Any
     pad_id: int
     chunk_size: int
+    policy: Any = None  # the prepared LogpsModule (DDP/FSDP/DeepSpeed-wrapped) the loop calls
 
     def policy_logps(self, tensors: dict[str, Tensor]) -> Tensor:
-        from feedalign.policies.hf import sequence_logps
-
         with self.accelerator.autocast():
-            return sequence_logps(
-                self.model,
-                tensors["input_ids"],
-                tensors["attention_mask"],
-                tensors["completion_mask"],
-                chunk_size=self.chunk_size,
-            )
+            if self.policy is None:
+                from feedalign.policies.hf import sequence_logps
+
+                return sequence_logps(
+                    self.model, tensors["input_ids"], tensors["attention_mask"], tensors["completion_mask"],
+                    chunk_size=self.chunk_size,
+                )
+            return self.policy(tensors["input_ids"], tensors["attention_mask"], tensors["completion_mask"])
 
     def reference_logps(self, tensors: dict[str, Tensor], row_ids: Sequence[str]) -> Tensor:
         if self.reference is None:
@@ -187,67 +188,89 @@ def objectives_of(batch: Batch) -> list[str]:
     return [ex.objective or DEFAULT_OBJECTIVE for ex in batch.examples]
 
 
-def reward_metrics(outputs: Sequence[SourceOutput], prefix: str = "") -> dict[str, float]:
-    """Accuracy (pairs and labels together) and margins (pairs) per objective."""
-    correct: dict[str, list[float]] = {}
-    margins: dict[str, list[float]] = {}
+def reward_sums(outputs: Sequence[SourceOutput], prefix: str = "") -> dict[str, tuple[float, float]]:
+    """``(sum, count)`` of reward accuracy (pairs and labels together) and margins (pairs)
+    per objective; ``sum / count`` is the metric, and sums merge across micro-steps and
+    processes."""
+    sums: dict[str, list[float]] = {}
     for out in outputs:
         names = objectives_of(out.batch)
-        if out.correct is not None:
-            for name, value in zip(names, out.correct.float().tolist()):
-                correct.setdefault(name, []).append(value)
-        if out.margins is not None:
-            for name, value in zip(names, out.margins.float().tolist()):
-                margins.setdefault(name, []).append(value)
-    metrics = {f"{prefix}rewards/accuracy/{k}": sum(v) / len(v) for k, v in sorted(correct.items())}
-    metrics.update({f"{prefix}rewards/margins/{k}": sum(v) / len(v) for k, v in sorted(margins.items())})
-    return metrics
+        for kind, values in (("accuracy", out.correct), ("margins", out.margins)):
+            if values is None:
+                continue
+            for name, value in zip(names, values.float().tolist()):
+                entry = sums.setdefault(f"{prefix}rewards/{kind}/{name}", [0.0, 0.0])
+                entry[0] += value
+                entry[1] += 1.0
+    return {k: (v[0], v[1]) for k, v in sorted(sums.items())}
 
 
-def eval_chunks(examples: Sequence[Example], size: int, *, min_size: int) -> list[list[Example]]:
-    """Consecutive chunks of ``size``; a last chunk smaller than ``min_size`` joins the one
-    before it (KTO's reference point needs at least two rows)."""
-    chunks = [list(examples[i : i + size]) for i in range(0, len(examples), size)]
-    if len(chunks) > 1 and len(chunks[-1]) < min_size:
-        chunks[-2].extend(chunks.pop())
-    return chunks
+def reward_metrics(outputs: Sequence[SourceOutput], prefix: str = "") -> dict[str, float]:
+    """Accuracy (pairs and labels together) and margins (pairs) per objective."""
+    return {k: s / c for k, (s, c) in reward_sums(outputs, prefix).items()}
+
+
+def _eval_source(runtime: Runtime, source: Source, batch_size: int) -> Tensor:
+    """Per-example results of ``source``'s held-out set, gathered from every process:
+    ``[n, 4]`` float64 rows (example index, loss, correct or NaN, margin or NaN), each
+    example once, in index order."""
+    from feedalign.trainers.parallel import eval_shards
+
+    accelerator = runtime.accelerator
+    min_size = 2 if "kl_ref" in source.spec.state else 1
+    shards = eval_shards(
+        len(source.eval_examples), batch_size, world=accelerator.num_processes,
+        rank=accelerator.process_index, min_size=min_size,
+    )
+    rows = []
+    for marked in shards:
+        indices = [i if i >= 0 else -1 - i for i in marked]
+        batch = collate([source.eval_examples[i] for i in indices], source.feedback, runtime.pad_id)
+        out = source_forward(runtime, source, batch, training=False)
+        nan = torch.full((batch.size,), math.nan, dtype=torch.float64, device=out.losses.device)
+        correct = out.correct.double() if out.correct is not None else nan
+        margins = out.margins.double() if out.margins is not None else nan
+        index = torch.tensor(marked, dtype=torch.float64, device=out.losses.device)
+        rows.append(torch.stack([index, out.losses.double(), correct, margins], dim=1))
+    table = runtime.gather(torch.cat(rows))
+    table = table[table[:, 0] >= 0]
+    return table[table[:, 0].argsort()]
 
 
 def evaluate(runtime: Runtime, sources: Sequence[Source], batch_size: int) -> dict[str, float]:
     """Held-out loss per source, weighted total loss, reward accuracy and margins per
-    objective. Runs in eval mode under no_grad; providers are not updated."""
-    model = runtime.model
-    was_training = model.training
-    model.eval()
+    objective. Runs in eval mode under no_grad; providers are not updated. With several
+    processes each evaluates its share of every batch (``parallel.eval_shards``) and the
+    per-example results are gathered, so every example counts once."""
+    module = runtime.policy if runtime.policy is not None else runtime.model
+    was_training = module.training
+    module.eval()
     metrics: dict[str, float] = {}
-    outputs: list[SourceOutput] = []
-    total = 0.0
+    objective_sums: dict[str, list[float]] = {}
+    total, any_eval = 0.0, False
     try:
         with torch.no_grad():
             for source in sources:
                 if not source.eval_examples:
                     continue
-                min_size = 2 if "kl_ref" in source.spec.state else 1
-                loss_sum, count, own = 0.0, 0, []
-                for chunk in eval_chunks(source.eval_examples, batch_size, min_size=min_size):
-                    batch = collate(chunk, source.feedback, runtime.pad_id)
-                    out = source_forward(runtime, source, batch, training=False)
-                    loss_sum += float(out.losses.double().sum())
-                    count += out.batch.size
-                    own.append(out)
-                mean = loss_sum / count
+                any_eval = True
+                table = _eval_source(runtime, source, batch_size).cpu()
+                mean = float(table[:, 1].sum()) / table.shape[0]
                 metrics[f"eval/loss/{source.name}"] = mean
                 total += source.weight * mean
-                source_rewards = reward_metrics(own)
-                accuracies = [v for k, v in source_rewards.items() if k.startswith("rewards/accuracy/")]
-                if accuracies:
-                    n = [len(o.batch.examples) for o in own]
-                    acc = sum(float(o.correct.float().sum()) for o in own if o.correct is not None)
-                    metrics[f"eval/{source.name}/rewards/accuracy"] = acc / sum(n)
-                outputs.extend(own)
+                correct = table[:, 2]
+                if not bool(correct.isnan().all()):
+                    metrics[f"eval/{source.name}/rewards/accuracy"] = float(correct.sum()) / table.shape[0]
+                for index, _, ok, margin in table.tolist():
+                    name = source.eval_examples[int(index)].objective or DEFAULT_OBJECTIVE
+                    for kind, value in (("accuracy", ok), ("margins", margin)):
+                        if not math.isnan(value):
+                            entry = objective_sums.setdefault(f"eval/rewards/{kind}/{name}", [0.0, 0.0])
+                            entry[0] += value
+                            entry[1] += 1.0
     finally:
-        model.train(was_training)
-    if outputs:
+        module.train(was_training)
+    if any_eval:
         metrics["eval/loss"] = total
-        metrics.update(reward_metrics(outputs, prefix="eval/"))
+        metrics.update({k: s / c for k, (s, c) in sorted(objective_sums.items())})
     return metrics

@@ -34,21 +34,29 @@ def _json_value(value: float) -> float | None:
 
 class MetricsAverager:
     """Averages metrics over the micro-steps of one optimizer step, ignoring NaNs (a metric
-    such as the mean reward of the desirable class is NaN on a batch without one)."""
+    such as the mean reward of the desirable class is NaN on a batch without one). Holds
+    ``(sum, count)`` per key, so that averages merge exactly across processes."""
 
     def __init__(self) -> None:
         self._sums: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
+        self._counts: dict[str, float] = {}
 
     def add(self, metrics: Mapping[str, Any]) -> None:
-        for key, value in metrics.items():
-            value = to_float(value)
+        """One value per key (counted once)."""
+        self.add_sums({k: (to_float(v), 1.0) for k, v in metrics.items()})
+
+    def add_sums(self, sums: Mapping[str, tuple[float, float]]) -> None:
+        """``{key: (sum, count)}``, e.g. a per-objective accuracy over ``count`` examples."""
+        for key, (value, count) in sums.items():
+            self._sums.setdefault(key, 0.0)
+            self._counts.setdefault(key, 0.0)
             if math.isnan(value):
-                self._sums.setdefault(key, 0.0)
-                self._counts.setdefault(key, 0)
                 continue
-            self._sums[key] = self._sums.get(key, 0.0) + value
-            self._counts[key] = self._counts.get(key, 0) + 1
+            self._sums[key] += value
+            self._counts[key] += count
+
+    def sums(self) -> dict[str, tuple[float, float]]:
+        return {k: (self._sums[k], self._counts[k]) for k in self._sums}
 
     def result(self) -> dict[str, float]:
         return {k: (self._sums[k] / self._counts[k] if self._counts[k] else math.nan) for k in self._sums}

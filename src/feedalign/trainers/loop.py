@@ -11,13 +11,13 @@ What a source needs (batch layout, reference log-probs, state such as KTO's refe
 point or BCO's reward shift) comes from its ``LossSpec``; the loop never looks at a loss
 name.
 
-Data-parallel runs (``torchrun --nproc_per_node N -m feedalign train CFG`` or
-``accelerate launch --multi_gpu -m feedalign train CFG``; on CPU set ``train.cpu=true``):
-the policy is not wrapped in DDP, because log-probs are computed from the decoder body and
-LM head directly (``sequence_logps``); gradients are averaged across processes explicitly
-before clipping, and every process takes its slice of each global micro-batch, so N
-processes x micro-batch b train exactly like 1 process x micro-batch N*b. FSDP / DeepSpeed
-sharding is not supported by this loop.
+Several processes (``accelerate launch``; see docs/distributed.md): the policy is wrapped in
+a ``LogpsModule`` whose forward computes the per-sequence log-probs, and that module goes
+through ``accelerator.prepare`` with the optimizer and scheduler, so DDP, FSDP or DeepSpeed
+act on every policy forward. Every process takes its own slice of each global micro-batch,
+so N processes x micro-batch b train like 1 process x micro-batch N*b (global batch per
+optimizer step: N x micro_batch_size x grad_accum); logged metrics are averaged over the
+processes and evaluation is split among them.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from feedalign.config.checks import check_config
 from feedalign.config.loader import config_from_dict, config_to_dict, dump_config, load_config
 from feedalign.config.schema import Config
 from feedalign.trainers import checkpoint as ckpt
-from feedalign.trainers.forward import SourceOutput, evaluate, reward_metrics, source_forward
+from feedalign.trainers.forward import SourceOutput, evaluate, reward_sums, source_forward
 from feedalign.trainers.logging import MetricsAverager, MetricsLogger, format_metrics
+from feedalign.trainers.parallel import full_state_dict, merge_sums, sharding
 from feedalign.trainers.run import Run, TrainerCallback, prepare_run, release_accelerator, save_run
 from feedalign.trainers.setup import make_accelerator
 from feedalign.trainers.state import check_state
@@ -113,10 +114,12 @@ def train(
     for index, item in enumerate(checked):
         check_state(item.spec, item.config, config.train, f"data.{index}")
     out = Path(config.train.output_dir).expanduser()
-    if config.train.overwrite_output_dir and not resume:
-        _clear_output_dir(out)
-    accelerator = make_accelerator(config.train)
     try:
+        accelerator = make_accelerator(config.train)
+        if config.train.overwrite_output_dir and not resume:
+            if accelerator.is_main_process:
+                _clear_output_dir(out)
+            accelerator.wait_for_everyone()
         run, resumed_from = prepare_run(
             config, checked, accelerator, model, tokenizer, records, callbacks, resume
         )
@@ -166,8 +169,8 @@ def _micro_step(run: Run) -> tuple[torch.Tensor, list[SourceOutput]]:
 
 
 def _check_finite(run: Run, total: torch.Tensor, outputs: list[SourceOutput], micro: int) -> None:
-    flag = torch.isfinite(total.detach()).float().reshape(1)
-    if bool(run.runtime.gather(flag).min() > 0):
+    flags = run.runtime.gather(torch.isfinite(total.detach()).float().reshape(1))
+    if bool(flags.min() > 0):
         return
     step = run.step + 1
     report: dict[str, Any] = {"step": step, "micro_step": micro, "sources": {}}
@@ -182,7 +185,9 @@ def _check_finite(run: Run, total: torch.Tensor, outputs: list[SourceOutput], mi
             ],
         }
     path = run.out / NONFINITE_FILE
-    if run.accelerator.is_main_process:
+    # The first process whose own micro-batch is non-finite writes it.
+    if int((flags == 0).nonzero()[0]) == run.accelerator.process_index:
+        report["process_index"] = run.accelerator.process_index
         path.write_text(json.dumps(report, indent=2), encoding="utf-8")
     bad = {name: info["record_ids"] for name, info in report["sources"].items()}
     sources = report["sources"]
@@ -196,49 +201,39 @@ def _check_finite(run: Run, total: torch.Tensor, outputs: list[SourceOutput], mi
     )
 
 
-def _step_metrics(run: Run, outputs: list[SourceOutput], total: torch.Tensor) -> dict[str, float]:
+def _add_step_metrics(averager: MetricsAverager, run: Run, outputs: list[SourceOutput], total: torch.Tensor) -> None:
     metrics: dict[str, Any] = {"loss": total.detach()}
     for source, out in zip(run.sources, outputs):
         metrics[f"loss/{source.name}"] = out.losses.detach().mean()
         for key, value in out.metrics.items():
             metrics[f"{source.name}/{key}"] = value
-    metrics.update(reward_metrics(outputs))
-    return metrics
+    averager.add(metrics)
+    averager.add_sums(reward_sums(outputs))
 
 
 def _optimizer_step(run: Run) -> dict[str, float]:
     accelerator = run.accelerator
+    policy = run.runtime.policy
     averager = MetricsAverager()
     for micro in range(run.config.train.grad_accum):
-        with accelerator.accumulate():
+        # accumulate(): DDP/FSDP skip the gradient all-reduce until the last micro-step, and
+        # accelerator.backward divides the loss by grad_accum.
+        with accelerator.accumulate(policy):
             total, outputs = _micro_step(run)
             _check_finite(run, total, outputs, micro)
             accelerator.backward(total)
-        averager.add(_step_metrics(run, outputs, total))
-    if accelerator.num_processes > 1:
-        _average_gradients(accelerator, run.params)
+        _add_step_metrics(averager, run, outputs, total)
     max_norm = run.config.train.max_grad_norm
-    grad_norm = accelerator.clip_grad_norm_(run.params, max_norm if max_norm is not None else math.inf)
+    grad_norm = accelerator.clip_grad_norm_(policy.parameters(), max_norm if max_norm is not None else math.inf)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
-    metrics = averager.result()
-    metrics["grad_norm"] = float(grad_norm)
+    metrics = merge_sums(accelerator, averager.sums())
+    metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
     metrics["lr"] = float(run.scheduler.get_last_lr()[0])
     metrics["epoch"] = run.step / run.per_epoch
     return metrics
-
-
-def _average_gradients(accelerator: Any, params: list[torch.nn.Parameter]) -> None:
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
 
 
 def _train_loop(run: Run, *, resumed: bool) -> tuple[dict[str, float], dict[str, float]]:
@@ -294,14 +289,22 @@ def _evaluate(run: Run, metrics_logger: MetricsLogger, batch_size: int) -> dict[
 
 
 def _save_final(run: Run) -> Path | None:
-    """``output_dir/final``: save_pretrained (the adapter for LoRA) + tokenizer + config."""
+    """``output_dir/final``: save_pretrained (the adapter for LoRA) + tokenizer + config.
+    Under FSDP/DeepSpeed the full weights are gathered first (every process takes part)."""
     accelerator = run.accelerator
     final = run.out / FINAL_DIR
+    accelerator.wait_for_everyone()
+    model = run.runtime.model
+    state = None
+    if sharding(accelerator) != "none":
+        state = full_state_dict(accelerator, run.runtime.policy, model)
     if accelerator.is_main_process:
         tmp = run.out / f"{FINAL_DIR}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        model = run.runtime.model
-        model.save_pretrained(str(tmp))
+        if state is None:
+            model.save_pretrained(str(tmp))
+        else:
+            model.save_pretrained(str(tmp), state_dict=state)
         run.runtime.tokenizer.save_pretrained(str(tmp))
         (tmp / "feedalign_config.yaml").write_text(dump_config(run.config), encoding="utf-8")
         if final.exists():

@@ -8,16 +8,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from feedalign.config.errors import ConfigError
 from feedalign.config.loader import dump_config
 from feedalign.config.schema import Config
 from feedalign.trainers import checkpoint as ckpt
 from feedalign.trainers.forward import Runtime, Source
-from feedalign.trainers.setup import build_sources, load_policy, make_optimizer, pad_id_of, total_steps
+from feedalign.trainers.parallel import (
+    LogpsModule,
+    bind_reference,
+    check_reference_strategy,
+    is_zero3,
+    load_optimizer_state,
+    load_trainable_weights,
+    make_run_reference,
+    optimizer_state,
+    sharding,
+    trainable_weights,
+)
+from feedalign.trainers.setup import (
+    build_sources,
+    check_grad_accum,
+    load_policy,
+    make_optimizer,
+    pad_id_of,
+    total_steps,
+)
 
 logger = logging.getLogger("feedalign.train")
+
+DEEPSPEED_DIR = "deepspeed"  # accelerator.save_state inside a checkpoint (DeepSpeed runs)
 
 
 class TrainerCallback:
@@ -40,7 +59,7 @@ class Run:
     sources: list[Source]
     optimizer: Any
     scheduler: Any
-    params: list[torch.nn.Parameter]
+    trainable: list[str]  # names of the parameters that train (what a checkpoint holds)
     total: int
     per_epoch: int
     out: Path
@@ -73,7 +92,6 @@ def prepare_run(
     from accelerate.utils import set_seed
 
     from feedalign.policies.hf import load_tokenizer
-    from feedalign.policies.reference import make_reference
 
     train_cfg = config.train
     set_seed(train_cfg.seed)
@@ -83,46 +101,59 @@ def prepare_run(
     sources = build_sources(config, checked, tokenizer, records, rank=rank, world=world)
     if model is None:
         model = load_policy(config)
-    model.to(accelerator.device)
+    if sharding(accelerator) == "none":
+        model.to(accelerator.device)  # FSDP / DeepSpeed place the shards themselves
     model.train()
     reference = None
     if any(s.spec.needs_reference for s in sources):
-        # Taken before any checkpoint is restored: the reference is the initial policy.
-        reference = make_reference(
+        check_reference_strategy(accelerator, config.reference.strategy, model)
+        # Taken before any checkpoint is restored and before the policy is wrapped or
+        # sharded: the reference is the initial policy.
+        reference = make_run_reference(
             config.reference.strategy,
             model,
             cache_dir=config.reference.cache_dir,
             chunk_size=train_cfg.logps_chunk_size,
+            device=accelerator.device,
         )
-    params = [p for p in model.parameters() if p.requires_grad]
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     total, per_epoch = total_steps(train_cfg, sources, world)
-    optimizer, scheduler = make_optimizer(train_cfg, params, total)
-    optimizer = accelerator.prepare(optimizer)
+    optimizer, scheduler = make_optimizer(train_cfg, [p for p in model.parameters() if p.requires_grad], total)
+    policy = LogpsModule(model, train_cfg.logps_chunk_size, head_as_module=is_zero3(accelerator))
+    policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+    check_grad_accum(accelerator, train_cfg)
+    bind_reference(reference, policy)
     pad_id = pad_id_of(tokenizer)
-    runtime = Runtime(accelerator, model, reference, tokenizer, pad_id, train_cfg.logps_chunk_size)
+    runtime = Runtime(accelerator, model, reference, tokenizer, pad_id, train_cfg.logps_chunk_size, policy)
     out = Path(train_cfg.output_dir).expanduser()
-    run = Run(config, accelerator, runtime, sources, optimizer, scheduler, params, total, per_epoch, out,
+    run = Run(config, accelerator, runtime, sources, optimizer, scheduler, trainable, total, per_epoch, out,
               callbacks or ())
     resumed_from = ckpt.find_resume_checkpoint(out) if resume else None
     if resume and resumed_from is None:
         logger.warning("--resume: no complete checkpoint in %s; starting from scratch", out)
     if accelerator.is_main_process:
         ckpt.remove_incomplete(out)
+    accelerator.wait_for_everyone()
     if resumed_from is not None:
         restore_run(run, resumed_from)
     return run, resumed_from
 
 
 def restore_run(run: Run, path: Path) -> None:
-    """Load a checkpoint into the run. A checkpoint that does not fit the run (other data,
-    LoRA switched on or off, ...) is a ConfigError naming what differs."""
+    """Load a checkpoint into the run (every process reads it). A checkpoint that does not
+    fit the run (other data, LoRA switched on or off, other sharding, ...) is a ConfigError
+    naming what differs."""
+    accelerator, runtime = run.accelerator, run.runtime
     payload = ckpt.load_checkpoint(path)
     changed = config_changes(payload.config_yaml, dump_config(run.config))
     if changed:
         logger.warning("resuming with settings that differ from the checkpoint's: %s", ", ".join(changed[:10]))
     try:
-        ckpt.load_trainable_state(run.runtime.model, payload.weights)
-        run.optimizer.load_state_dict(payload.optimizer)
+        load_trainable_weights(accelerator, runtime.policy, runtime.model, payload.weights)
+        if sharding(accelerator) == "deepspeed":
+            accelerator.load_state(str(path / DEEPSPEED_DIR))
+        else:
+            load_optimizer_state(accelerator, runtime.policy, run.optimizer, payload.optimizer)
         run.scheduler.load_state_dict(payload.scheduler)
         state = payload.state
         for source in run.sources:
@@ -132,44 +163,65 @@ def restore_run(run: Run, path: Path) -> None:
     except (ValueError, KeyError) as exc:
         detail = f"cannot resume from {path}: {exc!r}; changed settings: {changed or 'none'}"
         raise ConfigError(detail, key="train.output_dir") from None
-    if state.get("scaler") is not None and run.accelerator.scaler is not None:
-        run.accelerator.scaler.load_state_dict(state["scaler"])
-    ckpt.set_rng_state(state["rng"])
+    if state.get("scaler") is not None and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    own = ckpt.load_rank_rng(path, accelerator.process_index)
+    if own is None and accelerator.process_index > 0:  # saved by a run with fewer processes
+        logger.warning("no RNG state for process %d in %s; using process 0's", accelerator.process_index, path)
+    ckpt.set_rng_state(own if own is not None else state["rng"])
     run.step = payload.step
     run.last_checkpoint = path
     logger.info("resumed from %s (step %d)", path, payload.step)
 
 
-def save_run(run: Run) -> Path | None:
-    accelerator = run.accelerator
-    path = None
+def save_run(run: Run) -> Path:
+    """Write a checkpoint. Every process takes part: sharded weights and optimizer state are
+    gathered, and each process saves its own RNG state (``rng_state_<rank>.pt``); the main
+    process writes the rest and makes the checkpoint complete."""
+    accelerator, runtime = run.accelerator, run.runtime
+    accelerator.wait_for_everyone()
+    weights = trainable_weights(accelerator, runtime.policy, runtime.model, run.trainable)
+    optimizer = optimizer_state(accelerator, runtime.policy, run.optimizer)
+    staging = ckpt.staging_dir(run.out, run.step)
     if accelerator.is_main_process:
+        ckpt.begin_checkpoint(run.out, run.step)
+    accelerator.wait_for_everyone()
+    ckpt.save_rank_rng(staging, accelerator.process_index)
+    if sharding(accelerator) == "deepspeed":
+        accelerator.save_state(str(staging / DEEPSPEED_DIR))
+    accelerator.wait_for_everyone()
+    path = run.out / ckpt.checkpoint_name(run.step)
+    if accelerator.is_main_process:
+        samplers = {s.name: s.sampler.state_dict() for s in run.sources}
+        providers = {s.name: {n: p.state_dict() for n, p in s.providers.items()} for s in run.sources}
         state = {
             "rng": ckpt.rng_state(),
-            "samplers": {s.name: s.sampler.state_dict() for s in run.sources},
-            "providers": {s.name: {n: p.state_dict() for n, p in s.providers.items()} for s in run.sources},
+            "samplers": samplers,
+            "providers": providers,
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
         }
         trainer_state = {
             "step": run.step,
             "total_steps": run.total,
-            "samplers": state["samplers"],
-            "providers": state["providers"],
+            "num_processes": accelerator.num_processes,
+            "samplers": samplers,
+            "providers": providers,
         }
         payload = ckpt.CheckpointPayload(
             step=run.step,
-            weights=ckpt.trainable_state(run.runtime.model),
-            optimizer=run.optimizer.state_dict(),
+            weights=weights,
+            optimizer=optimizer,
             scheduler=run.scheduler.state_dict(),
             state=state,
             trainer_state=trainer_state,
             config_yaml=dump_config(run.config),
         )
-        path = ckpt.save_checkpoint(run.out, payload, keep=run.config.train.keep_checkpoints)
-        run.last_checkpoint = path
+        path = ckpt.save_checkpoint(run.out, payload, keep=run.config.train.keep_checkpoints, staged=True)
+    accelerator.wait_for_everyone()
+    run.last_checkpoint = path
+    if accelerator.is_main_process:
         for callback in run.callbacks:
             callback.on_save(run.step, path)
-    accelerator.wait_for_everyone()
     return path
 
 

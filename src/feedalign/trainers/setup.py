@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 
 from feedalign.config.checks import CheckedSource
+from feedalign.config.errors import ConfigError
 from feedalign.config.schema import Config, TrainConfig
 from feedalign.data.errors import FeedbackDataError
 from feedalign.data.records import LabeledRecord, PairRecord, ScoredRecord
@@ -41,16 +43,97 @@ def mixed_precision(train: TrainConfig) -> str:
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[train.precision]
 
 
+def launched_processes() -> int:
+    """World size set by the launcher (``accelerate launch`` / torchrun), 1 otherwise."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def use_cpu(train: TrainConfig) -> bool:
+    """``train.cpu``, or a multi-process launch on a machine without CUDA: accelerate only
+    forms a CPU process group (gloo) when told to use the CPU; otherwise every process
+    would train alone."""
+    return train.cpu or (launched_processes() > 1 and not torch.cuda.is_available())
+
+
 def make_accelerator(train: TrainConfig) -> Any:
+    """The run's Accelerator. The launcher decides the distributed type (DDP, FSDP,
+    DeepSpeed: ``accelerate launch --config_file ...``); the feedalign config decides the
+    precision and gradient accumulation."""
     from accelerate import Accelerator
 
-    return Accelerator(
-        cpu=train.cpu,
+    accelerator = Accelerator(
+        cpu=use_cpu(train),
         mixed_precision=mixed_precision(train),
         gradient_accumulation_steps=train.grad_accum,
+        # The schedule counts optimizer steps of the global batch; accelerate would otherwise
+        # step it once per process.
+        step_scheduler_with_optimizer=False,
         log_with=list(train.log_with) or None,
         project_dir=train.output_dir,
     )
+    if launched_processes() > 1 and accelerator.num_processes == 1:
+        raise ConfigError(
+            f"launched as one of {launched_processes()} processes but accelerate formed no process group "
+            "(a GPU launch on a machine without GPUs?); set train.cpu=true",
+            key="train.cpu",
+        )
+    if not accelerator.is_main_process:  # one console, not one per process
+        logger.setLevel(logging.WARNING)
+    _check_sharding_honoured(accelerator)
+    check_grad_accum(accelerator, train)
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:
+        _fill_deepspeed_config(plugin.deepspeed_config, train)
+    return accelerator
+
+
+def _fill_deepspeed_config(ds_config: dict[str, Any], train: TrainConfig) -> None:
+    """DeepSpeed clips gradients itself and sizes its batches from its config; fill the
+    "auto" entries from the feedalign config (no dataloader goes through prepare())."""
+    if ds_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        ds_config["train_micro_batch_size_per_gpu"] = train.micro_batch_size
+    clip = train.max_grad_norm if train.max_grad_norm is not None else 0.0  # 0: no clipping
+    if ds_config.get("gradient_clipping", "auto") == "auto":
+        ds_config["gradient_clipping"] = clip
+    elif float(ds_config["gradient_clipping"]) != clip:
+        logger.warning(
+            "DeepSpeed clips gradients at %s (its config), not at train.max_grad_norm=%s",
+            ds_config["gradient_clipping"], train.max_grad_norm,
+        )
+
+
+def _check_sharding_honoured(accelerator: Any) -> None:
+    """accelerate turns FSDP / DeepSpeed on only for GPU-like devices; on CPU processes it
+    silently falls back to DDP. Fail instead of training unsharded."""
+    from accelerate.utils import DistributedType
+
+    asked = [
+        name for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+        if os.environ.get(var, "false").lower() == "true"
+    ]
+    got = accelerator.distributed_type
+    if asked and got not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(
+            f"launched with {asked[0]}, but accelerate runs {got.value} here: it shards only on GPUs "
+            "(or other accelerators), not on CPU processes (train.cpu=true or no GPU); use the DDP "
+            "config (examples/accelerate/ddp.yaml) on CPU",
+            key="train.cpu",
+        )
+
+
+def check_grad_accum(accelerator: Any, train: TrainConfig) -> None:
+    """The loop runs train.grad_accum micro-steps per optimizer step; accelerate's own
+    setting (launch flag, DeepSpeed config) must agree or the loss would be mis-scaled."""
+    if accelerator.gradient_accumulation_steps != train.grad_accum:
+        raise ConfigError(
+            f"accelerate uses gradient_accumulation_steps={accelerator.gradient_accumulation_steps} (from "
+            f"`accelerate launch --gradient_accumulation_steps` or the DeepSpeed config) but train.grad_accum="
+            f"{train.grad_accum}; set gradient accumulation only in the feedalign config",
+            key="train.grad_accum",
+        )
 
 
 def _load_source_records(config: Config, index: int, name: str, given: Any) -> list[Any]:

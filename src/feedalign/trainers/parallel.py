@@ -1,0 +1,350 @@
+"""The loop under ``accelerate launch``: the policy as one module, and what changes when
+its parameters are sharded.
+
+``LogpsModule`` wraps the policy so that ONE forward computes per-sequence log-probs. That
+module is what ``accelerator.prepare`` wraps (DDP, FSDP, a DeepSpeed engine), so the
+wrapper's machinery runs around every policy forward of the loop: DDP's gradient all-reduce
+(skipped under ``accelerator.accumulate`` until the last micro-step), FSDP's parameter
+all-gather and gradient reduce-scatter, ZeRO's partition gathering. The adapter-disabled
+reference of a LoRA policy runs through the same module (``adapter_disabled=True``) because
+under FSDP the root's parameters (embeddings, final norm, LM head) exist in full only inside
+the root module's forward.
+
+Why the chunked head works under FSDP: ``sequence_logps`` reads ``lm_head.weight`` directly
+(no module call). ``LogpsModule`` deliberately exposes neither ``get_input_embeddings`` nor
+``get_output_embeddings``, so accelerate's FSDP2 preparation leaves the embeddings and the
+head in the root unit, which is gathered for the whole root forward (and again for its
+backward). DeepSpeed ZeRO-3 gathers a parameter only inside its own module's forward, so
+under ZeRO-3 the head is called as a module on the completion positions, chunk by chunk
+(``head_as_module``; not exercised by the test suite, which has no DeepSpeed).
+
+Every process must make the same sequence of forward calls (DDP broadcasts buffers and FSDP
+all-gathers inside each forward): evaluation therefore gives every process the same number
+of equally sized batches, padding the last one with repeated rows that are not counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+MODEL_PREFIX = "model."  # LogpsModule's name for the policy in state dicts
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+class LogpsModule(torch.nn.Module):
+    """``forward(input_ids, attention_mask, completion_mask, position_ids=None) -> [B]`` fp32
+    sums of completion-token log-probs of ``model`` (see ``policies.hf.sequence_logps``).
+
+    Args:
+        model: a transformers causal LM, possibly peft-wrapped.
+        chunk_size: completion tokens whose fp32 vocabulary logits exist at once.
+        head_as_module: call the LM head as a module (DeepSpeed ZeRO-3) instead of reading
+            its weight.
+    """
+
+    def __init__(self, model: torch.nn.Module, chunk_size: int, *, head_as_module: bool = False) -> None:
+        super().__init__()
+        from feedalign.policies.hf import unwrap_model
+
+        self.model = model
+        self.chunk_size = int(chunk_size)
+        self.head_as_module = head_as_module
+        # accelerate's transformer-based FSDP wrap policy reads this from the prepared module.
+        no_split = getattr(unwrap_model(model), "_no_split_modules", None)
+        if no_split is not None:
+            self._no_split_modules = list(no_split)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        completion_mask: Tensor,
+        position_ids: Tensor | None = None,
+        adapter_disabled: bool = False,
+    ) -> Tensor:
+        if not adapter_disabled:
+            return self._logps(input_ids, attention_mask, completion_mask, position_ids)
+        with torch.no_grad(), _eval_mode(self.model), self.model.disable_adapter():
+            return self._logps(input_ids, attention_mask, completion_mask, position_ids)
+
+    def _logps(self, input_ids: Tensor, attention_mask: Tensor | None, completion_mask: Tensor,
+               position_ids: Tensor | None) -> Tensor:
+        from feedalign.policies.hf import sequence_logps
+
+        if self.head_as_module:
+            return _module_head_sequence_logps(
+                self.model, input_ids, attention_mask, completion_mask, position_ids, self.chunk_size
+            )
+        return sequence_logps(
+            self.model, input_ids, attention_mask, completion_mask, chunk_size=self.chunk_size,
+            position_ids=position_ids,
+        )
+
+    def tie_weights(self) -> None:
+        # accelerate's FSDP2 preparation re-ties shared embeddings after moving to meta.
+        tie = getattr(self.model, "tie_weights", None)
+        if tie is not None:
+            tie()
+
+
+def _module_head_sequence_logps(
+    model: Any, input_ids: Tensor, attention_mask: Tensor | None, completion_mask: Tensor,
+    position_ids: Tensor | None, chunk_size: int,
+) -> Tensor:
+    """``sequence_logps`` with the LM head called as a module on the completion positions
+    only, chunk by chunk (ZeRO-3 gathers the head's weight inside that call)."""
+    # The decoder body, head scaling and head check are those of policies.hf, so both paths
+    # compute the same quantity.
+    from feedalign.policies.chunked_logps import module_target_logps
+    from feedalign.policies.hf import _backbone, _check_head, _head_transform, unwrap_model
+
+    base = unwrap_model(model)
+    _check_head(base)
+    hidden = _backbone(base)(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+    rows, cols = completion_mask[:, 1:].nonzero(as_tuple=True)
+    scale, softcap = _head_transform(base.config)
+    logps = module_target_logps(
+        hidden[:, :-1][rows, cols], base.get_output_embeddings(), input_ids[:, 1:][rows, cols],
+        chunk_size=chunk_size, scale=scale, softcap=softcap,
+    )
+    out = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=logps.device)
+    return out.index_add(0, rows, logps)
+
+
+class PolicyAdapterReference:
+    """The LoRA policy with its adapter disabled, run through the prepared ``LogpsModule``
+    (call :meth:`bind` after ``accelerator.prepare``). Same values as
+    ``policies.reference.AdapterReference``; safe under FSDP."""
+
+    def __init__(self, peft_model: torch.nn.Module) -> None:
+        if not hasattr(peft_model, "disable_adapter"):
+            raise TypeError(
+                f"the adapter reference needs a peft model (with disable_adapter()); got "
+                f"{type(peft_model).__name__}. Set model.lora or use reference.strategy copy"
+            )
+        self.model = peft_model
+        self.module: Any = None
+        self._fingerprint: str | None = None
+
+    def bind(self, module: Any) -> None:
+        self.module = module
+
+    def logps(self, batch: Mapping[str, Tensor], example_keys: Sequence[str] | None = None) -> Tensor:
+        if self.module is None:
+            raise RuntimeError("PolicyAdapterReference.bind(prepared_module) was not called")
+        with torch.no_grad():
+            out = self.module(
+                batch["input_ids"], batch.get("attention_mask"), batch["completion_mask"],
+                batch.get("position_ids"), adapter_disabled=True,
+            )
+        return out.float()
+
+    def fingerprint(self) -> str:
+        # Only a cached reference asks, when it is built, i.e. before the policy is sharded.
+        if self._fingerprint is None:
+            from feedalign.policies.reference import model_fingerprint
+
+            self._fingerprint = model_fingerprint(self.model, base_weights_only=True)
+        return self._fingerprint
+
+
+def make_run_reference(
+    strategy: str, model: torch.nn.Module, *, cache_dir: Any, chunk_size: int, device: Any = None
+) -> Any:
+    """The reference of a run: adapter references go through the prepared policy module;
+    the others are ``policies.reference.make_reference``'s (a copy is frozen, unwrapped and
+    placed on ``device``; under FSDP/DeepSpeed the policy itself is still on the CPU here)."""
+    from feedalign.policies.reference import CachedReference, CopyReference, make_reference
+
+    is_peft = hasattr(model, "disable_adapter")
+    if strategy == "adapter" or (strategy == "cached" and is_peft):
+        inner = PolicyAdapterReference(model)
+        if strategy == "adapter":
+            return inner
+        if cache_dir is None:
+            raise ValueError("reference strategy 'cached' needs cache_dir")
+        return CachedReference(inner, cache_dir)
+    reference = make_reference(strategy, model, cache_dir=cache_dir, chunk_size=chunk_size)
+    inner = getattr(reference, "inner", reference)
+    if isinstance(inner, CopyReference) and device is not None:
+        inner.model.to(device)
+    return reference
+
+
+def check_reference_strategy(accelerator: Any, strategy: str, model: torch.nn.Module) -> None:
+    """A ``copy`` reference (also the model behind a ``cached`` one without LoRA) deep-copies
+    the policy; under ZeRO-3 with ``zero3_init_flag`` the policy was built partitioned, and a
+    copy of partitioned parameters cannot run outside the DeepSpeed engine."""
+    if not is_zero3(accelerator) or hasattr(model, "disable_adapter") or strategy not in ("copy", "cached"):
+        return
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        from feedalign.config.errors import ConfigError
+
+        raise ConfigError(
+            f"reference strategy {strategy!r} copies the policy, which DeepSpeed ZeRO-3 built partitioned "
+            "(zero3_init_flag); use LoRA with strategy 'adapter', a precomputed 'cached' reference of a LoRA "
+            "policy, or zero3_init_flag: false",
+            key="reference.strategy",
+        )
+
+
+def bind_reference(reference: Any, module: Any) -> None:
+    inner = getattr(reference, "inner", reference)
+    if isinstance(inner, PolicyAdapterReference):
+        inner.bind(module)
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+def sharding(accelerator: Any) -> str:
+    """"fsdp", "deepspeed" or "none" (single process, DDP, multi-CPU)."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        return "fsdp"
+    if kind == DistributedType.DEEPSPEED:
+        return "deepspeed"
+    return "none"
+
+
+def is_zero3(accelerator: Any) -> bool:
+    if sharding(accelerator) != "deepspeed":
+        return False
+    plugin = accelerator.state.deepspeed_plugin
+    return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)) == 3
+
+
+def _strip(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k[len(MODEL_PREFIX):] if k.startswith(MODEL_PREFIX) else k: v for k, v in state.items()}
+
+
+def full_state_dict(accelerator: Any, module: Any, model: torch.nn.Module) -> dict[str, Tensor]:
+    """The policy's full state dict (``model``'s own key names). Collective when sharded:
+    every process must call it; only the main process is guaranteed to get the tensors."""
+    if sharding(accelerator) == "none":
+        return model.state_dict()
+    return _strip(accelerator.get_state_dict(module))
+
+
+def trainable_weights(accelerator: Any, module: Any, model: torch.nn.Module, names: Sequence[str]) -> dict[str, Tensor]:
+    """The trainable parameters by name (collective when sharded)."""
+    if sharding(accelerator) == "none":
+        params = dict(model.named_parameters())
+        return {name: params[name] for name in names}
+    full = full_state_dict(accelerator, module, model)
+    return {name: full[name] for name in names if name in full}
+
+
+def load_trainable_weights(accelerator: Any, module: Any, model: torch.nn.Module, weights: dict[str, Tensor]) -> None:
+    """Inverse of :func:`trainable_weights`; every process passes the full tensors."""
+    from feedalign.trainers import checkpoint as ckpt
+
+    kind = sharding(accelerator)
+    if kind == "none":
+        ckpt.load_trainable_state(model, weights)
+        return
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != expected:
+        ckpt.load_trainable_state(model, weights)  # raises, naming what differs
+    if kind == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        full = {MODEL_PREFIX + k: v for k, v in weights.items()}
+        set_model_state_dict(module, full, options=StateDictOptions(full_state_dict=True, strict=False))
+        return
+    # DeepSpeed: weights and optimizer come back together from accelerate's own state.
+
+
+def optimizer_state(accelerator: Any, module: Any, optimizer: Any) -> dict[str, Any]:
+    """The optimizer state to checkpoint (collective under FSDP: a full, unsharded state on
+    the main process, keyed by parameter name)."""
+    kind = sharding(accelerator)
+    if kind == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return {"fsdp_full": get_optimizer_state_dict(module, optimizer.optimizer, options=options)}
+    if kind == "deepspeed":
+        return {"deepspeed": "saved with accelerator.save_state under deepspeed/"}
+    return optimizer.state_dict()
+
+
+def load_optimizer_state(accelerator: Any, module: Any, optimizer: Any, state: dict[str, Any]) -> None:
+    kind = sharding(accelerator)
+    saved_kind = "fsdp" if "fsdp_full" in state else "deepspeed" if "deepspeed" in state else "none"
+    if saved_kind != kind:
+        raise ValueError(
+            f"the checkpoint's optimizer state was saved under {saved_kind!r} sharding; this run uses {kind!r}"
+        )
+    if kind == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(
+            module, optimizer.optimizer, state["fsdp_full"], options=StateDictOptions(full_state_dict=True)
+        )
+    elif kind == "none":
+        optimizer.load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------- metrics, eval
+
+
+def merge_sums(accelerator: Any, sums: Mapping[str, tuple[float, float]]) -> dict[str, float]:
+    """``{key: (sum, count)}`` of every process -> ``{key: total sum / total count}`` (NaN
+    where the count is 0). Keys may differ between processes (e.g. an objective that only
+    one process saw in this step)."""
+    parts = [dict(sums)]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        parts = gather_object(parts)
+    totals: dict[str, list[float]] = {}
+    for part in parts:
+        for key, (value, count) in part.items():
+            entry = totals.setdefault(key, [0.0, 0.0])
+            entry[0] += value
+            entry[1] += count
+    return {k: (s / c if c else math.nan) for k, (s, c) in totals.items()}
+
+
+def eval_shards(n: int, batch_size: int, *, world: int, rank: int, min_size: int) -> list[list[int]]:
+    """This process's evaluation batches over ``range(n)``: consecutive global batches of
+    ``batch_size * world`` rows (a last one smaller than ``min_size * world`` joins the one
+    before), each split rank-major into equal slices of at least ``min_size`` rows. A slice
+    that runs out of rows repeats rows of its global batch, marked ``-1 - index`` (to be run,
+    not counted). Every process gets the same number of batches of the same sizes."""
+    if n == 0:
+        return []
+    size = batch_size * world
+    chunks = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+    if len(chunks) > 1 and len(chunks[-1]) < min_size * world:
+        chunks[-2].extend(chunks.pop())
+    out = []
+    for chunk in chunks:
+        per_rank = max(min_size, math.ceil(len(chunk) / world))
+        own = chunk[rank * per_rank : (rank + 1) * per_rank]
+        pad = [-1 - chunk[i % len(chunk)] for i in range(per_rank - len(own))]
+        out.append(own + pad)
+    return out
