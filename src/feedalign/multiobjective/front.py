@@ -239,6 +239,7 @@ def run_front(
     """
     objectives = list(objectives)
     ws = validate_weights(np.atleast_2d(np.asarray(weights, dtype=np.float64)), len(objectives), name="weights")
+    ws = np.round(ws, 12)  # 0.30000000000000004 -> 0.3 in reports
     batch = [p for p in prompts for _ in range(samples_per_prompt)]
     if not batch:
         raise ValueError("run_front: needs at least one prompt")

@@ -237,7 +237,8 @@ class SteeringSpec:
     def prepare(self, tokenizer: Any, model: Any = None) -> int:
         """For ``render="tokens"``: add the level tokens to ``tokenizer`` (idempotent) and, with
         a ``model``, grow its embeddings (:meth:`prepare_model`). Returns the tokens added."""
-        added = tokenizer.add_tokens(self.level_tokens()) if self.render == "tokens" else 0
+        # Special: generated level tokens are dropped when decoding with skip_special_tokens.
+        added = tokenizer.add_tokens(self.level_tokens(), special_tokens=True) if self.render == "tokens" else 0
         if model is not None:
             self.prepare_model(model, tokenizer)
         return added
