@@ -146,7 +146,8 @@ def run_lever(
 
     result = RunResult()
     per_step = 16 if lever == "mb16" else 8
-    steps = steps // 2 if lever == "mb16" else steps
+    # mb16 takes the same data in half as many steps (at least 2, wrapping around the data).
+    steps = max(2, steps // 2) if lever == "mb16" else steps
     tokenizer = load_tokenizer(tokenizer_dir)
     dpo = get_loss("dpo")
     hparams = dpo.resolve_hparams()
@@ -156,7 +157,7 @@ def run_lever(
         data = _tokenised(tokenizer, pairs)
         batches = []
         for s in range(steps):
-            chunk = data[s * per_step : (s + 1) * per_step]
+            chunk = [data[i % len(data)] for i in range(s * per_step, (s + 1) * per_step)]
             batches.append([c for c, _ in chunk] + [r for _, r in chunk])
         with torch.no_grad():
             reference = [_logps(model, _batch(rows, layout, tokenizer.pad_token_id, device), False) for rows in batches]

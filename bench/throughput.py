@@ -141,7 +141,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
     p.add_argument("--repeats", type=int, default=1, help="runs per config, interleaved round-robin")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--only", default="", help="comma-separated: trl, feedalign, lab, dpo, kto, a config name, or a/b combos (trl/dpo)")
+    p.add_argument(
+        "--only", default="",
+        help="comma-separated: trl, feedalign, lab, dpo, kto, a config name, or a/b combos (trl/dpo)",
+    )
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<date>-<device>.json)")
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default on a CPU: 1)")
@@ -257,12 +260,15 @@ def _ratios(rows: list[Row]) -> tuple[dict[str, float | None], list[dict[str, An
 
 
 def format_table(rows: list[Row]) -> str:
-    head = f"{'framework':<10} {'loss':<4} {'config':<16} {'tokens/s':>10} {'step s':>8} {'peak GiB':>9} {'MFU':>7} {'wall s':>8}"
+    head = (
+        f"{'framework':<10} {'loss':<4} {'config':<22} {'tokens/s':>10} {'step s':>8} "
+        f"{'peak GiB':>9} {'MFU':>7} {'wall s':>8}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         mem = f"{r.peak_mem_gib:9.3f}" if r.peak_mem_gib is not None else f"{'n/a':>9}"
         lines.append(
-            f"{r.framework:<10} {r.loss:<4} {r.config:<16} {r.tokens_per_s:10.0f} {r.median_step_s:8.4f} "
+            f"{r.framework:<10} {r.loss:<4} {r.config:<22} {r.tokens_per_s:10.0f} {r.median_step_s:8.4f} "
             f"{mem} {100 * r.mfu:6.2f}% {r.wall_s:8.2f}"
         )
     return "\n".join(lines)

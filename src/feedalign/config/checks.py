@@ -65,10 +65,12 @@ def check_config(
         if name not in in_memory:
             check_data_paths(source, prefix)
         spec, hparams = check_loss(source, prefix)
-        if spec.needs_reference and config.reference.strategy == "none":
+        check_kl_samples(source, spec, prefix)
+        needs_reference = spec.needs_reference or source.kl_samples is not None
+        if needs_reference and config.reference.strategy == "none":
+            what = f"loss '{spec.name}'" if spec.needs_reference else f"{prefix}.kl_samples"
             raise ConfigError(
-                f"loss '{spec.name}' needs reference log-probs; set reference.strategy to "
-                "copy, adapter or cached",
+                f"{what} needs reference log-probs; set reference.strategy to copy, adapter or cached",
                 key="reference.strategy",
             )
         checked.append(CheckedSource(name=name, config=source, spec=spec, hparams=hparams))
@@ -130,6 +132,30 @@ def check_data_paths(source: DataSourceConfig, prefix: str) -> None:
         key = f"{prefix}.path" if isinstance(source.path, str) else f"{prefix}.path.{i}"
         if not Path(path).expanduser().exists():
             raise ConfigError(f"file not found: '{path}'", key=key)
+
+
+def takes_kl(spec: Any) -> bool:
+    """Whether the loss takes an optional ``kl`` input (a KL(pi_ref || pi_theta) estimate)."""
+    import inspect
+
+    return "kl" in inspect.signature(spec.fn).parameters
+
+
+def check_kl_samples(source: DataSourceConfig, spec: Any, prefix: str) -> None:
+    """``kl_samples`` only for losses with a ``kl`` input, and its files must exist."""
+    if source.kl_samples is None:
+        return
+    key = f"{prefix}.kl_samples"
+    if not takes_kl(spec):
+        raise ConfigError(
+            f"loss '{spec.name}' takes no 'kl' input, so reference samples for a KL estimate "
+            "have no use here; remove kl_samples (and kl_batch_size)",
+            key=key,
+        )
+    for i, path in enumerate(source.kl_sample_paths):
+        if not Path(path).expanduser().exists():
+            where = key if isinstance(source.kl_samples, str) else f"{key}.{i}"
+            raise ConfigError(f"file not found: '{path}'", key=where)
 
 
 def check_loss(source: DataSourceConfig, prefix: str) -> tuple[Any, dict[str, Any]]:

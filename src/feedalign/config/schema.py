@@ -108,6 +108,13 @@ class DataSourceConfig:
     turns labeled records into pairs (one up-vote and one down-vote for the same prompt) for
     pair losses. ``kind`` forces the row layout for the loader (e.g. ``positive`` for a file
     of demonstrations without labels).
+
+    ``kl_samples`` (a file / dataset dir, or a list of them; prompt/completion rows, labels
+    ignored) holds samples from the REFERENCE policy for losses with an optional ``kl``
+    input (PMPO's KL(pi_ref || pi_theta)): each micro-step draws ``kl_batch_size`` of them
+    (default: ``train.micro_batch_size``) and passes kl = mean(logp_ref - logp_theta) over
+    them. Without it such a loss estimates the KL on the batch's own samples, which is only
+    right when those were drawn from the reference (ALGORITHMS.md §9).
     """
 
     loss: str
@@ -120,9 +127,18 @@ class DataSourceConfig:
     kind: str | None = None
     max_length: int = 512
     margins: MarginsConfig | None = None
+    kl_samples: str | tuple[str, ...] | None = None
+    kl_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         _require(bool(self.loss), "loss", "must name a registered loss")
+        if self.kl_samples is not None:
+            ok = bool(self.kl_samples) and all(bool(p) for p in self.kl_sample_paths)
+            _require(ok, "kl_samples", f"must be a path or a list of paths, got {self.kl_samples!r}")
+        if self.kl_batch_size is not None:
+            size = self.kl_batch_size
+            _require(size >= 1, "kl_batch_size", f"must be >= 1, got {size}")
+            _require(self.kl_samples is not None, "kl_batch_size", "is set but kl_samples is not")
         _require(self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")
         _require(self.max_length >= 2, "max_length", f"must be >= 2, got {self.max_length}")
         if self.pairing is not None:
@@ -139,6 +155,12 @@ class DataSourceConfig:
             return ()
         return (self.path,) if isinstance(self.path, str) else tuple(self.path)
 
+    @property
+    def kl_sample_paths(self) -> tuple[str, ...]:
+        if self.kl_samples is None:
+            return ()
+        return (self.kl_samples,) if isinstance(self.kl_samples, str) else tuple(self.kl_samples)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -146,10 +168,12 @@ class TrainConfig:
 
     Steps: ``max_steps`` optimizer steps if set, else ``epochs`` passes over the LARGEST
     source (smaller sources cycle). Each optimizer step takes ``grad_accum`` micro-steps;
-    each micro-step draws ``micro_batch_size`` examples from EVERY source.
+    each micro-step draws ``micro_batch_size`` examples from EVERY source. ``run_name``
+    labels the progress bar (default: the last component of ``output_dir``).
     """
 
     output_dir: str
+    run_name: str | None = None
     seed: int = 0
     lr: float = 1e-5
     optimizer: str = "adamw"
@@ -179,6 +203,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.output_dir), "output_dir", "must be a directory path")
+        if self.run_name is not None:
+            _require(bool(self.run_name.strip()), "run_name", "must be a non-empty name or null")
         _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _choice(self.optimizer, OPTIMIZERS, "optimizer")
         decay = self.weight_decay

@@ -1,26 +1,29 @@
 """A synthetic text task with two conflicting, exactly scorable objectives.
 
-Prompts ask for a sentence about a topic that mentions four requested items::
+Prompts name a topic and four example items of it::
 
-    write about fruit with apple kiwi plum fig :
+    write about fruit like apple kiwi plum fig :
 
-Completions are short word sequences such as ``i like apple , fig and kiwi too .``.
+Completions are short word sequences such as ``i like apple , pear and kiwi too .``.
 Two ground-truth objectives, both in [0, 1], are computed from the text alone:
 
-  * ``helpful``  = (number of distinct requested items mentioned) / (number requested)
+  * ``helpful``  = min(4, distinct items of the prompt's topic mentioned) / 4
   * ``concise``  = max(0, 1 - n_words / max_words), where n_words counts every word of the
                    completion (punctuation is not a word)
 
-Every requested item costs a word, so the most helpful completion (all four items) has
+Every item costs a word, so the most helpful completions (four topic items) have
 concise <= 1 - 4/max_words, while the most concise one (no words) has helpful = 0: the
-trade-off is real. Filler words and off-request items lower ``concise`` and do not raise
-``helpful``, so both objectives also carry signal beyond length.
+trade-off is real. Fillers, repeats and off-topic items lower ``concise`` without raising
+``helpful``, so both objectives carry signal beyond length.
+
+Any item of the topic counts, not only the listed examples: scoring only the listed ones
+turns the task into copying from the prompt, which ~100k-parameter models learn too slowly
+for a demo that must train in seconds. The examples still vary the prompts, so train and
+test prompts are disjoint (by the set of examples).
 
 The text is canonical: words and punctuation marks are separated by single spaces, so the
 word-level tokenizer from :func:`build_tokenizer` round-trips it exactly. Sequences are
 ``prompt ids + completion ids + eos``; the tokenizer adds no special tokens by itself.
-The whole task (prompt ~9 tokens, completion <= ~20) is learnable by a ~100k-parameter
-causal LM in seconds on a CPU, which is what the offline quickstart relies on.
 """
 
 from __future__ import annotations
@@ -45,10 +48,11 @@ OPENERS = ("", "", "i like", "we have", "well ,", "so i think of", "here are", "
 CLOSERS = ("", "", "too", "for you", "that is all", "and more", "all very nice",
            "i hope this helps you today")
 NO_ITEM = ("ok", "sure", "i do not know", "nothing comes to mind", "no idea")
-PROMPT_WORDS = ("write", "about", "with")
+PROMPT_WORDS = ("write", "about", "like")
 PUNCTUATION = (",", ".", ":")
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
-N_REQUESTED = 4
+N_EXAMPLES = 4  # example items listed in a prompt
+N_HELPFUL = 4  # distinct topic items for helpful = 1
 
 # Model sizes for build_tiny_llama; "tiny" is the quickstart default (~70k parameters).
 MODEL_SIZES: dict[str, dict[str, int]] = {
@@ -142,11 +146,11 @@ def _join_items(items: Sequence[str]) -> str:
 
 
 class TextTask:
-    """The synthetic "mention the requested items, briefly" task.
+    """The synthetic "mention items of the topic, briefly" task.
 
     Args:
         seed: fixes the train/test split of item sets (prompt sets are disjoint by the
-            unordered set of requested items, so no test prompt is a reordering of a
+            unordered set of example items, so no test prompt is a reordering of a
             train prompt).
         max_words: completion length at which ``concise`` reaches 0.
         test_fraction: share of item sets held out for ``split="test"``.
@@ -155,8 +159,8 @@ class TextTask:
     OBJECTIVES: tuple[str, ...] = ("helpful", "concise")
 
     def __init__(self, seed: int = 0, *, max_words: int = 12, test_fraction: float = 0.2):
-        if max_words < N_REQUESTED + 1:
-            raise ValueError(f"TextTask: max_words={max_words}; expected >= {N_REQUESTED + 1}")
+        if max_words < N_HELPFUL + 1:
+            raise ValueError(f"TextTask: max_words={max_words}; expected >= {N_HELPFUL + 1}")
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"TextTask: test_fraction={test_fraction}; expected in (0, 1)")
         self.seed = seed
@@ -164,7 +168,7 @@ class TextTask:
         sets = [
             (category, combo)
             for category, items in CATEGORIES.items()
-            for combo in itertools.combinations(items, N_REQUESTED)
+            for combo in itertools.combinations(items, N_EXAMPLES)
         ]
         order = np.random.default_rng(seed).permutation(len(sets))
         n_test = int(round(test_fraction * len(sets)))
@@ -180,7 +184,7 @@ class TextTask:
         if split not in self._splits:
             raise ValueError(f"TextTask.prompts: split={split!r}; expected 'train' or 'test'")
         sets = self._splits[split]
-        orders = list(itertools.permutations(range(N_REQUESTED)))
+        orders = list(itertools.permutations(range(N_EXAMPLES)))
         pool = len(sets) * len(orders)
         rng = np.random.default_rng([self.seed, seed, 0 if split == "train" else 1])
         picks = rng.choice(pool, size=n, replace=n > pool)
@@ -193,32 +197,35 @@ class TextTask:
 
     @staticmethod
     def make_prompt(category: str, items: Sequence[str]) -> str:
-        return f"write about {category} with {' '.join(items)} :"
+        return f"write about {category} like {' '.join(items)} :"
 
     @staticmethod
     def parse_prompt(prompt: str) -> tuple[str, tuple[str, ...]]:
-        """(category, requested items) of a task prompt; ValueError names what is wrong."""
+        """(topic, example items) of a task prompt; ValueError names what is wrong."""
         words = prompt.replace(":", " ").split()
-        if len(words) < 4 or words[:2] != ["write", "about"] or words[3] != "with":
+        if len(words) < 4 or words[:2] != ["write", "about"] or words[3] != "like" \
+                or words[2] not in CATEGORIES:
             raise ValueError(
-                f"TextTask: prompt {prompt!r} does not match 'write about <topic> with <items> :'"
+                f"TextTask: prompt {prompt!r} does not match 'write about <topic> like <items> :'"
+                f" with a topic in {sorted(CATEGORIES)}"
             )
         return words[2], tuple(words[4:])
 
     # ------------------------------------------------------------- completions
     def sample_sft_completion(self, prompt: str, rng: np.random.Generator) -> str:
-        """One demonstration: 0-4 requested items, maybe an off-request item of the same
-        topic, and optional filler before and after. Spans helpful 0..1 and concise ~0..1."""
-        category, requested = self.parse_prompt(prompt)
-        k = int(rng.integers(0, len(requested) + 1))
-        items = [requested[i] for i in rng.permutation(len(requested))[:k]]
+        """One demonstration: 0-4 distinct topic items, maybe an off-topic item, and optional
+        filler before and after. Spans helpful 0..1 and concise ~0..1."""
+        topic, _ = self.parse_prompt(prompt)
+        pool = CATEGORIES[topic]
+        k = int(rng.integers(0, N_HELPFUL + 1))
+        items = [pool[i] for i in rng.permutation(len(pool))[:k]]
         if rng.random() < 0.3:
-            others = [w for w in CATEGORIES.get(category, ()) if w not in requested]
-            if others:
-                items.insert(int(rng.integers(0, len(items) + 1)), others[rng.integers(len(others))])
+            other = [t for t in CATEGORIES if t != topic][rng.integers(len(CATEGORIES) - 1)]
+            off_topic = CATEGORIES[other][rng.integers(len(CATEGORIES[other]))]
+            items.insert(int(rng.integers(0, len(items) + 1)), off_topic)
         if not items:
-            body = NO_ITEM[rng.integers(len(NO_ITEM))]
-            parts = [body, CLOSERS[rng.integers(len(CLOSERS))] if rng.random() < 0.3 else ""]
+            parts = [NO_ITEM[rng.integers(len(NO_ITEM))],
+                     CLOSERS[rng.integers(len(CLOSERS))] if rng.random() < 0.3 else ""]
         else:
             parts = [OPENERS[rng.integers(len(OPENERS))], _join_items(items),
                      CLOSERS[rng.integers(len(CLOSERS))]]
@@ -243,13 +250,13 @@ class TextTask:
 
     # ----------------------------------------------------------------- scoring
     def score(self, prompt: str, completion: str) -> dict[str, float]:
-        """Ground-truth scores, each in [0, 1]. Repeating an item counts once for
-        ``helpful`` and every time for ``concise``."""
-        _, requested = self.parse_prompt(prompt)
+        """Ground-truth scores, each in [0, 1]. A repeated item counts once for ``helpful``
+        and every time for ``concise``."""
+        topic, _ = self.parse_prompt(prompt)
         words = _words(completion)
-        covered = len(set(words) & set(requested))
+        covered = len(set(words) & set(CATEGORIES[topic]))
         return {
-            "helpful": covered / len(requested) if requested else 0.0,
+            "helpful": min(N_HELPFUL, covered) / N_HELPFUL,
             "concise": max(0.0, 1.0 - len(words) / self.max_words),
         }
 

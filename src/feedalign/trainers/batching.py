@@ -224,3 +224,17 @@ def collate_texts(
 
 def move_to(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in tensors.items()}
+
+
+def concat_rows(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
+    """Stack two right-padded batches into one (rows of ``a`` first), padding the shorter one
+    on the right (pad_id for input_ids, 0 for the masks), so both go through ONE forward."""
+    width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+
+    def widen(t: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    return {
+        key: torch.cat([widen(a[key], pad_id if key == "input_ids" else 0), widen(b[key], pad_id if key == "input_ids" else 0)])
+        for key in a
+    }

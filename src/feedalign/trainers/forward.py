@@ -2,7 +2,8 @@
 
 Everything here is driven by ``LossSpec`` metadata: ``feedback`` picks the batch layout and
 calling convention, ``needs_reference`` whether reference log-probs are computed, ``state``
-which providers run. No loss is special-cased by name.
+which providers run, and the loss's signature which optional inputs it gets (``kl`` from a
+source's reference samples). No loss is special-cased by name.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from feedalign.trainers.batching import Batch, EpochSampler, Example, collate, collate_texts, move_to
+from feedalign.trainers.batching import (
+    Batch,
+    EpochSampler,
+    Example,
+    collate,
+    collate_texts,
+    concat_rows,
+    move_to,
+)
 from feedalign.trainers.state import StateContext, StateProvider
 
 DEFAULT_OBJECTIVE = "default"
@@ -56,6 +65,27 @@ class Runtime:
 
 
 @dataclass
+class KLSamples:
+    """Samples from the reference policy for a loss's ``kl`` input (``kl_samples``).
+
+    Training draws ``batch_size`` of them per micro-step with its own seeded sampler (saved
+    in checkpoints); evaluation always uses the first ``batch_size`` so it does not move the
+    sampler and every evaluation sees the same estimate.
+    """
+
+    examples: list[Example]
+    sampler: EpochSampler
+    batch_size: int
+
+    def next_batch(self, pad_id: int, *, training: bool) -> Batch:
+        if training:
+            indices = self.sampler.next_indices(self.batch_size)
+        else:
+            indices = list(range(min(self.batch_size, len(self.examples))))
+        return collate([self.examples[i] for i in indices], "sequence", pad_id)
+
+
+@dataclass
 class Source:
     """One data source of a run, ready to train."""
 
@@ -69,6 +99,7 @@ class Source:
     eval_examples: list[Example]
     sampler: EpochSampler
     providers: dict[str, StateProvider] = field(default_factory=dict)
+    kl_samples: KLSamples | None = None
 
     @property
     def feedback(self) -> str:
@@ -113,9 +144,7 @@ def source_forward(runtime: Runtime, source: Source, batch: Batch, *, training: 
     """Per-example loss of ``batch`` for ``source``; providers update after a training batch."""
     device = runtime.accelerator.device
     spec = source.spec
-    tensors = move_to(batch.tensors, device)
-    policy = runtime.policy_logps(tensors)
-    reference = runtime.reference_logps(tensors, batch.row_ids) if spec.needs_reference else None
+    policy, reference, kl = _logps(runtime, source, batch, training=training)
     labels = batch.labels.to(device) if batch.labels is not None else None
     ctx = StateContext(
         batch=batch,
@@ -131,6 +160,8 @@ def source_forward(runtime: Runtime, source: Source, batch: Batch, *, training: 
     for provider in source.providers.values():
         state_kwargs.update(provider.compute(ctx))
     kwargs = {**_optional_inputs(spec, batch, device), **state_kwargs, **source.hparams}
+    if kl is not None:
+        kwargs["kl"] = kl
     if spec.feedback == "pair":
         b = batch.size
         ref_c, ref_r = (reference[:b], reference[b:]) if reference is not None else (None, None)
@@ -144,11 +175,37 @@ def source_forward(runtime: Runtime, source: Source, batch: Batch, *, training: 
             f"loss '{spec.name}' returned per-example losses of shape {tuple(losses.shape)}; "
             f"expected [{batch.size}]"
         )
+    if kl is not None and "kl" not in metrics:
+        metrics = {**metrics, "kl": kl.detach()}
     correct, margins = _reward_agreement(source, policy, reference, labels, state_kwargs, batch.size)
     if training:
         for provider in source.providers.values():
             provider.update(ctx)
     return SourceOutput(losses, metrics, batch, correct, margins)
+
+
+def _logps(
+    runtime: Runtime, source: Source, batch: Batch, *, training: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Policy and reference log-probs of the batch's rows, and the ``kl`` input (None without
+    ``kl_samples``): mean(logp_ref - logp_theta) over a micro-batch of reference samples,
+    differentiable wrt the policy. The reference samples ride in the same forward as the
+    batch (one call of the wrapped policy per backward, as DDP/FSDP expect)."""
+    device = runtime.accelerator.device
+    tensors = move_to(batch.tensors, device)
+    row_ids = list(batch.row_ids)
+    if source.kl_samples is None:
+        policy = runtime.policy_logps(tensors)
+        reference = runtime.reference_logps(tensors, row_ids) if source.spec.needs_reference else None
+        return policy, reference, None
+    rows = len(row_ids)
+    kl_batch = source.kl_samples.next_batch(runtime.pad_id, training=training)
+    tensors = concat_rows(tensors, move_to(kl_batch.tensors, device), runtime.pad_id)
+    row_ids += [f"kl_samples/{i}" for i in kl_batch.row_ids]
+    policy = runtime.policy_logps(tensors)
+    reference = runtime.reference_logps(tensors, row_ids)
+    kl = (reference[rows:] - policy[rows:]).mean()
+    return policy[:rows], reference[:rows], kl
 
 
 def _score_texts(

@@ -18,13 +18,21 @@ from feedalign.config.errors import ConfigError
 from feedalign.config.schema import Config, TrainConfig
 from feedalign.data.errors import FeedbackDataError
 from feedalign.data.records import LabeledRecord, PairRecord, ScoredRecord
-from feedalign.trainers.batching import EpochSampler, examples_from_records, split_eval, tokenize_examples
-from feedalign.trainers.forward import Source
+from feedalign.trainers.batching import (
+    EpochSampler,
+    Example,
+    examples_from_records,
+    split_eval,
+    tokenize_examples,
+)
+from feedalign.trainers.forward import KLSamples, Source
 from feedalign.trainers.state import make_providers
 
 logger = logging.getLogger("feedalign.train")
 
 _RECORD_TYPES = (PairRecord, LabeledRecord, ScoredRecord)
+# Reference-sample samplers get random streams of their own, apart from the sources' (index).
+_KL_STREAM = 0x4B4C0000
 
 
 def mixed_precision(train: TrainConfig) -> str:
@@ -200,6 +208,13 @@ def build_sources(
             examples, train.eval_fraction, train.seed, stream=index, min_eval=min_eval
         )
         sampler = EpochSampler(len(train_ex), train.seed, stream=index, rank=rank, world=world)
+        kl_samples = None
+        if item.config.kl_samples is not None:
+            kl_examples = tokenize_examples(load_kl_samples(item.config.kl_sample_paths), tokenizer, item.config.max_length)
+            kl_sampler = EpochSampler(len(kl_examples), train.seed, stream=_KL_STREAM + index, rank=rank, world=world)
+            kl_samples = KLSamples(kl_examples, kl_sampler, item.config.kl_batch_size or train.micro_batch_size)
+        else:
+            warn_in_batch_kl(item, train_ex + eval_ex, f"data.{index}")
         sources.append(
             Source(
                 name=item.name,
@@ -212,13 +227,73 @@ def build_sources(
                 eval_examples=eval_ex,
                 sampler=sampler,
                 providers=make_providers(item.spec, item.config, item.hparams, prefix=f"data.{index}"),
+                kl_samples=kl_samples,
             )
         )
         logger.info(
-            "source %s: loss %s (%s), weight %g, %d train / %d eval examples",
+            "source %s: loss %s (%s), weight %g, %d train / %d eval examples%s",
             item.name, item.spec.name, item.spec.feedback, item.config.weight, len(train_ex), len(eval_ex),
+            f", {len(kl_samples.examples)} reference samples for kl" if kl_samples is not None else "",
         )
     return sources
+
+
+def load_kl_samples(paths: Sequence[str]) -> list[Example]:
+    """Reference-policy samples from prompt/completion rows (any loader format; a pair row
+    gives both completions). Labels and scores are ignored: every row is a sample."""
+    from feedalign.data.errors import RowError
+    from feedalign.data.loaders import open_source
+    from feedalign.data.validation import row_to_records
+
+    examples = []
+    for path in paths:
+        name, items = open_source(path)
+        for loc, row, problem in items:
+            if problem is not None:
+                raise problem.to_error()
+            row = {k: v for k, v in row.items() if k not in ("label", "labels", "score", "scores")}
+            try:
+                records = row_to_records(row, kind=None if "chosen" in row else "positive")
+            except RowError as exc:
+                raise FeedbackDataError(str(loc), exc.reason, exc.field) from None
+            for record in records:
+                texts = (record.chosen, record.rejected) if isinstance(record, PairRecord) else (record.completion,)
+                for text in texts:
+                    examples.append(Example(f"{len(examples)}", record.prompt, text, where=str(loc)))
+        if not examples:
+            raise FeedbackDataError(name, "no reference samples (expected prompt/completion rows)")
+    return examples
+
+
+def warn_in_batch_kl(item: CheckedSource, examples: Sequence[Example], prefix: str) -> None:
+    """A loss with an optional ``kl`` input and no ``kl_samples`` estimates KL(pi_ref||pi_theta)
+    on the batch's own samples: only right if they were drawn from pi_ref in their natural
+    class proportions. A one-class set is not such a sample (ALGORITHMS.md §9)."""
+    from feedalign.config.checks import takes_kl
+
+    if item.spec.feedback != "unpaired" or not takes_kl(item.spec) or not examples:
+        return
+    labels = {bool(ex.label) for ex in examples}
+    if labels == {False}:
+        effect = (
+            "every example is negative, so the KL term becomes a likelihood term on the negatives "
+            "themselves: for PMPO-style sign weights the loss per example is (1 - alpha - beta)*logp "
+            "+ const, which collapses for beta < 1 - alpha, has zero gradient at beta = 1 - alpha "
+            "and raises the negatives' likelihood above it"
+        )
+    elif labels == {True}:
+        effect = (
+            "every example is positive, so the KL term only adds beta*logp of the positives "
+            "(weighted SFT) and does not hold the policy near the reference"
+        )
+    else:
+        return
+    warnings.warn(
+        f"{prefix} (source '{item.name}', loss '{item.spec.name}'): no kl_samples, so "
+        f"KL(pi_ref || pi_theta) is estimated on the batch's own samples; {effect}. Set "
+        f"{prefix}.kl_samples to a file of samples from the reference policy.",
+        stacklevel=2,
+    )
 
 
 def load_policy(config: Config) -> Any:
