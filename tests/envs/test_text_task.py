@@ -14,7 +14,7 @@ from feedalign.envs.text_task import (
     vocabulary,
 )
 
-PROMPT = "write about fruit with apple kiwi plum fig :"
+PROMPT = "write about fruit like apple kiwi plum fig :"
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,12 @@ def sft(task):
 
 
 def test_scores_by_hand(task):
-    # words: i like apple fig and pear too -> 7 of max 12; apple, fig requested -> 2/4
-    assert task.score(PROMPT, "i like apple , fig and pear too .") == pytest.approx(
+    # words: i like apple fig and dog too -> 7 of max 12; fruit: apple, fig -> 2/4
+    assert task.score(PROMPT, "i like apple , fig and dog too .") == pytest.approx(
         {"helpful": 0.5, "concise": 5 / 12})
+    # any fruit counts, not only the listed examples; helpful is capped at four items
+    assert task.score(PROMPT, "mango , pear , plum , fig and apple .") == pytest.approx(
+        {"helpful": 1.0, "concise": 0.5})
     # a repeated item counts once for helpful, every time for length
     assert task.score(PROMPT, "apple apple apple .") == pytest.approx(
         {"helpful": 0.25, "concise": 0.75})
@@ -50,7 +53,7 @@ def test_score_many_and_errors(task):
     np.testing.assert_allclose(out["helpful"], [0.25, 0.0])
     with pytest.raises(ValueError, match="2 prompts but 1"):
         task.score_many([PROMPT, PROMPT], ["x"])
-    with pytest.raises(ValueError, match="write about <topic>"):
+    with pytest.raises(ValueError, match="write about <topic> like"):
         task.score("tell me about apples", "apple .")
     with pytest.raises(ValueError, match="max_words"):
         TextTask(max_words=3)

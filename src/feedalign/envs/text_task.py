@@ -52,7 +52,7 @@ PROMPT_WORDS = ("write", "about", "like")
 PUNCTUATION = (",", ".", ":")
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
 N_EXAMPLES = 4  # example items listed in a prompt
-N_HELPFUL = 4  # distinct topic items for helpful = 1
+N_REQUESTED = 4  # distinct topic items a completion needs for helpful = 1
 
 # Model sizes for build_tiny_llama; "tiny" is the quickstart default (~70k parameters).
 MODEL_SIZES: dict[str, dict[str, int]] = {
@@ -159,8 +159,8 @@ class TextTask:
     OBJECTIVES: tuple[str, ...] = ("helpful", "concise")
 
     def __init__(self, seed: int = 0, *, max_words: int = 12, test_fraction: float = 0.2):
-        if max_words < N_HELPFUL + 1:
-            raise ValueError(f"TextTask: max_words={max_words}; expected >= {N_HELPFUL + 1}")
+        if max_words < N_REQUESTED + 1:
+            raise ValueError(f"TextTask: max_words={max_words}; expected >= {N_REQUESTED + 1}")
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"TextTask: test_fraction={test_fraction}; expected in (0, 1)")
         self.seed = seed
@@ -217,7 +217,7 @@ class TextTask:
         filler before and after. Spans helpful 0..1 and concise ~0..1."""
         topic, _ = self.parse_prompt(prompt)
         pool = CATEGORIES[topic]
-        k = int(rng.integers(0, N_HELPFUL + 1))
+        k = int(rng.integers(0, N_REQUESTED + 1))
         items = [pool[i] for i in rng.permutation(len(pool))[:k]]
         if rng.random() < 0.3:
             other = [t for t in CATEGORIES if t != topic][rng.integers(len(CATEGORIES) - 1)]
@@ -256,7 +256,7 @@ class TextTask:
         words = _words(completion)
         covered = len(set(words) & set(CATEGORIES[topic]))
         return {
-            "helpful": min(N_HELPFUL, covered) / N_HELPFUL,
+            "helpful": min(N_REQUESTED, covered) / N_REQUESTED,
             "concise": max(0.0, 1.0 - len(words) / self.max_words),
         }
 

@@ -234,7 +234,8 @@ def concat_rows(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id: 
     def widen(t: torch.Tensor, value: int) -> torch.Tensor:
         return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
 
-    return {
-        key: torch.cat([widen(a[key], pad_id if key == "input_ids" else 0), widen(b[key], pad_id if key == "input_ids" else 0)])
-        for key in a
-    }
+    out = {}
+    for key in a:
+        value = pad_id if key == "input_ids" else 0
+        out[key] = torch.cat([widen(a[key], value), widen(b[key], value)])
+    return out

@@ -249,7 +249,8 @@ def _train_loop(run: Run, *, resumed: bool) -> tuple[dict[str, float], dict[str,
     eval_bs = train_cfg.eval_batch_size or train_cfg.micro_batch_size
     metrics: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
-    bar = tqdm(total=run.total, initial=run.step, desc="train", disable=not accelerator.is_local_main_process)
+    desc = train_cfg.run_name or run.out.name or "train"
+    bar = tqdm(total=run.total, initial=run.step, desc=desc, disable=not accelerator.is_local_main_process)
     try:
         while run.step < run.total:
             metrics = _optimizer_step(run)

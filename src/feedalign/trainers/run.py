@@ -105,7 +105,7 @@ def prepare_run(
         model.to(accelerator.device)  # FSDP / DeepSpeed place the shards themselves
     model.train()
     reference = None
-    if any(s.spec.needs_reference for s in sources):
+    if any(s.spec.needs_reference or s.kl_samples is not None for s in sources):
         check_reference_strategy(accelerator, config.reference.strategy, model)
         # Taken before any checkpoint is restored and before the policy is wrapped or
         # sharded: the reference is the initial policy.
@@ -160,6 +160,8 @@ def restore_run(run: Run, path: Path) -> None:
             source.sampler.load_state_dict(state["samplers"][source.name])
             for name, provider in source.providers.items():
                 provider.load_state_dict(state["providers"][source.name][name])
+            if source.kl_samples is not None:
+                source.kl_samples.sampler.load_state_dict(state["kl_samplers"][source.name])
     except (ValueError, KeyError) as exc:
         detail = f"cannot resume from {path}: {exc!r}; changed settings: {changed or 'none'}"
         raise ConfigError(detail, key="train.output_dir") from None
@@ -194,10 +196,12 @@ def save_run(run: Run) -> Path:
     if accelerator.is_main_process:
         samplers = {s.name: s.sampler.state_dict() for s in run.sources}
         providers = {s.name: {n: p.state_dict() for n, p in s.providers.items()} for s in run.sources}
+        kl_samplers = {s.name: s.kl_samples.sampler.state_dict() for s in run.sources if s.kl_samples is not None}
         state = {
             "rng": ckpt.rng_state(),
             "samplers": samplers,
             "providers": providers,
+            "kl_samplers": kl_samplers,
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
         }
         trainer_state = {
@@ -206,6 +210,7 @@ def save_run(run: Run) -> Path:
             "num_processes": accelerator.num_processes,
             "samplers": samplers,
             "providers": providers,
+            "kl_samplers": kl_samplers,
         }
         payload = ckpt.CheckpointPayload(
             step=run.step,

@@ -208,12 +208,8 @@ def build_sources(
             examples, train.eval_fraction, train.seed, stream=index, min_eval=min_eval
         )
         sampler = EpochSampler(len(train_ex), train.seed, stream=index, rank=rank, world=world)
-        kl_samples = None
-        if item.config.kl_samples is not None:
-            kl_examples = tokenize_examples(load_kl_samples(item.config.kl_sample_paths), tokenizer, item.config.max_length)
-            kl_sampler = EpochSampler(len(kl_examples), train.seed, stream=_KL_STREAM + index, rank=rank, world=world)
-            kl_samples = KLSamples(kl_examples, kl_sampler, item.config.kl_batch_size or train.micro_batch_size)
-        else:
+        kl_samples = _kl_samples(item, index, tokenizer, train, rank=rank, world=world)
+        if kl_samples is None:
             warn_in_batch_kl(item, train_ex + eval_ex, f"data.{index}")
         sources.append(
             Source(
@@ -238,6 +234,18 @@ def build_sources(
     return sources
 
 
+def _kl_samples(
+    item: CheckedSource, index: int, tokenizer: Any, train: TrainConfig, *, rank: int, world: int
+) -> KLSamples | None:
+    """The source's reference samples for its loss's ``kl`` input (None without kl_samples)."""
+    if item.config.kl_samples is None:
+        return None
+    examples = load_kl_samples(item.config.kl_sample_paths)
+    examples = tokenize_examples(examples, tokenizer, item.config.max_length)
+    sampler = EpochSampler(len(examples), train.seed, stream=_KL_STREAM + index, rank=rank, world=world)
+    return KLSamples(examples, sampler, item.config.kl_batch_size or train.micro_batch_size)
+
+
 def load_kl_samples(paths: Sequence[str]) -> list[Example]:
     """Reference-policy samples from prompt/completion rows (any loader format; a pair row
     gives both completions). Labels and scores are ignored: every row is a sample."""
@@ -248,6 +256,7 @@ def load_kl_samples(paths: Sequence[str]) -> list[Example]:
     examples = []
     for path in paths:
         name, items = open_source(path)
+        before = len(examples)
         for loc, row, problem in items:
             if problem is not None:
                 raise problem.to_error()
@@ -257,10 +266,11 @@ def load_kl_samples(paths: Sequence[str]) -> list[Example]:
             except RowError as exc:
                 raise FeedbackDataError(str(loc), exc.reason, exc.field) from None
             for record in records:
-                texts = (record.chosen, record.rejected) if isinstance(record, PairRecord) else (record.completion,)
+                pair = isinstance(record, PairRecord)
+                texts = (record.chosen, record.rejected) if pair else (record.completion,)
                 for text in texts:
                     examples.append(Example(f"{len(examples)}", record.prompt, text, where=str(loc)))
-        if not examples:
+        if len(examples) == before:
             raise FeedbackDataError(name, "no reference samples (expected prompt/completion rows)")
     return examples
 
