@@ -1,4 +1,4 @@
-"""Section 13 of shared/ALGORITHMS.md as assertions: Pareto filter, HV, EU, sparsity."""
+"""Section 13 of docs/ALGORITHMS.md as assertions: Pareto filter, HV, EU, sparsity."""
 
 import subprocess
 import sys

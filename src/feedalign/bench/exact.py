@@ -4,7 +4,7 @@ Each row trains a tabular policy (:mod:`feedalign.policies.tabular`) through the
 loss function (:func:`feedalign.policies.tabular_fit.fit_tabular`, the same calling
 conventions as the LM trainer) on feedback drawn from the simulated annotators of
 :mod:`feedalign.envs.exact_feedback`, and reports the distance of the learned policy to the
-population target of shared/ALGORITHMS.md §14:
+population target of docs/ALGORITHMS.md §14:
 
   tv_to_target      total variation, mean over prompts
   kl_to_target      KL(learned || target), mean over prompts (beta*KL(pi||pi*_w) is the

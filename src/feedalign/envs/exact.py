@@ -1,7 +1,7 @@
 """The exact environment: a tabular multi-objective bandit with closed-form targets.
 
 P prompts, K candidate responses per prompt, m objectives. Everything that
-shared/ALGORITHMS.md states about population optima can be computed here exactly, so the
+docs/ALGORITHMS.md states about population optima can be computed here exactly, so the
 environment is the ground truth against which every loss is checked (§16).
 
 Construction (seeded):

@@ -1,4 +1,4 @@
-"""Multi-objective evaluation of a set of objective vectors (shared/ALGORITHMS.md section 13).
+"""Multi-objective evaluation of a set of objective vectors (docs/ALGORITHMS.md section 13).
 
 Every function here MAXIMISES: a point ``J = (E[r_1], ..., E[r_m])`` is better when larger.
 Points are passed as ``[N, m]`` array-likes (``N`` policies or weight settings, ``m``

@@ -1,4 +1,4 @@
-"""Multi-objective losses: MODPO (shared/ALGORITHMS.md §10)."""
+"""Multi-objective losses: MODPO (docs/ALGORITHMS.md §10)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Pairwise preference losses: DPO, IPO, cDPO, rDPO.
 
 All take per-sequence log-probs of shape [B] (sums over completion tokens, fp32) and return
-``(per_example_loss [B], metrics)``. Notation (shared/ALGORITHMS.md §0):
+``(per_example_loss [B], metrics)``. Notation (docs/ALGORITHMS.md §0):
 D(y|x) = logp_theta(y|x) - logp_ref(y|x),  h = D(y_w|x) - D(y_l|x).
 """
 

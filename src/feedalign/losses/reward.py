@@ -1,4 +1,4 @@
-"""Reward-model losses: Bradley-Terry on pairs, BCE on thumbs (shared/ALGORITHMS.md §2)."""
+"""Reward-model losses: Bradley-Terry on pairs, BCE on thumbs (docs/ALGORITHMS.md §2)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Losses on unpaired feedback: SFT (positives), KTO, BCO, PMPO.
 
 ``labels`` is a bool tensor [B]: True = desirable / thumbs up / accepted.
-D(y|x) = logp_theta(y|x) - logp_ref(y|x) (shared/ALGORITHMS.md §0).
+D(y|x) = logp_theta(y|x) - logp_ref(y|x) (docs/ALGORITHMS.md §0).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ For each weight vector ``w`` of a sweep, a policy for ``w`` (a steerable model c
 sampling settings (the same seed for every ``w``, so differences between weights are not
 sampling noise). Every objective is scored (ground-truth scorers of a built-in task, a reward
 model, or a user function) and averaged into ``J(w)``. From the points ``J(w)``:
-hypervolume, EU_front, EU_cond and sparsity (shared/ALGORITHMS.md 13, via
+hypervolume, EU_front, EU_cond and sparsity (docs/ALGORITHMS.md 13, via
 :mod:`feedalign.evaluation.pareto`), on objectives normalised with FIXED bounds, plus the
 monotonicity of the trade-off in ``w`` (2 objectives): raising ``w_1`` should not lower
 objective 1 nor raise objective 2; each violation is reported with whether it exceeds the

@@ -1,7 +1,7 @@
 """Margin rewards for MODPO: the other objectives' rewards, in reward units, detached.
 
 MODPO trains on pairs of ONE objective k and needs ``m(x, y) = r_{-k}(x, y)``, the rewards of
-the other objectives, for both sides of each pair (shared/ALGORITHMS.md 10). A margin source
+the other objectives, for both sides of each pair (docs/ALGORITHMS.md 10). A margin source
 is any callable ``(prompts, completions) -> Tensor [B, m-1]`` (float32, no grad); the columns
 follow the order of the other objectives, matching the loss's ``margin_weights``.
 

@@ -2,7 +2,7 @@
 
 Given policies ``theta_i`` fine-tuned from the SAME initialisation, each on one objective,
 the policy for preference ``lambda`` on the simplex is ``theta(lambda) = sum_i lambda_i *
-theta_i`` (Rame et al., "Rewarded soups", arXiv 2306.04488; shared/ALGORITHMS.md 12.1). It
+theta_i`` (Rame et al., "Rewarded soups", arXiv 2306.04488; docs/ALGORITHMS.md 12.1). It
 relies on linear mode connectivity and carries no guarantee of reaching pi*_lambda.
 
 LoRA: interpolate the merged updates ``Delta W_i = scaling * B_i @ A_i`` (or full weights

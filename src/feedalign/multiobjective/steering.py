@@ -5,7 +5,7 @@ uniformly from the simplex, seeded, rounded to a grid); ``w`` is written in fron
 prompt and the example's MODPO loss uses that same ``w``: per-example ``weight = w_k`` [B] and
 ``margin_weights = w_{-k}`` [B, m-1]. For every conditioning value the population minimiser is
 then MODPO's target for that ``w``,
-``pi*_w(y | x) ∝ pi_ref(y | x) * exp(w . r(x, y) / beta)`` (shared/ALGORITHMS.md 1, 10), so one
+``pi*_w(y | x) ∝ pi_ref(y | x) * exp(w . r(x, y) / beta)`` (docs/ALGORITHMS.md 1, 10), so one
 model learns the whole family and is steered at inference by choosing the prefix.
 
 Prefix format (documented, parseable, one per weight vector on the grid):

@@ -1,7 +1,7 @@
 """Preference weight vectors on the probability simplex.
 
 A weight vector ``w`` (length ``m``, ``w_j >= 0``, ``sum_j w_j = 1``) scalarises ``m``
-objectives as ``w . r`` (shared/ALGORITHMS.md section 1). This module builds the weight sets
+objectives as ``w . r`` (docs/ALGORITHMS.md section 1). This module builds the weight sets
 used for training sweeps and for expected-utility evaluation (section 13.3), and checks
 user-given vectors.
 

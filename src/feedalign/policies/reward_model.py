@@ -3,7 +3,7 @@
 The backbone is a transformer without its LM head (``transformers.AutoModel``, or the decoder
 of a causal LM). A sequence ``prompt + completion (+ eos)`` is encoded and the hidden state of
 its LAST real token is read by every head, giving one raw score per objective
-(shared/ALGORITHMS.md 2.3: one head per objective, each trained on that objective's pairs or
+(docs/ALGORITHMS.md 2.3: one head per objective, each trained on that objective's pairs or
 thumbs).
 
 Each head also carries normalisation statistics (mean and std of its raw scores over pi_ref

@@ -1,7 +1,7 @@
 """Tabular policies: a softmax over K fixed responses per prompt, with free logits.
 
 A "response" is an index, and its sequence log-prob is one entry of a [P, K] table, so every
-population target of shared/ALGORITHMS.md §14 is computable exactly and a fully flexible
+population target of docs/ALGORITHMS.md §14 is computable exactly and a fully flexible
 policy can reach it. These models plug into the same loss functions as language models: they
 expose ``sequence_logps(prompt_idx, response_idx)`` -> [B], the per-sequence log-probs every
 registered loss consumes.

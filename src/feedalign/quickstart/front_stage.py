@@ -1,6 +1,6 @@
 """The front stage: steer between the two objectives and measure the learned front.
 
-Today's policy family is a rewarded soup (shared/ALGORITHMS.md 12.1): the policy aligned on
+Today's policy family is a rewarded soup (docs/ALGORITHMS.md 12.1): the policy aligned on
 ``helpful`` and the one aligned on ``concise`` were both fine-tuned from the same reference,
 so for a weight ``w = (w_helpful, w_concise)`` the soup's parameters are
 ``w_helpful * theta_helpful + w_concise * theta_concise``. Every weight is sampled on the same

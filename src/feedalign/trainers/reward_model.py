@@ -1,7 +1,7 @@
 """Train a multi-objective reward model from any mix of per-objective pairs and thumbs.
 
 Every record is routed to the head of its objective: pairs are trained with the registry's
-``bt_reward`` loss, thumbs (labeled records) with ``bce_reward`` (shared/ALGORITHMS.md 2.1-2.3).
+``bt_reward`` loss, thumbs (labeled records) with ``bce_reward`` (docs/ALGORITHMS.md 2.1-2.3).
 Each step draws ``batch_size`` records from every (source, kind) group, scores all their
 sequences in ONE forward of the shared backbone, and minimises
 ``sum_g weight_g * mean_g(per-example loss)``.
