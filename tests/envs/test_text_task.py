@@ -6,7 +6,11 @@ import torch
 
 from feedalign.envs.text_task import (
     CATEGORIES,
+    CLOSERS,
     MODEL_SIZES,
+    NO_ITEM,
+    OPENERS,
+    PROMPT_WORDS,
     TextTask,
     build_tiny_llama,
     build_tokenizer,
@@ -14,7 +18,7 @@ from feedalign.envs.text_task import (
     vocabulary,
 )
 
-PROMPT = "write about fruit like apple kiwi plum fig :"
+PROMPT = "write about fruit with apple kiwi plum fig :"
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +51,32 @@ def test_scores_by_hand(task):
     assert TextTask(max_words=20).score(PROMPT, "apple .")["concise"] == pytest.approx(0.95)
 
 
+def test_requested_mode_counts_only_listed_items():
+    task = TextTask(helpful="requested")
+    # pear and mango are fruit but not listed; dog is off-topic
+    assert task.score(PROMPT, "i like apple , pear , mango and dog .") == pytest.approx(
+        {"helpful": 0.25, "concise": 5 / 12})
+    assert task.score(PROMPT, "fig , kiwi , plum and apple .")["helpful"] == 1.0
+    unlisted = set(CATEGORIES["fruit"]) - {"apple", "kiwi", "plum", "fig"}
+    other_topics = {w for t, items in CATEGORIES.items() if t != "fruit" for w in items}
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # demonstrations: listed items plus at most one unlisted fruit
+        words = task.sample_sft_completion(PROMPT, rng).split()
+        assert sum(w in unlisted for w in words) <= 1 and not set(words) & other_topics
+    with pytest.raises(ValueError, match="helpful='listed'"):
+        TextTask(helpful="listed")
+
+
 def test_score_many_and_errors(task):
     out = task.score_many([PROMPT, PROMPT], ["apple .", "ok ."])
     assert set(out) == set(task.OBJECTIVES)
     np.testing.assert_allclose(out["helpful"], [0.25, 0.0])
     with pytest.raises(ValueError, match="2 prompts but 1"):
         task.score_many([PROMPT, PROMPT], ["x"])
-    with pytest.raises(ValueError, match="write about <topic> like"):
+    with pytest.raises(ValueError, match="write about <topic> with"):
         task.score("tell me about apples", "apple .")
+    with pytest.raises(ValueError, match="topic in"):
+        task.score("write about cars with a b c d :", "apple .")
     with pytest.raises(ValueError, match="max_words"):
         TextTask(max_words=3)
 
@@ -131,6 +153,14 @@ def test_tokenizer_covers_and_round_trips_all_text(task, sft):
         assert tok(prompt + completion)["input_ids"] == ids
     assert tok.decode(tok("apple zebra .")["input_ids"]) == "apple <unk> ."
     assert tok.padding_side == "left"
+
+
+def test_filler_and_item_words_are_disjoint():
+    items = [w for words in CATEGORIES.values() for w in words]
+    assert len(set(items)) == len(items)
+    other = {w for phrase in (*OPENERS, *CLOSERS, *NO_ITEM, *PROMPT_WORDS, *CATEGORIES, "and")
+             for w in phrase.split()}
+    assert not set(items) & other
 
 
 def test_is_well_formed(task):

@@ -1,8 +1,8 @@
 """A synthetic text task with two conflicting, exactly scorable objectives.
 
-Prompts name a topic and four example items of it::
+Prompts name a topic and four items of it::
 
-    write about fruit like apple kiwi plum fig :
+    write about fruit with apple kiwi plum fig :
 
 Completions are short word sequences such as ``i like apple , pear and kiwi too .``.
 Two ground-truth objectives, both in [0, 1], are computed from the text alone:
@@ -16,10 +16,12 @@ concise <= 1 - 4/max_words, while the most concise one (no words) has helpful = 
 trade-off is real. Fillers, repeats and off-topic items lower ``concise`` without raising
 ``helpful``, so both objectives carry signal beyond length.
 
-Any item of the topic counts, not only the listed examples: scoring only the listed ones
-turns the task into copying from the prompt, which ~100k-parameter models learn too slowly
-for a demo that must train in seconds. The examples still vary the prompts, so train and
-test prompts are disjoint (by the set of examples).
+By default any item of the topic counts, the four listed in the prompt being examples.
+``TextTask(helpful="requested")`` counts only the listed items (``helpful`` = share of them
+mentioned): that variant is a copy-from-the-prompt problem which ~100k-parameter models learn
+too slowly for a demo that must train in seconds (after 600 SFT steps such a model reaches
+helpful ~0.25 where its demonstrations average 0.5). Either way the listed items vary the
+prompts, and train and test prompts are disjoint by the set of listed items.
 
 The text is canonical: words and punctuation marks are separated by single spaces, so the
 word-level tokenizer from :func:`build_tokenizer` round-trips it exactly. Sequences are
@@ -44,17 +46,18 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "city": ("paris", "rome", "oslo", "lima", "cairo", "tokyo", "delhi", "quito"),
     "sport": ("golf", "tennis", "rugby", "polo", "chess", "judo", "rowing", "hockey"),
 }
-OPENERS = ("", "", "i like", "we have", "well ,", "so i think of", "here are", "today i saw")
+OPENERS = ("", "", "i like", "we have", "well ,", "so i think of", "here are", "today i found")
 CLOSERS = ("", "", "too", "for you", "that is all", "and more", "all very nice",
            "i hope this helps you today")
 NO_ITEM = ("ok", "sure", "i do not know", "nothing comes to mind", "no idea")
-PROMPT_WORDS = ("write", "about", "like")
+PROMPT_WORDS = ("write", "about", "with")
 PUNCTUATION = (",", ".", ":")
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
-N_EXAMPLES = 4  # example items listed in a prompt
-N_REQUESTED = 4  # distinct topic items a completion needs for helpful = 1
+N_EXAMPLES = 4  # items listed in a prompt
+N_REQUESTED = 4  # distinct items a completion needs for helpful = 1
+HELPFUL_MODES = ("topic", "requested")
 
-# Model sizes for build_tiny_llama; "tiny" is the quickstart default (~70k parameters).
+# Model sizes for build_tiny_llama; "tiny" is the quickstart default (~89k parameters).
 MODEL_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4),
@@ -150,21 +153,28 @@ class TextTask:
 
     Args:
         seed: fixes the train/test split of item sets (prompt sets are disjoint by the
-            unordered set of example items, so no test prompt is a reordering of a
+            unordered set of listed items, so no test prompt is a reordering of a
             train prompt).
         max_words: completion length at which ``concise`` reaches 0.
         test_fraction: share of item sets held out for ``split="test"``.
+        helpful: ``"topic"`` (any item of the prompt's topic counts) or ``"requested"``
+            (only the items listed in the prompt count; demonstrations then use listed
+            items, and their off-request item comes from the same topic).
     """
 
     OBJECTIVES: tuple[str, ...] = ("helpful", "concise")
 
-    def __init__(self, seed: int = 0, *, max_words: int = 12, test_fraction: float = 0.2):
+    def __init__(self, seed: int = 0, *, max_words: int = 12, test_fraction: float = 0.2,
+                 helpful: str = "topic"):
+        if helpful not in HELPFUL_MODES:
+            raise ValueError(f"TextTask: helpful={helpful!r}; expected one of {HELPFUL_MODES}")
         if max_words < N_REQUESTED + 1:
             raise ValueError(f"TextTask: max_words={max_words}; expected >= {N_REQUESTED + 1}")
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"TextTask: test_fraction={test_fraction}; expected in (0, 1)")
         self.seed = seed
         self.max_words = max_words
+        self.helpful = helpful
         sets = [
             (category, combo)
             for category, items in CATEGORIES.items()
@@ -197,32 +207,37 @@ class TextTask:
 
     @staticmethod
     def make_prompt(category: str, items: Sequence[str]) -> str:
-        return f"write about {category} like {' '.join(items)} :"
+        return f"write about {category} with {' '.join(items)} :"
 
     @staticmethod
     def parse_prompt(prompt: str) -> tuple[str, tuple[str, ...]]:
-        """(topic, example items) of a task prompt; ValueError names what is wrong."""
+        """(topic, listed items) of a task prompt; ValueError names what is wrong."""
         words = prompt.replace(":", " ").split()
-        if len(words) < 4 or words[:2] != ["write", "about"] or words[3] != "like" \
+        if len(words) < 4 or words[:2] != ["write", "about"] or words[3] != "with" \
                 or words[2] not in CATEGORIES:
             raise ValueError(
-                f"TextTask: prompt {prompt!r} does not match 'write about <topic> like <items> :'"
+                f"TextTask: prompt {prompt!r} does not match 'write about <topic> with <items> :'"
                 f" with a topic in {sorted(CATEGORIES)}"
             )
         return words[2], tuple(words[4:])
 
     # ------------------------------------------------------------- completions
     def sample_sft_completion(self, prompt: str, rng: np.random.Generator) -> str:
-        """One demonstration: 0-4 distinct topic items, maybe an off-topic item, and optional
-        filler before and after. Spans helpful 0..1 and concise ~0..1."""
-        topic, _ = self.parse_prompt(prompt)
-        pool = CATEGORIES[topic]
+        """One demonstration: 0-4 distinct items that count for ``helpful``, with probability
+        0.3 one item that does not (off-topic; off-request in ``"requested"`` mode), and
+        optional filler before and after. Spans helpful 0..1 and concise ~0..1."""
+        topic, listed = self.parse_prompt(prompt)
+        pool = CATEGORIES[topic] if self.helpful == "topic" else listed
         k = int(rng.integers(0, N_REQUESTED + 1))
         items = [pool[i] for i in rng.permutation(len(pool))[:k]]
         if rng.random() < 0.3:
-            other = [t for t in CATEGORIES if t != topic][rng.integers(len(CATEGORIES) - 1)]
-            off_topic = CATEGORIES[other][rng.integers(len(CATEGORIES[other]))]
-            items.insert(int(rng.integers(0, len(items) + 1)), off_topic)
+            if self.helpful == "topic":
+                other_topics = [t for t in CATEGORIES if t != topic]
+                others = CATEGORIES[other_topics[rng.integers(len(other_topics))]]
+            else:
+                others = tuple(w for w in CATEGORIES[topic] if w not in listed)
+            if others:
+                items.insert(int(rng.integers(0, len(items) + 1)), others[rng.integers(len(others))])
         if not items:
             parts = [NO_ITEM[rng.integers(len(NO_ITEM))],
                      CLOSERS[rng.integers(len(CLOSERS))] if rng.random() < 0.3 else ""]
@@ -252,9 +267,10 @@ class TextTask:
     def score(self, prompt: str, completion: str) -> dict[str, float]:
         """Ground-truth scores, each in [0, 1]. A repeated item counts once for ``helpful``
         and every time for ``concise``."""
-        topic, _ = self.parse_prompt(prompt)
+        topic, listed = self.parse_prompt(prompt)
+        counted = CATEGORIES[topic] if self.helpful == "topic" else listed
         words = _words(completion)
-        covered = len(set(words) & set(CATEGORIES[topic]))
+        covered = len(set(words) & set(counted))
         return {
             "helpful": min(N_REQUESTED, covered) / N_REQUESTED,
             "concise": max(0.0, 1.0 - len(words) / self.max_words),

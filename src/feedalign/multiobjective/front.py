@@ -89,7 +89,7 @@ def parse_weight_list(text: str, m: int = 2) -> np.ndarray:
 
 def text_task_ideal_front(task: Any = None) -> np.ndarray:
     """The best attainable (helpful, concise) points of the synthetic text task: mention ``c``
-    requested items and nothing else, ``c = 0..4`` (``[5, 2]``, helpful ascending). Expected
+    items of the topic and nothing else, ``c = 0..4`` (``[5, 2]``, helpful ascending). Expected
     scores of any policy lie under the segment joining them (an upper bound, not a KL-regularised
     optimum)."""
     from feedalign.envs.text_task import N_REQUESTED, TextTask

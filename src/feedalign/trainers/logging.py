@@ -28,6 +28,32 @@ def to_float(value: Any) -> float:
     return float(value)
 
 
+def to_floats(values: Mapping[str, Any]) -> dict[str, float]:
+    """:func:`to_float` of every value, reading all tensors back to the host in ONE transfer
+    (one device sync instead of one per key). Same values as ``to_float`` key by key."""
+    return _host({k: _as_double(v) if isinstance(v, torch.Tensor) else v for k, v in values.items()})
+
+
+def _host(values: Mapping[str, Any]) -> dict[str, float]:
+    """Floats and 0-d float64 tensors -> floats, tensors in one transfer, unchanged."""
+    tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
+    read = dict(zip(tensors, _read(list(tensors.values()))))
+    return {k: read[k] if k in read else float(v) for k, v in values.items()}
+
+
+def _as_double(value: torch.Tensor) -> torch.Tensor:
+    # The fp32 mean, then widened exactly: float() of it is what to_float returns.
+    mean = value.detach().float().mean()
+    return (mean.cpu() if mean.device.type == "mps" else mean).double()  # MPS has no float64
+
+
+def _read(tensors: list[torch.Tensor]) -> list[float]:
+    if not tensors:
+        return []
+    device = tensors[0].device
+    return torch.stack([t.to(device) for t in tensors]).cpu().tolist()
+
+
 def _json_value(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -35,15 +61,29 @@ def _json_value(value: float) -> float | None:
 class MetricsAverager:
     """Averages metrics over the micro-steps of one optimizer step, ignoring NaNs (a metric
     such as the mean reward of the desirable class is NaN on a batch without one). Holds
-    ``(sum, count)`` per key, so that averages merge exactly across processes."""
+    ``(sum, count)`` per key, so that averages merge exactly across processes.
+
+    Tensor metrics stay on their device: sums and counts accumulate there in float64 (the
+    same additions, in the same order, as on the host, so the values are bitwise those of
+    summing Python floats) and are read back together, once, by :meth:`sums` /
+    :meth:`result`, instead of one device sync per metric per micro-step. Devices without
+    float64 (MPS) are read at once.
+    """
 
     def __init__(self) -> None:
-        self._sums: dict[str, float] = {}
-        self._counts: dict[str, float] = {}
+        self._sums: dict[str, Any] = {}  # float, or a 0-d float64 tensor
+        self._counts: dict[str, Any] = {}
 
     def add(self, metrics: Mapping[str, Any]) -> None:
         """One value per key (counted once)."""
-        self.add_sums({k: (to_float(v), 1.0) for k, v in metrics.items()})
+        for key, value in metrics.items():
+            if not isinstance(value, torch.Tensor) or value.device.type == "mps":
+                self.add_sums({key: (to_float(value), 1.0)})
+                continue
+            value = _as_double(value)
+            finite_or_inf = ~torch.isnan(value)
+            self._sums[key] = self._sums.get(key, 0.0) + torch.where(finite_or_inf, value, 0.0)
+            self._counts[key] = self._counts.get(key, 0.0) + finite_or_inf.double()
 
     def add_sums(self, sums: Mapping[str, tuple[float, float]]) -> None:
         """``{key: (sum, count)}``, e.g. a per-objective accuracy over ``count`` examples."""
@@ -56,10 +96,13 @@ class MetricsAverager:
             self._counts[key] += count
 
     def sums(self) -> dict[str, tuple[float, float]]:
-        return {k: (self._sums[k], self._counts[k]) for k in self._sums}
+        both = _host({**{("s", k): v for k, v in self._sums.items()}, **{("c", k): v for k, v in self._counts.items()}})
+        sums = {k: both[("s", k)] for k in self._sums}
+        counts = {k: both[("c", k)] for k in self._counts}
+        return {k: (sums[k], counts[k]) for k in self._sums}
 
     def result(self) -> dict[str, float]:
-        return {k: (self._sums[k] / self._counts[k] if self._counts[k] else math.nan) for k in self._sums}
+        return {k: (s / c if c else math.nan) for k, (s, c) in self.sums().items()}
 
 
 class MetricsLogger:
@@ -93,7 +136,7 @@ class MetricsLogger:
         self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
-        values = {k: to_float(v) for k, v in metrics.items()}
+        values = to_floats(metrics)
         if self.is_main:
             record = {"step": step, **{k: _json_value(v) for k, v in values.items()}}
             with open(self.path, "a", encoding="utf-8") as handle:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from feedalign.config.errors import ConfigError
 from feedalign.config.loader import dump_config
 from feedalign.config.schema import Config
 from feedalign.trainers import checkpoint as ckpt
+from feedalign.trainers.batching import Batch, collate, collate_texts, concat_rows, move_to
 from feedalign.trainers.forward import Runtime, Source
 from feedalign.trainers.parallel import (
     LogpsModule,
@@ -20,6 +22,7 @@ from feedalign.trainers.parallel import (
     is_zero3,
     load_optimizer_state,
     load_trainable_weights,
+    eval_shards,
     make_run_reference,
     optimizer_state,
     sharding,
@@ -28,6 +31,7 @@ from feedalign.trainers.parallel import (
 from feedalign.trainers.setup import (
     build_sources,
     check_grad_accum,
+    compile_decoder,
     load_policy,
     make_optimizer,
     pad_id_of,
@@ -116,6 +120,8 @@ def prepare_run(
             chunk_size=train_cfg.logps_chunk_size,
             device=accelerator.device,
         )
+    if train_cfg.compile:  # after the reference copy: the copy runs eagerly
+        compile_decoder(model)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     total, per_epoch = total_steps(train_cfg, sources, world)
     optimizer, scheduler = make_optimizer(train_cfg, [p for p in model.parameters() if p.requires_grad], total)
@@ -136,7 +142,89 @@ def prepare_run(
     accelerator.wait_for_everyone()
     if resumed_from is not None:
         restore_run(run, resumed_from)
+    precompute_reference(run)
     return run, resumed_from
+
+
+def precompute_reference(run: Run) -> int:
+    """Fill a ``cached`` reference before the first step, then free its model copy.
+
+    Replays, on copies of the seeded samplers, every micro-batch the rest of the run will ask
+    reference log-probs for (training from the current step, evaluation, ``kl_samples``,
+    KTO's rotated ``kl_ref`` rows), in the SAME batches the loop builds, so every value is
+    bitwise what the lazy path would compute. Rows already on disk (a resumed run, a second
+    run over the same data) are hits and cost a hash each. Afterwards a copy reference is
+    dropped (``CachedReference.drop_inner``): no second model stays in memory while training,
+    and a row the replay missed fails with ``CacheMissError`` instead of silently running
+    the reference. A LoRA policy's cache (adapter reference: the policy itself, no extra
+    memory) is left to fill lazily: its forwards go through the DDP/FSDP-wrapped policy,
+    and skipping rank-dependent hits there could leave processes out of step.
+
+    Each process replays its own slice, so its cache holds what it will read. Returns the
+    number of newly computed rows (0 when there is nothing to do).
+    """
+    from feedalign.policies.reference import CachedReference, CopyReference
+
+    reference = run.runtime.reference
+    if not isinstance(reference, CachedReference) or not isinstance(reference.inner, CopyReference):
+        return 0
+    device = run.accelerator.device
+    batches = ((move_to(tensors, device), row_ids) for tensors, row_ids in _reference_rows(run))
+    with run.accelerator.autocast():
+        computed = reference.precompute(batches)
+    reference.drop_inner()
+    logger.info("reference cache: %d rows computed before training, %d cached", computed, len(reference))
+    return computed
+
+
+def _reference_rows(run: Run) -> Iterator[tuple[dict[str, Any], list[str]]]:
+    """(padded tensors, row ids) of every reference lookup the rest of the run makes, in the
+    loop's own batches (mirrors ``forward._logps`` and ``_eval_source``)."""
+    train_cfg, pad_id = run.config.train, run.runtime.pad_id
+    micro_steps = max(0, run.total - run.step) * train_cfg.grad_accum
+    eval_bs = train_cfg.eval_batch_size or train_cfg.micro_batch_size
+    world, rank = run.accelerator.num_processes, run.accelerator.process_index
+    for source in run.sources:
+        if not (source.spec.needs_reference or source.kl_samples is not None):
+            continue
+        replay = replace(source, sampler=copy.deepcopy(source.sampler))
+        if source.kl_samples is not None:
+            replay.kl_samples = replace(source.kl_samples, sampler=copy.deepcopy(source.kl_samples.sampler))
+        for _ in range(micro_steps):
+            yield from _batch_rows(run, replay, replay.next_batch(train_cfg.micro_batch_size, pad_id), True)
+        min_size = 2 if "kl_ref" in source.spec.state else 1
+        for marked in eval_shards(len(source.eval_examples), eval_bs, world=world, rank=rank, min_size=min_size):
+            examples = [source.eval_examples[i if i >= 0 else -1 - i] for i in marked]
+            yield from _batch_rows(run, replay, collate(examples, source.feedback, pad_id), False)
+
+
+def _batch_rows(run: Run, source: Source, batch: Batch, training: bool) -> Iterator[tuple[dict[str, Any], list[str]]]:
+    from feedalign.trainers.state import KLReferencePoint, StateContext
+
+    tensors, row_ids = batch.tensors, list(batch.row_ids)
+    if source.kl_samples is not None:
+        kl_batch = source.kl_samples.next_batch(run.runtime.pad_id, training=training)
+        tensors = concat_rows(tensors, kl_batch.tensors, run.runtime.pad_id)
+        row_ids += [f"kl_samples/{i}" for i in kl_batch.row_ids]
+    if source.spec.needs_reference or source.kl_samples is not None:
+        yield tensors, row_ids
+    rows: list[tuple[dict[str, Any], list[str]]] = []
+
+    def score_texts(prompts: Sequence[str], completions: Sequence[str], ids: Sequence[str]) -> tuple[Any, Any]:
+        # Collects the rows the provider would score; the provider's own logic builds them.
+        import torch
+
+        rows.append((collate_texts(run.runtime.tokenizer, prompts, completions, source.max_length,
+                                   run.runtime.pad_id), list(ids)))
+        zeros = torch.zeros(len(ids))
+        return zeros, zeros
+
+    for provider in source.providers.values():
+        if isinstance(provider, KLReferencePoint):
+            ctx = StateContext(batch, source.feedback, None, None, source.hparams, score_texts,  # type: ignore[arg-type]
+                               lambda t: t, training)
+            provider.compute(ctx)
+    yield from rows
 
 
 def restore_run(run: Run, path: Path) -> None:

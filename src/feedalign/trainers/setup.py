@@ -324,6 +324,21 @@ def load_policy(config: Config) -> Any:
     )
 
 
+def compile_decoder(model: Any) -> Any:
+    """``train.compile``: compile the decoder body in place (``Module.compile`` keeps the
+    parameter names, so checkpoints and fingerprints are unchanged). ``dynamic=True``: batch
+    lengths vary every step. Returns the compiled module."""
+    from feedalign.policies.hf import unwrap_model
+
+    base = unwrap_model(model)
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    target = decoder if isinstance(decoder, torch.nn.Module) else base
+    target.compile(dynamic=True)
+    logger.info("train.compile: %s compiled with torch.compile(dynamic=True); the first steps pay the compile",
+                type(target).__name__)
+    return target
+
+
 def pad_id_of(tokenizer: Any) -> int:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
@@ -340,13 +355,23 @@ def total_steps(train: TrainConfig, sources: Sequence[Source], world: int) -> tu
     return total, per_epoch
 
 
+def adamw_kernel(params: Sequence[torch.nn.Parameter]) -> dict[str, bool]:
+    """``fused=True`` when every parameter is a floating-point CUDA tensor (one kernel per
+    step instead of several per parameter group; same update up to rounding); torch's
+    default (foreach where supported) otherwise, e.g. on a CPU or under a meta/sharded
+    placement decided later by the launcher."""
+    on_cuda = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+    return {"fused": True} if on_cuda else {}
+
+
 def make_optimizer(train: TrainConfig, params: list[torch.nn.Parameter], total: int) -> tuple[Any, Any]:
     from transformers import get_scheduler
 
     if not params:
         raise ValueError("the model has no trainable parameters")
     optimizer = torch.optim.AdamW(
-        params, lr=train.lr, betas=train.adam_betas, eps=train.adam_eps, weight_decay=train.weight_decay
+        params, lr=train.lr, betas=train.adam_betas, eps=train.adam_eps, weight_decay=train.weight_decay,
+        **adamw_kernel(params),
     )
     warmup = train.warmup_steps or math.ceil(train.warmup_ratio * total)
     name = {"constant": "constant_with_warmup"}.get(train.scheduler, train.scheduler)
