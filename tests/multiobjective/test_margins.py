@@ -2,6 +2,8 @@
 
 import textwrap
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -182,3 +184,24 @@ def test_user_callable_from_config_block_is_checked_and_detached(tmp_path, monke
         {"kind": "callable", "target": "my_margins:two_columns"}, {"kind": "builtin", "target": "length_chars"}]})
     torch.testing.assert_close(stacked_cfg(PROMPTS, COMPLETIONS), stacked(PROMPTS, COMPLETIONS))
     assert CallableMargins(lambda p, c: [1.0] * len(p))(PROMPTS, COMPLETIONS).shape == (3, 1)
+
+
+def test_trainer_builds_margin_sources_from_config_blocks(base_dir, tmp_path):
+    """The trainer's `margins:` block reaches these factories: a MODPO run with a built-in
+    length margin trains, and its state provider returns [B, 1] detached margins."""
+    from feedalign.data.records import PairRecord
+    from feedalign.trainers import train
+
+    pairs = [PairRecord(p, c, r, objective="a") for p, c, r in
+             [("ab", "c", "cca"), ("ba", "a", "bbb"), ("cab", "b", "ab c"), ("bb", "ca", "a a a")]]
+    config = {
+        "model": {"path": str(base_dir), "dtype": "float32"},
+        "data": [{"loss": "modpo", "name": "modpo", "objective": "a", "max_length": 32,
+                  "hparams": {"beta": 0.5, "weight": 0.7, "margin_weights": [0.3]},
+                  "margins": {"kind": "builtin", "target": "length_chars", "options": {"scale": 0.5}}}],
+        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "micro_batch_size": 2, "cpu": True,
+                  "lr": 1e-3, "log_every": 1},
+    }
+    result = train(config, records={"modpo": pairs})
+    assert result.steps == 2
+    assert "loss" in result.metrics and np.isfinite(result.metrics["loss"])

@@ -75,6 +75,8 @@ def test_tokenizer_safety_check_and_token_rendering():
                     add_special_tokens=False)["input_ids"]
     assert tokenizer.convert_ids_to_tokens(ids[:2]) == ["<w:0.30>", "<w:0.70>"]
     assert tokenizer.unk_token_id not in ids
+    # Level tokens are special: a sampled one never reaches the decoded completion.
+    assert tokenizer.decode(ids[:3], skip_special_tokens=True) == "write"
 
 
 def test_weight_draws_are_seeded_uniform_and_order_independent():

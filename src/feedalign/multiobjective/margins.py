@@ -84,6 +84,14 @@ def as_margins(values: Any, n: int, *, width: int | None = None, where: str = "m
     return out.detach()
 
 
+def _default_device(device: Any) -> Any:
+    """``device``, else the current CUDA device when there is one (the trainer's device under
+    accelerate, which sets it per process), else the CPU."""
+    if device is not None:
+        return device
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def _check_lengths(prompts: Sequence[str], completions: Sequence[str]) -> None:
     if len(prompts) != len(completions):
         raise ValueError(f"margins: {len(prompts)} prompts but {len(completions)} completions")
@@ -131,7 +139,7 @@ class RewardModelMargins:
     def from_dir(cls, directory: str | os.PathLike[str], heads: Sequence[str], *, device: Any = None, **kwargs: Any) -> RewardModelMargins:
         from feedalign.policies.reward_model import load_reward_model
 
-        model, tokenizer = load_reward_model(directory, device=device)
+        model, tokenizer = load_reward_model(directory, device=_default_device(device))
         return cls(model, tokenizer, heads, **kwargs)
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
@@ -193,10 +201,10 @@ class ImplicitRewardMargins:
                 raise ValueError(f"{path}: a full margin model needs `reference` (the model it was trained from)")
             model, ref_model = load_causal_lm(path, dtype=dtype), load_causal_lm(reference, dtype=dtype)
             tok_path, adapter_name = tokenizer or path, None
-        if device is not None:
-            model.to(device)
-            if ref_model is not None:
-                ref_model.to(device)
+        device = _default_device(device)
+        model.to(device)
+        if ref_model is not None:
+            ref_model.to(device)
         return cls(model, load_tokenizer(tok_path), beta=beta, reference=ref_model, adapter_name=adapter_name, **kwargs)
 
     @classmethod
