@@ -101,3 +101,12 @@ def test_registry_errors():
     assert {"dpo", "ipo", "cdpo", "rdpo", "kto", "bco", "pmpo", "modpo", "sft", "bt_reward", "bce_reward"} <= set(
         list_losses()
     )
+
+
+def test_modpo_scale_by_weight_multiplies_each_example_by_its_w_k():
+    kwargs = dict(chosen_margins=t(1.0, 0.5), rejected_margins=t(0.0, 0.0), weight=t(0.2, 0.8),
+                  margin_weights=t(0.8, 0.2)[:, None])
+    args = (t(-1.0, -2.0), t(-2.0, -1.0), t(-1.5, -1.5), t(-1.2, -1.9))
+    plain = get_loss("modpo").fn(*args, **kwargs)[0]
+    scaled = get_loss("modpo").fn(*args, **kwargs, scale_by_weight=True)[0]
+    assert torch.allclose(scaled, plain * t(0.2, 0.8))

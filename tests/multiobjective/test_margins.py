@@ -188,7 +188,7 @@ def test_user_callable_from_config_block_is_checked_and_detached(tmp_path, monke
 
 def test_trainer_builds_margin_sources_from_config_blocks(base_dir, tmp_path):
     """The trainer's `margins:` block reaches these factories: a MODPO run with a built-in
-    length margin trains, and its state provider returns [B, 1] detached margins."""
+    length margin trains end to end."""
     from feedalign.data.records import PairRecord
     from feedalign.trainers import train
 

@@ -30,6 +30,7 @@ class CheckedSource:
     config: DataSourceConfig
     spec: Any  # feedalign.losses.LossSpec
     hparams: dict[str, Any]
+    steer: Any = None  # feedalign.multiobjective.steering.SteeringSpec of a ``steer:`` source
 
 
 def check_config(
@@ -66,6 +67,7 @@ def check_config(
             check_data_paths(source, prefix)
         spec, hparams = check_loss(source, prefix)
         check_kl_samples(source, spec, prefix)
+        steer = check_steer(source, spec, hparams, config.train.seed, prefix)
         needs_reference = spec.needs_reference or source.kl_samples is not None
         if needs_reference and config.reference.strategy == "none":
             what = f"loss '{spec.name}'" if spec.needs_reference else f"{prefix}.kl_samples"
@@ -73,7 +75,7 @@ def check_config(
                 f"{what} needs reference log-probs; set reference.strategy to copy, adapter or cached",
                 key="reference.strategy",
             )
-        checked.append(CheckedSource(name=name, config=source, spec=spec, hparams=hparams))
+        checked.append(CheckedSource(name=name, config=source, spec=spec, hparams=hparams, steer=steer))
     return checked
 
 
@@ -156,6 +158,33 @@ def check_kl_samples(source: DataSourceConfig, spec: Any, prefix: str) -> None:
         if not Path(path).expanduser().exists():
             where = key if isinstance(source.kl_samples, str) else f"{key}.{i}"
             raise ConfigError(f"file not found: '{path}'", key=where)
+
+
+STEER_INPUTS = ("weight", "margin_weights")
+
+
+def check_steer(source: DataSourceConfig, spec: Any, hparams: dict[str, Any], seed: int, prefix: str) -> Any:
+    """The SteeringSpec of a ``steer:`` source (None without one). Steering needs a pair loss
+    whose signature takes the per-example ``weight`` and ``margin_weights`` (MODPO-style)."""
+    import inspect
+
+    if source.steer is None:
+        return None
+    key = f"{prefix}.steer"
+    params = inspect.signature(spec.fn).parameters
+    if spec.feedback != "pair" or not all(name in params for name in STEER_INPUTS):
+        raise ConfigError(
+            f"loss '{spec.name}' takes no per-example {' / '.join(STEER_INPUTS)} inputs, so a "
+            "weight-conditioned (steerable) run cannot use it; use a loss such as modpo, or remove steer",
+            key=key,
+        )
+    from feedalign.multiobjective.steering import spec_for_source
+
+    try:
+        return spec_for_source({"seed": seed, **source.steer}, trained=source.objective,
+                               beta=float(hparams.get("beta", 0.1)))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc), key=key) from None
 
 
 def check_loss(source: DataSourceConfig, prefix: str) -> tuple[Any, dict[str, Any]]:

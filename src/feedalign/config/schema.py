@@ -115,6 +115,12 @@ class DataSourceConfig:
     (default: ``train.micro_batch_size``) and passes kl = mean(logp_ref - logp_theta) over
     them. Without it such a loss estimates the KL on the batch's own samples, which is only
     right when those were drawn from the reference (ALGORITHMS.md §9).
+
+    ``steer`` (a mapping: ``objectives`` in weight order, optional ``grid``, ``seed``
+    (default ``train.seed``), ``render`` text|tokens, ``min_weight``) trains one steerable
+    model: every example gets its own weight vector w (seeded by its id), its prompt is
+    prefixed with w and its loss uses that w (``weight = w_k``, ``margin_weights = w_{-k}``;
+    ALGORITHMS.md §10). Only for losses taking per-example ``weight`` and ``margin_weights``.
     """
 
     loss: str
@@ -129,9 +135,13 @@ class DataSourceConfig:
     margins: MarginsConfig | None = None
     kl_samples: str | tuple[str, ...] | None = None
     kl_batch_size: int | None = None
+    steer: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _require(bool(self.loss), "loss", "must name a registered loss")
+        if self.steer is not None:
+            detail = "needs `objectives` (the weight order, e.g. [helpful, concise])"
+            _require(bool(self.steer.get("objectives")), "steer", detail)
         if self.kl_samples is not None:
             ok = bool(self.kl_samples) and all(bool(p) for p in self.kl_sample_paths)
             _require(ok, "kl_samples", f"must be a path or a list of paths, got {self.kl_samples!r}")

@@ -28,6 +28,7 @@ def modpo_loss(
     beta: float = 0.1,
     weight: float | Tensor = 0.5,
     margin_weights: Sequence[float] | Tensor = (0.5,),
+    scale_by_weight: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """MODPO: loss = -logsigmoid( (beta*h - w_{-k}.(m(y_w) - m(y_l))) / w_k ).
 
@@ -40,6 +41,9 @@ def modpo_loss(
         chosen_margins, rejected_margins: [B, m-1] (or [B] for m = 2) margin rewards.
         weight: w_k > 0, a float or a per-example tensor [B] (steerable training).
         margin_weights: w_{-k}, a sequence of m-1 floats or a per-example tensor [B, m-1].
+        scale_by_weight: multiply each example's loss by its w_k. It leaves each weight's
+            minimiser unchanged and keeps examples with small w_k (whose logits are divided
+            by w_k) from dominating the gradient when weights vary per example (steering).
     """
     if chosen_margins.dim() == 1:
         chosen_margins, rejected_margins = chosen_margins[:, None], rejected_margins[:, None]
@@ -53,6 +57,8 @@ def modpo_loss(
     rejected = beta * log_ratio(policy_rejected_logps, reference_rejected_logps)
     logits = (chosen - rejected - margin_term) / w_k
     losses = -F.logsigmoid(logits)
+    if scale_by_weight:
+        losses = w_k * losses
     metrics = pair_metrics(chosen, rejected)
     metrics["margins/other_objectives"] = margin_term.detach().mean()
     return losses, metrics

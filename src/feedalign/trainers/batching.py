@@ -36,6 +36,9 @@ class Example:
     where: str = ""
     tokens: dict[str, list[int]] | None = None
     rejected_tokens: dict[str, list[int]] | None = None
+    # Steerable runs: the example's weight vector [m] and its prompt before conditioning.
+    steer_weights: tuple[float, ...] | None = None
+    plain_prompt: str | None = None
 
 
 @dataclass
@@ -106,6 +109,20 @@ def _pair_example(r: PairRecord) -> Example:
 
 def _labeled_example(r: LabeledRecord) -> Example:
     return Example(r.id, r.prompt, r.completion, r.objective, label=bool(r.label), where=r.source)
+
+
+def steer_examples(examples: Sequence[Example], spec: Any) -> list[Example]:
+    """Give every example its weight vector (a function of the spec's seed and the example's
+    id only, so resuming, re-splitting or sharding never changes it) and prefix its prompt
+    with that weight (``spec.condition_prompt``). Call before tokenising."""
+    from feedalign.multiobjective.steering import condition_prompt
+
+    ws = spec.weights_for([ex.id for ex in examples])
+    return [
+        replace(ex, prompt=condition_prompt(ex.prompt, w, spec), steer_weights=tuple(float(v) for v in w),
+                plain_prompt=ex.prompt)
+        for ex, w in zip(examples, ws)
+    ]
 
 
 def tokenize_examples(examples: Sequence[Example], tokenizer: Any, max_length: int) -> list[Example]:
@@ -209,7 +226,12 @@ def collate(examples: Sequence[Example], feedback: str, pad_id: int) -> Batch:
     if feedback == "unpaired":
         labels = torch.tensor([bool(ex.label) for ex in examples], dtype=torch.bool)
     lengths = tensors["completion_mask"].sum(dim=1)
-    return Batch(examples, tensors, row_ids, prompts, completions, lengths, labels)
+    extras: dict[str, Any] = {}
+    if examples and all(ex.steer_weights is not None for ex in examples):
+        extras["steer_weights"] = torch.tensor([ex.steer_weights for ex in examples], dtype=torch.float64)
+        plain = [ex.plain_prompt for ex in examples]
+        extras["plain_prompts"] = plain + plain if feedback == "pair" else plain
+    return Batch(examples, tensors, row_ids, prompts, completions, lengths, labels, extras)
 
 
 def collate_texts(

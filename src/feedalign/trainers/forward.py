@@ -100,6 +100,7 @@ class Source:
     sampler: EpochSampler
     providers: dict[str, StateProvider] = field(default_factory=dict)
     kl_samples: KLSamples | None = None
+    steer: Any = None  # SteeringSpec: per-example weight / margin_weights from the batch
 
     @property
     def feedback(self) -> str:
@@ -140,6 +141,20 @@ def _optional_inputs(spec: Any, batch: Batch, device: torch.device) -> dict[str,
     return out
 
 
+def _steer_hparams(source: Source, batch: Batch, device: torch.device) -> dict[str, Tensor]:
+    """A steered source's per-example ``weight`` [B] and ``margin_weights`` [B, m-1], from
+    each example's own weight vector; they replace the static hyperparameters."""
+    if source.steer is None:
+        return {}
+    from feedalign.multiobjective.steering import per_example_hparams
+
+    ws = batch.extras.get("steer_weights")
+    if ws is None:
+        raise ValueError(f"source '{source.name}' is steered but its batch carries no weight vectors")
+    hparams = per_example_hparams(ws.numpy(), source.steer.k, source.steer)
+    return {name: value.to(device) for name, value in hparams.items()}
+
+
 def source_forward(runtime: Runtime, source: Source, batch: Batch, *, training: bool) -> SourceOutput:
     """Per-example loss of ``batch`` for ``source``; providers update after a training batch."""
     device = runtime.accelerator.device
@@ -159,7 +174,8 @@ def source_forward(runtime: Runtime, source: Source, batch: Batch, *, training: 
     state_kwargs: dict[str, Tensor] = {}
     for provider in source.providers.values():
         state_kwargs.update(provider.compute(ctx))
-    kwargs = {**_optional_inputs(spec, batch, device), **state_kwargs, **source.hparams}
+    kwargs = {**_optional_inputs(spec, batch, device), **state_kwargs, **source.hparams,
+              **_steer_hparams(source, batch, device)}
     if kl is not None:
         kwargs["kl"] = kl
     if spec.feedback == "pair":

@@ -289,6 +289,18 @@ def _evaluate(run: Run, metrics_logger: MetricsLogger, batch_size: int) -> dict[
     return eval_metrics
 
 
+def _save_steering_spec(run: Run, directory: Path) -> None:
+    """A steered run's SteeringSpec next to the model, for ``feedalign steer`` / ``front``."""
+    from feedalign.multiobjective.steering import save_spec
+
+    specs = [s.steer for s in run.sources if s.steer is not None]
+    if not specs:
+        return
+    if any(spec != specs[0] for spec in specs[1:]):
+        logger.warning("steered sources use different steering specs; final/ holds the first one's")
+    save_spec(specs[0], directory)
+
+
 def _save_final(run: Run) -> Path | None:
     """``output_dir/final``: save_pretrained (the adapter for LoRA) + tokenizer + config.
     Under FSDP/DeepSpeed the full weights are gathered first (every process takes part)."""
@@ -308,6 +320,7 @@ def _save_final(run: Run) -> Path | None:
             model.save_pretrained(str(tmp), state_dict=state)
         run.runtime.tokenizer.save_pretrained(str(tmp))
         (tmp / "feedalign_config.yaml").write_text(dump_config(run.config), encoding="utf-8")
+        _save_steering_spec(run, tmp)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -35,6 +35,7 @@ from feedalign.trainers.setup import (
     load_policy,
     make_optimizer,
     pad_id_of,
+    prepare_steer_model,
     total_steps,
 )
 
@@ -105,6 +106,7 @@ def prepare_run(
     sources = build_sources(config, checked, tokenizer, records, rank=rank, world=world)
     if model is None:
         model = load_policy(config)
+    prepare_steer_model(sources, model, tokenizer)
     if sharding(accelerator) == "none":
         model.to(accelerator.device)  # FSDP / DeepSpeed place the shards themselves
     model.train()

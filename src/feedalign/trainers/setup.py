@@ -23,6 +23,7 @@ from feedalign.trainers.batching import (
     Example,
     examples_from_records,
     split_eval,
+    steer_examples,
     tokenize_examples,
 )
 from feedalign.trainers.forward import KLSamples, Source
@@ -202,6 +203,9 @@ def build_sources(
         if not examples:
             detail = f"source '{item.name}' gives no examples for a '{item.spec.feedback}' loss"
             raise FeedbackDataError(where, detail)
+        if item.steer is not None:
+            examples = steer_examples(examples, item.steer)
+            prepare_steer_tokenizer(item.steer, tokenizer, f"data.{index}.steer")
         examples = tokenize_examples(examples, tokenizer, item.config.max_length)
         min_eval = 2 if "kl_ref" in item.spec.state else 1
         train_ex, eval_ex = split_eval(
@@ -224,6 +228,7 @@ def build_sources(
                 sampler=sampler,
                 providers=make_providers(item.spec, item.config, item.hparams, prefix=f"data.{index}"),
                 kl_samples=kl_samples,
+                steer=item.steer,
             )
         )
         logger.info(
@@ -232,6 +237,24 @@ def build_sources(
             f", {len(kl_samples.examples)} reference samples for kl" if kl_samples is not None else "",
         )
     return sources
+
+
+def prepare_steer_tokenizer(spec: Any, tokenizer: Any, key: str) -> None:
+    """Add a steering spec's level tokens (``render: tokens``) and check that every prefix
+    survives the tokenizer; a prefix that turns into unknown tokens is a ConfigError."""
+    spec.prepare(tokenizer)
+    try:
+        spec.check_tokenizer(tokenizer)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=key) from None
+
+
+def prepare_steer_model(sources: Sequence[Source], model: Any, tokenizer: Any) -> None:
+    """Grow the policy's embeddings for the level tokens the steered sources added (before
+    the reference copy and the optimizer are made)."""
+    for source in sources:
+        if source.steer is not None and source.steer.prepare_model(model, tokenizer):
+            logger.info("source %s: embeddings grown to %d rows for steering tokens", source.name, len(tokenizer))
 
 
 def _kl_samples(

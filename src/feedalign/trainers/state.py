@@ -176,7 +176,9 @@ class MarginRewards(StateProvider):
             raise ValueError("state 'margins' is defined for pair losses only")
         b = ctx.batch.size
         with torch.no_grad():
-            values = self.source(ctx.batch.prompts, ctx.batch.completions)
+            # Margin rewards score the task, not the steering prefix (steerable runs).
+            prompts = ctx.batch.extras.get("plain_prompts", ctx.batch.prompts)
+            values = self.source(prompts, ctx.batch.completions)
         values = torch.as_tensor(values, dtype=torch.float32, device=ctx.policy_logps.device)
         if values.shape[0] != 2 * b:
             raise ValueError(
