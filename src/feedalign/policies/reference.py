@@ -97,7 +97,7 @@ def model_fingerprint(model: Any, *, base_weights_only: bool = False) -> str:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode (no dropout) for the duration, restoring every module's flag afterwards."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
@@ -153,7 +153,7 @@ class CopyReference:
 
     def logps(self, batch: dict[str, torch.Tensor], example_keys: Sequence[str] | None = None) -> torch.Tensor:
         _check_keys(batch, example_keys)
-        with torch.no_grad(), _eval_mode(self.model):
+        with torch.no_grad(), eval_mode(self.model):
             batch = _to_device(batch, _model_device(self.model))
             return batch_logps(self.model, batch, chunk_size=self.chunk_size).float()
 
@@ -181,7 +181,7 @@ class AdapterReference:
 
     def logps(self, batch: dict[str, torch.Tensor], example_keys: Sequence[str] | None = None) -> torch.Tensor:
         _check_keys(batch, example_keys)
-        with torch.no_grad(), _eval_mode(self.model), self.model.disable_adapter():
+        with torch.no_grad(), eval_mode(self.model), self.model.disable_adapter():
             batch = _to_device(batch, _model_device(self.model))
             return batch_logps(self.model, batch, chunk_size=self.chunk_size).float()
 

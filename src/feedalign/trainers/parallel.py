@@ -25,26 +25,16 @@ of equally sized batches, padding the last one with repeated rows that are not c
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from feedalign.policies.reference import eval_mode as _eval_mode
+
 MODEL_PREFIX = "model."  # LogpsModule's name for the policy in state dicts
-
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
 
 
 class LogpsModule(torch.nn.Module):
