@@ -78,8 +78,8 @@ def test_steered_modpo_trains_with_per_example_weights(env, tmp_path, monkeypatc
     batches = []
     original = forward_mod.collate
 
-    def recording_collate(examples, feedback, pad_id):
-        batch = original(examples, feedback, pad_id)
+    def recording_collate(examples, feedback, pad_id, **kwargs):
+        batch = original(examples, feedback, pad_id, **kwargs)
         batches.append(batch)
         return batch
 

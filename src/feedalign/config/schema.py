@@ -186,6 +186,14 @@ class TrainConfig:
     runs only: the first compile takes tens of seconds to minutes (measured on a CPU: ~5 min
     with a cold cache, 25-45 s warm, for a 4-layer model), and each new batch shape may
     recompile once; the measured steady-state gain was ~1.05-1.10x on a CPU.
+
+    ``packing`` collates each micro-batch padding-free: all its rows (chosen then rejected
+    for pairs) back to back in one row, no pad tokens computed. Attention stays within each
+    sequence: with ``model.attn_implementation`` unset the policy is loaded with
+    ``feedalign_varlen`` (flash variable-length kernel on a GPU in bf16, per-sequence SDPA
+    elsewhere); ``sdpa``/``eager`` derive a block-diagonal mask from the position ids
+    (correct, S^2 memory) and flash-attention implementations use the sequence boundaries.
+    Losses and gradients equal the padded path's up to floating-point summation order.
     """
 
     output_dir: str
@@ -217,6 +225,7 @@ class TrainConfig:
     cpu: bool = False
     overwrite_output_dir: bool = False
     compile: bool = False
+    packing: bool = False
 
     def __post_init__(self) -> None:
         _require(bool(self.output_dir), "output_dir", "must be a directory path")
@@ -255,6 +264,7 @@ class TrainConfig:
         _choice(self.on_invalid, ON_INVALID, "on_invalid")
         _choice(self.precision, PRECISIONS, "precision")
         _require(isinstance(self.compile, bool), "compile", f"must be true or false, got {self.compile!r}")
+        _require(isinstance(self.packing, bool), "packing", f"must be true or false, got {self.packing!r}")
 
 
 @dataclass(frozen=True)

@@ -174,7 +174,7 @@ def pad_batch(
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
 
 
-def pack_examples(examples: Sequence[dict[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+def pack_examples(examples: Sequence[dict[str, Sequence[int]]]) -> dict[str, Any]:
     """Concatenate tokenised examples into one padding-free row.
 
     Returns (S = total number of tokens, N = number of examples):
@@ -184,9 +184,12 @@ def pack_examples(examples: Sequence[dict[str, Sequence[int]]]) -> dict[str, tor
         segment_ids      [1, S] long, example index 0..N-1 of every token
         seq_lens         [N] long
         cu_seqlens       [N + 1] int32, cumulative lengths starting at 0 (flash-attention layout)
+        max_seqlen       int, the longest example (a host value: variable-length attention
+                         kernels take it as an argument)
 
-    Feed ``input_ids`` and ``position_ids`` with NO attention mask (and no KV cache) so the
-    model builds a block-diagonal causal mask; see ``block_causal_mask`` otherwise.
+    Feed ``input_ids`` and ``position_ids`` with NO attention mask (and no KV cache), and the
+    boundaries as ``policies.varlen.packed_attention_kwargs`` (``policies.hf.packed_sequence_logps``
+    does both); see ``block_causal_mask`` for an explicit mask.
     """
     if not examples:
         raise ValueError("pack_examples: no examples")
@@ -206,6 +209,7 @@ def pack_examples(examples: Sequence[dict[str, Sequence[int]]]) -> dict[str, tor
         "segment_ids": segment_ids[None],
         "seq_lens": seq_lens,
         "cu_seqlens": cu_seqlens,
+        "max_seqlen": max(lengths),
     }
 
 

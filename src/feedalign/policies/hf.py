@@ -113,7 +113,9 @@ def load_causal_lm(
         lora: None for full fine-tuning, or a dict with keys r (8), alpha (16), dropout (0.0),
             target_modules ("all-linear"), bias ("none"), modules_to_save, use_rslora.
         gradient_checkpointing: enable (non-reentrant) activation checkpointing.
-        attn_implementation: e.g. "eager", "sdpa", "flash_attention_2"; None = default.
+        attn_implementation: e.g. "eager", "sdpa", "flash_attention_2", or
+            "feedalign_varlen" (per-sequence attention for packed batches, see
+            ``policies.varlen``); None = the transformers default.
 
     Raises:
         FileNotFoundError: the path does not exist and is not a plausible hub id (checked
@@ -129,6 +131,10 @@ def load_causal_lm(
     dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     kwargs[dtype_key] = torch_dtype
     if attn_implementation is not None:
+        from feedalign.policies.varlen import VARLEN_ATTENTION, register
+
+        if attn_implementation == VARLEN_ATTENTION:
+            register()
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if gradient_checkpointing:
@@ -222,9 +228,16 @@ def _completion_token_logps(
     completion_mask: torch.Tensor,
     position_ids: torch.Tensor | None,
     chunk_size: int,
+    *,
+    head_as_module: bool = False,
+    attn_kwargs: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-probs of every completion token. Returns (logps [N] fp32, rows [N], cols [N]),
-    where (rows, cols + 1) index the scored tokens in ``input_ids``."""
+    where (rows, cols + 1) index the scored tokens in ``input_ids``.
+
+    ``head_as_module`` calls the LM head as a module on the completion positions, chunk by
+    chunk (DeepSpeed ZeRO-3 gathers its weight only inside that call) instead of reading its
+    weight. ``attn_kwargs`` go to the decoder (a packed row's ``cu_seq_lens_q`` ...)."""
     if input_ids.shape != completion_mask.shape:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} and completion_mask {tuple(completion_mask.shape)} differ")
     if completion_mask[:, 0].any():
@@ -234,14 +247,15 @@ def _completion_token_logps(
     base = unwrap_model(model)
     _check_head(base)
     hidden = _backbone(base)(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+        **(attn_kwargs or {}),
     ).last_hidden_state
     rows, cols = completion_mask[:, 1:].nonzero(as_tuple=True)
     picked_hidden = hidden[:, :-1][rows, cols]
     targets = input_ids[:, 1:][rows, cols]
     scale, softcap = _head_transform(base.config)
     head = base.get_output_embeddings()
-    if type(head) is torch.nn.Linear or type(head) is torch.nn.Embedding:
+    if not head_as_module and (type(head) is torch.nn.Linear or type(head) is torch.nn.Embedding):
         bias = getattr(head, "bias", None)
         logps = linear_target_logps(
             picked_hidden, head.weight, bias, targets, chunk_size=chunk_size, scale=scale, softcap=softcap
@@ -259,6 +273,7 @@ def sequence_logps(
     *,
     chunk_size: int = 1024,
     position_ids: torch.Tensor | None = None,
+    head_as_module: bool = False,
 ) -> torch.Tensor:
     """Sum of completion-token log-probs per sequence, fp32, differentiable.
 
@@ -270,31 +285,43 @@ def sequence_logps(
         attention_mask: ``[B, T]`` (1 = real token), a 4-D mask, or None.
         chunk_size: tokens whose fp32 vocabulary logits exist at once.
         position_ids: ``[B, T]`` or None.
+        head_as_module: call the LM head as a module (DeepSpeed ZeRO-3).
 
     Returns:
         ``[B]`` fp32.
     """
-    logps, rows, _ = _completion_token_logps(model, input_ids, attention_mask, completion_mask, position_ids, chunk_size)
+    logps, rows, _ = _completion_token_logps(
+        model, input_ids, attention_mask, completion_mask, position_ids, chunk_size, head_as_module=head_as_module
+    )
     out = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=logps.device)
     return out.index_add(0, rows, logps)
 
 
 def packed_sequence_logps(
-    model: Any, packed: dict[str, torch.Tensor], *, chunk_size: int = 1024, explicit_mask: bool = False
+    model: Any,
+    packed: dict[str, Any],
+    *,
+    chunk_size: int = 1024,
+    explicit_mask: bool = False,
+    head_as_module: bool = False,
 ) -> torch.Tensor:
     """``sequence_logps`` for a batch from ``collate.pack_examples``: one value per example.
 
-    By default no attention mask is passed, so transformers derives the block-diagonal causal
-    mask from the restarting ``position_ids`` (flash-attention, and eager/sdpa in transformers
-    5). ``explicit_mask=True`` passes ``collate.block_causal_mask`` instead (bool for sdpa,
-    additive for eager); it costs ``S^2`` memory and does not apply to flash-attention.
+    No attention mask is passed. The sequence boundaries go to the model as
+    ``cu_seq_lens_q`` / ``max_length_q`` (used by the ``feedalign_varlen`` and flash-attention
+    implementations, see ``policies.varlen``), and eager/SDPA attention derive the same
+    block-diagonal causal mask from the restarting ``position_ids``. ``explicit_mask=True``
+    passes ``collate.block_causal_mask`` instead (bool for sdpa, additive for eager); it costs
+    ``S^2`` memory and does not apply to flash-attention.
 
     Returns:
         ``[N]`` fp32, N = number of packed examples.
     """
     from feedalign.data.collate import block_causal_mask
+    from feedalign.policies.varlen import packed_attention_kwargs
 
     attention_mask = None
+    attn_kwargs = None
     if explicit_mask:
         base = unwrap_model(model)
         impl = getattr(base.config, "_attn_implementation", "eager")
@@ -302,18 +329,26 @@ def packed_sequence_logps(
             raise ValueError(f"packed_sequence_logps: explicit_mask needs eager or sdpa attention, not {impl!r}")
         dtype = torch.bool if impl == "sdpa" else next(base.parameters()).dtype
         attention_mask = block_causal_mask(packed["segment_ids"], dtype=dtype)
+    else:
+        max_seqlen = packed.get("max_seqlen")
+        if max_seqlen is None:
+            max_seqlen = int(packed["seq_lens"].max())
+        attn_kwargs = packed_attention_kwargs(packed["cu_seqlens"], int(max_seqlen))
     logps, rows, cols = _completion_token_logps(
-        model, packed["input_ids"], attention_mask, packed["completion_mask"], packed["position_ids"], chunk_size
+        model, packed["input_ids"], attention_mask, packed["completion_mask"], packed["position_ids"], chunk_size,
+        head_as_module=head_as_module, attn_kwargs=attn_kwargs,
     )
     segments = packed["segment_ids"][:, 1:][rows, cols]
     out = torch.zeros(int(packed["seq_lens"].numel()), dtype=torch.float32, device=logps.device)
     return out.index_add(0, segments, logps)
 
 
-def batch_logps(model: Any, batch: dict[str, torch.Tensor], *, chunk_size: int = 1024) -> torch.Tensor:
+def batch_logps(
+    model: Any, batch: dict[str, Any], *, chunk_size: int = 1024, head_as_module: bool = False
+) -> torch.Tensor:
     """Per-example log-probs of a padded (``pad_batch``) or packed (``pack_examples``) batch."""
     if "segment_ids" in batch:
-        return packed_sequence_logps(model, batch, chunk_size=chunk_size)
+        return packed_sequence_logps(model, batch, chunk_size=chunk_size, head_as_module=head_as_module)
     return sequence_logps(
         model,
         batch["input_ids"],
@@ -321,6 +356,7 @@ def batch_logps(model: Any, batch: dict[str, torch.Tensor], *, chunk_size: int =
         batch["completion_mask"],
         chunk_size=chunk_size,
         position_ids=batch.get("position_ids"),
+        head_as_module=head_as_module,
     )
 
 

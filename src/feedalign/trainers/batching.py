@@ -206,9 +206,11 @@ class EpochSampler:
         self._perm = self._permutation(self.epoch)
 
 
-def collate(examples: Sequence[Example], feedback: str, pad_id: int) -> Batch:
-    """Pad a micro-batch: pairs give 2B rows (chosen rows first, then rejected rows)."""
-    from feedalign.data.collate import pad_batch
+def collate(examples: Sequence[Example], feedback: str, pad_id: int, *, packing: bool = False) -> Batch:
+    """Collate a micro-batch: pairs give 2B rows (chosen rows first, then rejected rows).
+    Padded ``[rows, T]`` tensors, or with ``packing`` one padding-free row holding every
+    row in that order (``data.collate.pack_examples``)."""
+    from feedalign.data.collate import pack_examples, pad_batch
 
     examples = list(examples)
     prompts = [ex.prompt for ex in examples]
@@ -221,11 +223,11 @@ def collate(examples: Sequence[Example], feedback: str, pad_id: int) -> Batch:
         rows = [ex.tokens for ex in examples]
         row_ids = [ex.id for ex in examples]
         completions = [ex.completion for ex in examples]
-    tensors = pad_batch(rows, pad_id)
+    tensors = pack_examples(rows) if packing else pad_batch(rows, pad_id)
     labels = None
     if feedback == "unpaired":
         labels = torch.tensor([bool(ex.label) for ex in examples], dtype=torch.bool)
-    lengths = tensors["completion_mask"].sum(dim=1)
+    lengths = torch.tensor([sum(row["completion_mask"]) for row in rows], dtype=torch.long)
     extras: dict[str, Any] = {}
     if examples and all(ex.steer_weights is not None for ex in examples):
         extras["steer_weights"] = torch.tensor([ex.steer_weights for ex in examples], dtype=torch.float64)
@@ -244,13 +246,17 @@ def collate_texts(
     return pad_batch(rows, pad_id)
 
 
-def move_to(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in tensors.items()}
+def move_to(tensors: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Tensors to ``device``; host values (a packed batch's ``max_seqlen``) unchanged."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
 
 
-def concat_rows(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
-    """Stack two right-padded batches into one (rows of ``a`` first), padding the shorter one
-    on the right (pad_id for input_ids, 0 for the masks), so both go through ONE forward."""
+def concat_rows(a: dict[str, Any], b: dict[str, Any], pad_id: int) -> dict[str, Any]:
+    """Stack two batches of the same layout into one (rows of ``a`` first) so both go through
+    ONE forward: right-padded batches are widened to the longer one (pad_id for input_ids, 0
+    for the masks); packed rows are joined end to end."""
+    if "segment_ids" in a:
+        return _concat_packed(a, b)
     width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
 
     def widen(t: torch.Tensor, value: int) -> torch.Tensor:
@@ -260,4 +266,15 @@ def concat_rows(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id: 
     for key in a:
         value = pad_id if key == "input_ids" else 0
         out[key] = torch.cat([widen(a[key], value), widen(b[key], value)])
+    return out
+
+
+def _concat_packed(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    if "segment_ids" not in b:
+        raise ValueError("concat_rows: cannot join a packed batch with a padded one")
+    out = {key: torch.cat([a[key], b[key]], dim=1) for key in ("input_ids", "position_ids", "completion_mask")}
+    out["segment_ids"] = torch.cat([a["segment_ids"], b["segment_ids"] + a["seq_lens"].numel()], dim=1)
+    out["seq_lens"] = torch.cat([a["seq_lens"], b["seq_lens"]])
+    out["cu_seqlens"] = torch.cat([a["cu_seqlens"], b["cu_seqlens"][1:] + a["cu_seqlens"][-1]])
+    out["max_seqlen"] = max(a["max_seqlen"], b["max_seqlen"])
     return out

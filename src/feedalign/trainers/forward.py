@@ -43,16 +43,19 @@ class Runtime:
     chunk_size: int
     policy: Any = None  # the prepared LogpsModule (DDP/FSDP/DeepSpeed-wrapped) the loop calls
 
-    def policy_logps(self, tensors: dict[str, Tensor]) -> Tensor:
+    def policy_logps(self, tensors: dict[str, Any]) -> Tensor:
+        """Per-example log-probs of a padded or packed batch (one value per example)."""
         with self.accelerator.autocast():
             if self.policy is None:
-                from feedalign.policies.hf import sequence_logps
+                from feedalign.policies.hf import batch_logps
 
-                return sequence_logps(
-                    self.model, tensors["input_ids"], tensors["attention_mask"], tensors["completion_mask"],
-                    chunk_size=self.chunk_size,
-                )
-            return self.policy(tensors["input_ids"], tensors["attention_mask"], tensors["completion_mask"])
+                return batch_logps(self.model, tensors, chunk_size=self.chunk_size)
+            from feedalign.trainers.parallel import packed_fields
+
+            return self.policy(
+                tensors["input_ids"], tensors.get("attention_mask"), tensors["completion_mask"],
+                tensors.get("position_ids"), packed=packed_fields(tensors),
+            )
 
     def reference_logps(self, tensors: dict[str, Tensor], row_ids: Sequence[str]) -> Tensor:
         if self.reference is None:
@@ -76,13 +79,14 @@ class KLSamples:
     examples: list[Example]
     sampler: EpochSampler
     batch_size: int
+    packing: bool = False
 
     def next_batch(self, pad_id: int, *, training: bool) -> Batch:
         if training:
             indices = self.sampler.next_indices(self.batch_size)
         else:
             indices = list(range(min(self.batch_size, len(self.examples))))
-        return collate([self.examples[i] for i in indices], "sequence", pad_id)
+        return collate([self.examples[i] for i in indices], "sequence", pad_id, packing=self.packing)
 
 
 @dataclass
@@ -101,6 +105,7 @@ class Source:
     providers: dict[str, StateProvider] = field(default_factory=dict)
     kl_samples: KLSamples | None = None
     steer: Any = None  # SteeringSpec: per-example weight / margin_weights from the batch
+    packing: bool = False  # padding-free micro-batches (train.packing)
 
     @property
     def feedback(self) -> str:
@@ -113,7 +118,7 @@ class Source:
 
     def next_batch(self, micro_batch_size: int, pad_id: int) -> Batch:
         indices = self.sampler.next_indices(micro_batch_size)
-        return collate([self.train_examples[i] for i in indices], self.feedback, pad_id)
+        return collate([self.train_examples[i] for i in indices], self.feedback, pad_id, packing=self.packing)
 
 
 @dataclass
@@ -298,7 +303,8 @@ def _eval_source(runtime: Runtime, source: Source, batch_size: int) -> Tensor:
     rows = []
     for marked in shards:
         indices = [i if i >= 0 else -1 - i for i in marked]
-        batch = collate([source.eval_examples[i] for i in indices], source.feedback, runtime.pad_id)
+        batch = collate([source.eval_examples[i] for i in indices], source.feedback, runtime.pad_id,
+                        packing=source.packing)
         out = source_forward(runtime, source, batch, training=False)
         nan = torch.full((batch.size,), math.nan, dtype=torch.float64, device=out.losses.device)
         correct = out.correct.double() if out.correct is not None else nan

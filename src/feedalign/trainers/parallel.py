@@ -16,7 +16,7 @@ Why the chunked head works under FSDP: ``sequence_logps`` reads ``lm_head.weight
 head in the root unit, which is gathered for the whole root forward (and again for its
 backward). DeepSpeed ZeRO-3 gathers a parameter only inside its own module's forward, so
 under ZeRO-3 the head is called as a module on the completion positions, chunk by chunk
-(``head_as_module``; not exercised by the test suite, which has no DeepSpeed).
+(``head_as_module``).
 
 Every process must make the same sequence of forward calls (DDP broadcasts buffers and FSDP
 all-gathers inside each forward): evaluation therefore gives every process the same number
@@ -67,24 +67,27 @@ class LogpsModule(torch.nn.Module):
         completion_mask: Tensor,
         position_ids: Tensor | None = None,
         adapter_disabled: bool = False,
+        packed: Mapping[str, Any] | None = None,
     ) -> Tensor:
+        """``packed``: the ``segment_ids``, ``seq_lens``, ``cu_seqlens`` and ``max_seqlen`` of a
+        padding-free batch (``data.collate.pack_examples``); the result then has one value
+        per packed example."""
         if not adapter_disabled:
-            return self._logps(input_ids, attention_mask, completion_mask, position_ids)
+            return self._logps(input_ids, attention_mask, completion_mask, position_ids, packed)
         with torch.no_grad(), _eval_mode(self.model), self.model.disable_adapter():
-            return self._logps(input_ids, attention_mask, completion_mask, position_ids)
+            return self._logps(input_ids, attention_mask, completion_mask, position_ids, packed)
 
     def _logps(self, input_ids: Tensor, attention_mask: Tensor | None, completion_mask: Tensor,
-               position_ids: Tensor | None) -> Tensor:
-        from feedalign.policies.hf import sequence_logps
+               position_ids: Tensor | None, packed: Mapping[str, Any] | None) -> Tensor:
+        from feedalign.policies.hf import batch_logps
 
-        if self.head_as_module:
-            return _module_head_sequence_logps(
-                self.model, input_ids, attention_mask, completion_mask, position_ids, self.chunk_size
-            )
-        return sequence_logps(
-            self.model, input_ids, attention_mask, completion_mask, chunk_size=self.chunk_size,
-            position_ids=position_ids,
-        )
+        batch: dict[str, Any] = {"input_ids": input_ids, "completion_mask": completion_mask}
+        if attention_mask is not None:
+            batch["attention_mask"] = attention_mask
+        if position_ids is not None:
+            batch["position_ids"] = position_ids
+        batch.update(packed or {})
+        return batch_logps(self.model, batch, chunk_size=self.chunk_size, head_as_module=self.head_as_module)
 
     def tie_weights(self) -> None:
         # accelerate's FSDP2 preparation re-ties shared embeddings after moving to meta.
@@ -93,30 +96,14 @@ class LogpsModule(torch.nn.Module):
             tie()
 
 
-def _module_head_sequence_logps(
-    model: Any, input_ids: Tensor, attention_mask: Tensor | None, completion_mask: Tensor,
-    position_ids: Tensor | None, chunk_size: int,
-) -> Tensor:
-    """``sequence_logps`` with the LM head called as a module on the completion positions
-    only, chunk by chunk (ZeRO-3 gathers the head's weight inside that call)."""
-    # The decoder body, head scaling and head check are those of policies.hf, so both paths
-    # compute the same quantity.
-    from feedalign.policies.chunked_logps import module_target_logps
-    from feedalign.policies.hf import _backbone, _check_head, _head_transform, unwrap_model
+PACKED_FIELDS = ("segment_ids", "seq_lens", "cu_seqlens", "max_seqlen")
 
-    base = unwrap_model(model)
-    _check_head(base)
-    hidden = _backbone(base)(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-    ).last_hidden_state
-    rows, cols = completion_mask[:, 1:].nonzero(as_tuple=True)
-    scale, softcap = _head_transform(base.config)
-    logps = module_target_logps(
-        hidden[:, :-1][rows, cols], base.get_output_embeddings(), input_ids[:, 1:][rows, cols],
-        chunk_size=chunk_size, scale=scale, softcap=softcap,
-    )
-    out = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=logps.device)
-    return out.index_add(0, rows, logps)
+
+def packed_fields(batch: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The packing description of a padding-free batch (None for a padded one)."""
+    if "segment_ids" not in batch:
+        return None
+    return {key: batch[key] for key in PACKED_FIELDS if key in batch}
 
 
 class PolicyAdapterReference:
@@ -143,7 +130,7 @@ class PolicyAdapterReference:
         with torch.no_grad():
             out = self.module(
                 batch["input_ids"], batch.get("attention_mask"), batch["completion_mask"],
-                batch.get("position_ids"), adapter_disabled=True,
+                batch.get("position_ids"), adapter_disabled=True, packed=packed_fields(batch),
             )
         return out.float()
 
@@ -185,9 +172,8 @@ def check_reference_strategy(accelerator: Any, strategy: str, model: torch.nn.Mo
     copy of partitioned parameters cannot run outside the DeepSpeed engine."""
     if not is_zero3(accelerator) or hasattr(model, "disable_adapter") or strategy not in ("copy", "cached"):
         return
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    if is_deepspeed_zero3_enabled():
+    # deepspeed.zero.Init marks every parameter it partitions with a ``ds_id``.
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
         from feedalign.config.errors import ConfigError
 
         raise ConfigError(
@@ -226,6 +212,21 @@ def is_zero3(accelerator: Any) -> bool:
     return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)) == 3
 
 
+def honour_zero3_init_flag(accelerator: Any) -> None:
+    """Build the policy whole under ZeRO-3 with ``zero3_init_flag: false``; call before loading it.
+
+    accelerate registers its ZeRO-3 config with transformers whatever the flag says (checked
+    with accelerate 1.15), and ``from_pretrained`` then builds every model partitioned
+    (``deepspeed.zero.Init``), so a ``copy`` reference could not be taken. Dropping the
+    registration gives the documented behaviour: each process builds the whole model once
+    and the engine partitions it at ``accelerator.prepare``."""
+    if not is_zero3(accelerator) or accelerator.state.deepspeed_plugin.zero3_init_flag:
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+
+
 def _strip(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k[len(MODEL_PREFIX):] if k.startswith(MODEL_PREFIX) else k: v for k, v in state.items()}
 
@@ -235,7 +236,9 @@ def full_state_dict(accelerator: Any, module: Any, model: torch.nn.Module) -> di
     every process must call it; only the main process is guaranteed to get the tensors."""
     if sharding(accelerator) == "none":
         return model.state_dict()
-    return _strip(accelerator.get_state_dict(module))
+    state = accelerator.get_state_dict(module)
+    # Under ZeRO-3 the consolidated state reaches the main process only; the others get None.
+    return _strip(state) if state is not None else {}
 
 
 def trainable_weights(accelerator: Any, module: Any, model: torch.nn.Module, names: Sequence[str]) -> dict[str, Tensor]:

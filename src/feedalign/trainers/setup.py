@@ -116,8 +116,11 @@ def _fill_deepspeed_config(ds_config: dict[str, Any], train: TrainConfig) -> Non
 
 def _check_sharding_honoured(accelerator: Any) -> None:
     """accelerate turns FSDP / DeepSpeed on only for GPU-like devices; on CPU processes it
-    silently falls back to DDP. Fail instead of training unsharded."""
+    silently falls back to DDP. Fail instead of training unsharded. Under ZeRO-3, also make
+    ``zero3_init_flag: false`` mean what it says (the policy is loaded whole, then sharded)."""
     from accelerate.utils import DistributedType
+
+    from feedalign.trainers.parallel import honour_zero3_init_flag
 
     asked = [
         name for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
@@ -131,6 +134,7 @@ def _check_sharding_honoured(accelerator: Any) -> None:
             "config (examples/accelerate/ddp.yaml) on CPU",
             key="train.cpu",
         )
+    honour_zero3_init_flag(accelerator)
 
 
 def check_grad_accum(accelerator: Any, train: TrainConfig) -> None:
@@ -228,6 +232,7 @@ def build_sources(
                 sampler=sampler,
                 providers=make_providers(item.spec, item.config, item.hparams, prefix=f"data.{index}"),
                 kl_samples=kl_samples,
+                packing=train.packing,
                 steer=item.steer,
             )
         )
@@ -266,7 +271,7 @@ def _kl_samples(
     examples = load_kl_samples(item.config.kl_sample_paths)
     examples = tokenize_examples(examples, tokenizer, item.config.max_length)
     sampler = EpochSampler(len(examples), train.seed, stream=_KL_STREAM + index, rank=rank, world=world)
-    return KLSamples(examples, sampler, item.config.kl_batch_size or train.micro_batch_size)
+    return KLSamples(examples, sampler, item.config.kl_batch_size or train.micro_batch_size, train.packing)
 
 
 def load_kl_samples(paths: Sequence[str]) -> list[Example]:
@@ -343,8 +348,18 @@ def load_policy(config: Config) -> Any:
         dtype=m.dtype,
         lora=lora,
         gradient_checkpointing=m.gradient_checkpointing,
-        attn_implementation=m.attn_implementation,
+        attn_implementation=policy_attention(config),
     )
+
+
+def policy_attention(config: Config) -> str | None:
+    """``model.attn_implementation``; when unset and ``train.packing`` is on, per-sequence
+    attention for the packed rows (``policies.varlen``)."""
+    if config.model.attn_implementation is None and config.train.packing:
+        from feedalign.policies.varlen import VARLEN_ATTENTION
+
+        return VARLEN_ATTENTION
+    return config.model.attn_implementation
 
 
 def compile_decoder(model: Any) -> Any:
