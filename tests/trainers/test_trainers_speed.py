@@ -180,6 +180,7 @@ class _LegacyAverager:
 
     def add_sums(self, sums):
         for key, (value, count) in sums.items():
+            value = float(value)
             self._sums.setdefault(key, 0.0)
             self._counts.setdefault(key, 0.0)
             if math.isnan(value):
@@ -229,3 +230,28 @@ def test_metrics_file_identical_to_per_step_reads(env, tmp_path, monkeypatch):
     old = (tmp_path / "old" / METRICS_FILE).read_text(encoding="utf-8").splitlines()
     assert len(new) == len(old) == 4 and "loss/kto" in json.loads(new[0])
     assert new == old
+
+
+def test_one_metrics_read_per_optimizer_step(env, tmp_path, monkeypatch):
+    """Losses, per-source metrics, reward sums per objective, the grad norm and the
+    finiteness flags of every micro-step come back to the host in ONE transfer per step."""
+    from feedalign.trainers import logging as logging_module
+
+    root, d = env
+    reads = []
+    real = logging_module._read
+    monkeypatch.setattr(logging_module, "_read", lambda tensors: (reads.append(len(tensors)) if tensors else None) or real(tensors))
+
+    class Mark(TrainerCallback):
+        def on_step_end(self, step, metrics):
+            reads.append(("step", step, metrics["grad_norm"]))
+
+    cfg = base_config(d["model"], tmp_path / "out", _data(d)[:2], max_steps=3, grad_accum=2)
+    train(cfg, callbacks=[Mark()])
+    steps = [i for i, r in enumerate(reads) if isinstance(r, tuple)]
+    per_step = [reads[a + 1:b] for a, b in zip([-1] + steps[:-1], steps)]
+    assert [len(chunk) for chunk in per_step] == [1, 1, 1]
+    assert all(math.isfinite(r[2]) and r[2] > 0 for r in reads if isinstance(r, tuple))
+    metrics = [json.loads(line) for line in (tmp_path / "out" / METRICS_FILE).read_text().splitlines()]
+    assert all("_finite" not in m for m in metrics)
+    assert {"rewards/accuracy/default", "rewards/margins/default", "grad_norm"} <= metrics[0].keys()

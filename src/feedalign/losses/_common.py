@@ -13,6 +13,13 @@ def log_ratio(policy_logps: Tensor, reference_logps: Tensor | None) -> Tensor:
     return policy_logps - reference_logps
 
 
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` where ``mask`` is True; NaN when nothing is selected. Shape-static
+    (no boolean indexing), so it needs no device-to-host read."""
+    picked = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    return picked.sum() / mask.sum().to(values.dtype)
+
+
 def pair_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, Tensor]:
     """Batch means of implicit rewards, margins and preference accuracy (all detached)."""
     chosen = chosen_rewards.detach()
@@ -31,11 +38,8 @@ def labeled_metrics(rewards: Tensor, labels: Tensor, threshold: Tensor | float =
     rewards = rewards.detach()
     labels = labels.bool()
     threshold = torch.as_tensor(threshold, dtype=rewards.dtype, device=rewards.device).detach()
-    nan = torch.tensor(float("nan"), device=rewards.device)
-    pos = rewards[labels].mean() if labels.any() else nan
-    neg = rewards[~labels].mean() if (~labels).any() else nan
     return {
-        "rewards/desirable": pos,
-        "rewards/undesirable": neg,
+        "rewards/desirable": masked_mean(rewards, labels),
+        "rewards/undesirable": masked_mean(rewards, ~labels),
         "rewards/accuracies": ((rewards > threshold) == labels).float().mean(),
     }

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from feedalign.losses._common import labeled_metrics, log_ratio
+from feedalign.losses._common import labeled_metrics, log_ratio, masked_mean
 from feedalign.losses._registry import register_loss
 
 
@@ -166,8 +166,8 @@ def pmpo_loss(
         kl_term = kl.expand_as(policy_logps) if kl.dim() == 0 else kl
     losses = -sign * policy_logps + beta * kl_term
     metrics = {
-        "logps/accepted": policy_logps[labels].detach().mean() if labels.any() else policy_logps.new_tensor(float("nan")),
-        "logps/rejected": policy_logps[~labels].detach().mean() if (~labels).any() else policy_logps.new_tensor(float("nan")),
+        "logps/accepted": masked_mean(policy_logps.detach(), labels),
+        "logps/rejected": masked_mean(policy_logps.detach(), ~labels),
         "kl": kl_term.detach().mean(),
     }
     return losses, metrics

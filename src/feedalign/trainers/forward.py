@@ -266,26 +266,35 @@ def objectives_of(batch: Batch) -> list[str]:
     return [ex.objective or DEFAULT_OBJECTIVE for ex in batch.examples]
 
 
-def reward_sums(outputs: Sequence[SourceOutput], prefix: str = "") -> dict[str, tuple[float, float]]:
+def reward_sums(outputs: Sequence[SourceOutput], prefix: str = "") -> dict[str, tuple[Any, float]]:
     """``(sum, count)`` of reward accuracy (pairs and labels together) and margins (pairs)
     per objective; ``sum / count`` is the metric, and sums merge across micro-steps and
-    processes."""
-    sums: dict[str, list[float]] = {}
+    processes. Sums are float64 tensors on the outputs' device (nothing is read back here);
+    counts are host floats."""
+    sums: dict[str, tuple[Any, float]] = {}
     for out in outputs:
-        names = objectives_of(out.batch)
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(objectives_of(out.batch)):
+            groups.setdefault(name, []).append(i)
         for kind, values in (("accuracy", out.correct), ("margins", out.margins)):
             if values is None:
                 continue
-            for name, value in zip(names, values.float().tolist()):
-                entry = sums.setdefault(f"{prefix}rewards/{kind}/{name}", [0.0, 0.0])
-                entry[0] += value
-                entry[1] += 1.0
-    return {k: (v[0], v[1]) for k, v in sorted(sums.items())}
+            values = values.detach().double()
+            for name, rows in groups.items():
+                part = values if len(groups) == 1 else values[torch.tensor(rows, device=values.device)]
+                key = f"{prefix}rewards/{kind}/{name}"
+                total, count = sums.get(key, (0.0, 0.0))
+                sums[key] = (total + part.sum(), count + float(len(rows)))
+    return dict(sorted(sums.items()))
 
 
 def reward_metrics(outputs: Sequence[SourceOutput], prefix: str = "") -> dict[str, float]:
     """Accuracy (pairs and labels together) and margins (pairs) per objective."""
-    return {k: s / c for k, (s, c) in reward_sums(outputs, prefix).items()}
+    from feedalign.trainers.logging import to_floats
+
+    sums = reward_sums(outputs, prefix)
+    totals = to_floats({k: s for k, (s, _) in sums.items()})
+    return {k: totals[k] / c for k, (_, c) in sums.items()}
 
 
 def _eval_source(runtime: Runtime, source: Source, batch_size: int) -> Tensor:

@@ -85,12 +85,18 @@ class MetricsAverager:
             self._sums[key] = self._sums.get(key, 0.0) + torch.where(finite_or_inf, value, 0.0)
             self._counts[key] = self._counts.get(key, 0.0) + finite_or_inf.double()
 
-    def add_sums(self, sums: Mapping[str, tuple[float, float]]) -> None:
-        """``{key: (sum, count)}``, e.g. a per-objective accuracy over ``count`` examples."""
+    def add_sums(self, sums: Mapping[str, tuple[Any, float]]) -> None:
+        """``{key: (sum, count)}``, e.g. a per-objective accuracy over ``count`` examples.
+        A sum may be a 0-d tensor (kept on its device; it must not be NaN)."""
         for key, (value, count) in sums.items():
             self._sums.setdefault(key, 0.0)
             self._counts.setdefault(key, 0.0)
-            if math.isnan(value):
+            if isinstance(value, torch.Tensor):
+                if value.device.type == "mps":
+                    value = float(value)
+                else:
+                    value = value.double()
+            if not isinstance(value, torch.Tensor) and math.isnan(value):
                 continue
             self._sums[key] += value
             self._counts[key] += count

@@ -168,10 +168,21 @@ def _micro_step(run: Run) -> tuple[torch.Tensor, list[SourceOutput]]:
     return total, outputs
 
 
-def _check_finite(run: Run, total: torch.Tensor, outputs: list[SourceOutput], micro: int) -> None:
-    flags = run.runtime.gather(torch.isfinite(total.detach()).float().reshape(1))
-    if bool(flags.min() > 0):
+FINITE_KEY = "_finite"  # 1 per micro-step whose total loss is finite; read with the metrics
+
+
+def _check_finite(run: Run, metrics: dict[str, float], steps: list[tuple[torch.Tensor, list[SourceOutput]]]) -> None:
+    """Stop if any micro-step of any process had a non-finite loss. ``metrics[FINITE_KEY]``
+    (the mean over micro-steps and processes of the finiteness flags) came back with the
+    step's other metrics, so a healthy step costs no extra host read; only a failing one
+    looks closer, and no optimizer step has been taken then."""
+    if metrics.pop(FINITE_KEY, 1.0) == 1.0:
         return
+    local = [bool(torch.isfinite(total)) for total, _ in steps]
+    first_bad = local.index(False) if False in local else None
+    flags = run.runtime.gather(torch.tensor([first_bad is None], dtype=torch.float32, device=run.accelerator.device))
+    micro = first_bad if first_bad is not None else 0
+    outputs = steps[micro][1]
     step = run.step + 1
     report: dict[str, Any] = {"step": step, "micro_step": micro, "sources": {}}
     for source, out in zip(run.sources, outputs):
@@ -185,7 +196,7 @@ def _check_finite(run: Run, total: torch.Tensor, outputs: list[SourceOutput], mi
             ],
         }
     path = run.out / NONFINITE_FILE
-    # The first process whose own micro-batch is non-finite writes it.
+    # The first process with a non-finite micro-batch writes it.
     if int((flags == 0).nonzero()[0]) == run.accelerator.process_index:
         report["process_index"] = run.accelerator.process_index
         path.write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -202,7 +213,8 @@ def _check_finite(run: Run, total: torch.Tensor, outputs: list[SourceOutput], mi
 
 
 def _add_step_metrics(averager: MetricsAverager, run: Run, outputs: list[SourceOutput], total: torch.Tensor) -> None:
-    metrics: dict[str, Any] = {"loss": total.detach()}
+    total = total.detach()
+    metrics: dict[str, Any] = {"loss": total, FINITE_KEY: torch.isfinite(total)}
     for source, out in zip(run.sources, outputs):
         metrics[f"loss/{source.name}"] = out.losses.detach().mean()
         for key, value in out.metrics.items():
@@ -212,25 +224,35 @@ def _add_step_metrics(averager: MetricsAverager, run: Run, outputs: list[SourceO
 
 
 def _optimizer_step(run: Run) -> dict[str, float]:
+    """One optimizer step. Nothing is read back to the host until every micro-step's
+    forward and backward and the gradient clipping are queued; then the metrics, the grad
+    norm and the finiteness flags come back in one transfer, and the optimizer steps only
+    if every loss was finite."""
     accelerator = run.accelerator
     policy = run.runtime.policy
     averager = MetricsAverager()
-    for micro in range(run.config.train.grad_accum):
+    steps = []
+    for _ in range(run.config.train.grad_accum):
         # accumulate(): DDP/FSDP skip the gradient all-reduce until the last micro-step, and
         # accelerator.backward divides the loss by grad_accum.
         with accelerator.accumulate(policy):
             total, outputs = _micro_step(run)
-            _check_finite(run, total, outputs, micro)
             accelerator.backward(total)
         _add_step_metrics(averager, run, outputs, total)
+        steps.append((total.detach(), outputs))
     max_norm = run.config.train.max_grad_norm
     grad_norm = accelerator.clip_grad_norm_(policy.parameters(), max_norm if max_norm is not None else math.inf)
+    if grad_norm is not None:
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+            grad_norm = grad_norm.full_tensor()
+        averager.add({"grad_norm": grad_norm if isinstance(grad_norm, torch.Tensor) else float(grad_norm)})
+    metrics = merge_sums(accelerator, averager.sums())
+    _check_finite(run, metrics, steps)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
-    metrics = merge_sums(accelerator, averager.sums())
-    metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
+    metrics.setdefault("grad_norm", math.nan)
     metrics["lr"] = float(run.scheduler.get_last_lr()[0])
     metrics["epoch"] = run.step / run.per_epoch
     return metrics

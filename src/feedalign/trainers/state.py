@@ -92,16 +92,19 @@ class KLReferencePoint(StateProvider):
 
 
 class RunningRewardShift(StateProvider):
-    """``delta``: count-weighted cumulative mean of beta*(logp_theta - logp_ref)."""
+    """``delta``: count-weighted cumulative mean of beta*(logp_theta - logp_ref). The mean
+    is a float64 tensor on the batch's device (updated without a host read each step; the
+    same IEEE double arithmetic as on the host)."""
 
     def __init__(self, beta: float) -> None:
         self.beta = float(beta)
-        self.mean = 0.0
+        self.mean: float | Tensor = 0.0
         self.count = 0
 
     def compute(self, ctx: StateContext) -> dict[str, Tensor]:
         device = ctx.policy_logps.device
-        return {"delta": torch.tensor(self.mean, dtype=torch.float32, device=device)}
+        mean = torch.as_tensor(self.mean, dtype=torch.float64, device=device)
+        return {"delta": mean.to(torch.float32)}
 
     def update(self, ctx: StateContext) -> None:
         log_ratio = ctx.policy_logps.detach()
@@ -109,12 +112,12 @@ class RunningRewardShift(StateProvider):
             log_ratio = log_ratio - ctx.reference_logps.detach()
         rewards = ctx.gather(self.beta * log_ratio.double())
         n = rewards.numel()
-        total = float(rewards.sum())
-        self.mean = (self.mean * self.count + total) / (self.count + n)
+        mean = torch.as_tensor(self.mean, dtype=torch.float64, device=rewards.device)
+        self.mean = (mean * self.count + rewards.sum()) / (self.count + n)
         self.count += n
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "count": self.count, "beta": self.beta}
+        return {"mean": float(self.mean), "count": self.count, "beta": self.beta}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.mean, self.count = float(state["mean"]), int(state["count"])
