@@ -78,10 +78,9 @@ def run_feedalign(
     reference: str = "copy",
     gradient_checkpointing: bool = False,
     extra: dict[str, Any] | None = None,
-    precompute: bool = False,
 ) -> RunResult:
-    """One feedalign run; wall time covers setup (tokenisation, reference, and with
-    ``precompute`` the reference pass of :func:`precompute_reference`) and training."""
+    """One feedalign run; wall time covers setup (tokenisation, reference model, and for a
+    cached reference the trainer's fill of the cache before training) and training."""
     from feedalign.trainers import TrainerCallback, train
 
     result = RunResult()
@@ -104,73 +103,10 @@ def run_feedalign(
         gradient_checkpointing=gradient_checkpointing,
         extra=extra,
     )
-    if precompute and reference != "cached":
-        raise ValueError("run_feedalign: precompute needs reference='cached'")
     records = records_for(loss, pairs)
     with PeakMemory(device) as memory:
         result.start(device)
-        if precompute:
-            precompute_reference(config, records, steps)
         train(config, records={"bench": records}, callbacks=[StepTimer()])
         result.stop(device)
     result.peak_mem_gib, result.mem_kind = memory.gib, memory.kind
     return result
-
-
-def precompute_reference(config: dict[str, Any], records: list[Any], steps: int) -> int:
-    """Fill the ``cached`` reference of ``config`` before training, with feedalign's public
-    pieces: the trainer's own sources and seeded sampler are replayed for ``steps`` optimizer
-    steps, so every row the run will ask for (including KTO's mismatched KL rows, which
-    depend on the batch) is a cache hit. Returns the number of cached entries.
-
-    The trainer computes cache misses lazily inside its steps (first epoch = a reference
-    forward per step); this pass is what an up-front precompute in the trainer would do.
-    """
-    from feedalign.config.checks import check_config
-    from feedalign.config.loader import config_from_dict
-    from feedalign.policies.hf import load_tokenizer
-    from feedalign.policies.reference import CachedReference
-    from feedalign.trainers.batching import collate_texts, move_to
-    from feedalign.trainers.setup import build_sources, load_policy, pad_id_of
-
-    cfg = config_from_dict(config)
-    checked = check_config(cfg, in_memory={"bench"})
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
-    device = torch.device("cpu" if cfg.train.cpu or not torch.cuda.is_available() else "cuda")
-    (source,) = build_sources(cfg, checked, tokenizer, {"bench": records}, rank=0, world=1)
-    frozen = _FrozenPolicy(load_policy(cfg).to(device), cfg.train.logps_chunk_size)
-    cache = CachedReference(frozen, cfg.reference.cache_dir)
-    pad_id = pad_id_of(tokenizer)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
-    with torch.no_grad(), autocast:
-        for _ in range(steps * cfg.train.grad_accum):
-            batch = source.next_batch(cfg.train.micro_batch_size, pad_id)
-            cache.logps(move_to(batch.tensors, device), batch.row_ids)
-            if "kl_ref" in source.spec.state:
-                rotated = batch.completions[1:] + batch.completions[:1]
-                ids = batch.row_ids
-                kl_ids = [f"{a}|kl|{b}" for a, b in zip(ids, ids[1:] + ids[:1])]
-                tensors = collate_texts(tokenizer, batch.prompts, rotated, source.max_length, pad_id)
-                cache.logps(move_to(tensors, device), kl_ids)
-    cache.flush()
-    return len(cache)
-
-
-class _FrozenPolicy:
-    """The freshly loaded policy as the reference that fills the cache, without the copy
-    ``make_reference`` would take (nothing trains in this pass). Its fingerprint equals the
-    trainer's reference copy's, so the trainer's cache lookups hit."""
-
-    def __init__(self, model: Any, chunk_size: int) -> None:
-        self.model, self.chunk_size = model.eval(), chunk_size
-
-    def logps(self, batch: dict[str, torch.Tensor], example_keys: Any = None) -> torch.Tensor:
-        from feedalign.policies.hf import batch_logps
-
-        with torch.no_grad():
-            return batch_logps(self.model, batch, chunk_size=self.chunk_size).float()
-
-    def fingerprint(self) -> str:
-        from feedalign.policies.reference import model_fingerprint
-
-        return model_fingerprint(self.model)

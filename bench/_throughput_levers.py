@@ -11,9 +11,9 @@ inside a step. Variants:
 * ``padded``         right-padded [2B, T] chosen+rejected batch (the trainer's layout);
 * ``packed-sdpa``    one padding-free row; transformers derives a block-diagonal mask from
                      the restarting position ids and SDPA runs over the whole row (S^2);
-* ``packed-varlen``  one padding-free row with a variable-length attention function
-                     (``torch.nn.attention.varlen.varlen_attn`` on CUDA, per-segment causal
-                     SDPA elsewhere): attention cost stays per sequence;
+* ``packed-varlen``  one padding-free row with ``feedalign_varlen`` attention
+                     (``feedalign.policies.varlen``: torch's flash variable-length kernel on
+                     CUDA, per-sequence causal SDPA elsewhere), what ``train.packing`` uses;
 * ``naive-logps``    padded, full [2B, T, V] logits then log_softmax (what chunking avoids);
 * ``mb16``           padded, 16 pairs per micro-batch (2 steps' worth of data per step);
 * ``+compile``       any of the above with the decoder under ``torch.compile(dynamic=True)``.
@@ -27,70 +27,13 @@ import torch
 
 from _throughput_workload import PeakMemory, RunResult, pair_texts
 
-VARLEN_ATTENTION = "feedalign_bench_varlen"
 LEVERS = ("padded", "packed-sdpa", "packed-varlen", "naive-logps", "mb16", "padded+compile", "packed-varlen+compile")
-_SEGMENTS: dict[tuple[int, int], tuple[torch.Tensor, list[int], int]] = {}
 
 
-def _segments(position_ids: torch.Tensor) -> tuple[torch.Tensor, list[int], int]:
-    """(cu_seqlens int32 on device, boundaries on host, longest) of a packed row, computed
-    once per position tensor (every layer sees the same one)."""
-    key = (position_ids.data_ptr(), position_ids.shape[-1])
-    if key not in _SEGMENTS:
-        _SEGMENTS.clear()
-        starts = (position_ids[0] == 0).nonzero().flatten().tolist() + [position_ids.shape[-1]]
-        lengths = [b - a for a, b in zip(starts[:-1], starts[1:])]
-        cu = torch.tensor(starts, dtype=torch.int32, device=position_ids.device)
-        _SEGMENTS[key] = (cu, starts, max(lengths))
-    return _SEGMENTS[key]
+def _register_varlen() -> str:
+    from feedalign.policies.varlen import register
 
-
-@torch.compiler.disable
-def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_ids=None, **kwargs):
-    """Causal attention within each packed sequence. query [1, H, S, D], key/value
-    [1, Hkv, S, D] -> [1, S, H, D] (the layout transformers' attention functions return)."""
-    if position_ids is None:
-        raise ValueError("varlen attention needs position_ids (a packed batch)")
-    cu, starts, longest = _segments(position_ids)
-    groups = query.shape[1] // key.shape[1]
-    varlen = _cuda_varlen() if query.is_cuda else None
-    if varlen is not None:
-        fn, params = varlen
-        gqa = groups > 1 and "enable_gqa" in params
-        if groups > 1 and not gqa:
-            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-        q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [S, H, D]
-        causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
-        extra = {"enable_gqa": True} if gqa else {}
-        out = fn(q, k, v, cu, cu, longest, longest, scale=scaling, **causal, **extra)
-        return out[None], None
-    key = key.repeat_interleave(groups, dim=1) if groups > 1 else key
-    value = value.repeat_interleave(groups, dim=1) if groups > 1 else value
-    pieces = [
-        torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True, scale=scaling
-        )
-        for a, b in zip(starts[:-1], starts[1:])
-    ]
-    return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
-
-
-def _cuda_varlen() -> tuple[Any, set[str]] | None:
-    """torch's flash-attention variable-length kernel and its keyword names (they changed
-    between releases: ``is_causal`` vs ``window_size``), or None where torch lacks it."""
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None
-    import inspect
-
-    return varlen_attn, set(inspect.signature(varlen_attn).parameters)
-
-
-def _register_varlen() -> None:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(VARLEN_ATTENTION, varlen_attention)
+    return register()
 
 
 def _tokenised(tokenizer: Any, pairs: list[dict[str, list[int]]]) -> list[tuple[dict, dict]]:
@@ -108,7 +51,7 @@ def _batch(rows: list[dict], layout: str, pad_id: int, device: torch.device) -> 
     from feedalign.data.collate import pack_examples, pad_batch
 
     tensors = pack_examples(rows) if layout == "packed" else pad_batch(rows, pad_id)
-    return {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
 
 
 def _logps(model: Any, batch: dict[str, torch.Tensor], naive: bool) -> torch.Tensor:
@@ -123,9 +66,7 @@ def _setup(lever: str, model_dir: str, dtype: torch.dtype, device: torch.device)
     from feedalign.policies.hf import load_causal_lm
 
     packed = lever.startswith("packed")
-    attn = VARLEN_ATTENTION if "varlen" in lever else "sdpa"
-    if "varlen" in lever:
-        _register_varlen()
+    attn = _register_varlen() if "varlen" in lever else "sdpa"
     model = load_causal_lm(model_dir, dtype=dtype, attn_implementation=attn).to(device)
     model.train()
     if lever.endswith("+compile"):

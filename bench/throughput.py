@@ -79,23 +79,32 @@ CONFIGS: tuple[BenchConfig, ...] = (
     ),
     BenchConfig(
         "feedalign", "dpo", "copy-ref", {"reference": "copy"}, True,
-        "trainer as shipped: frozen reference copy run every step, chunked fp32 log-probs over "
+        "trainer defaults: frozen reference copy run every step, chunked fp32 log-probs over "
         "completion rows only, chosen+rejected in one padded forward, no checkpointing",
     ),
     BenchConfig(
-        "feedalign", "dpo", "cached-ref", {"reference": "cached", "precompute": True}, False,
-        "reference log-probs precomputed into the on-disk cache before training (replaying the "
-        "trainer's sampler), all hits during training; otherwise as copy-ref",
+        "feedalign", "dpo", "cached-ref", {"reference": "cached"}, False,
+        "reference.strategy cached: the trainer fills the on-disk cache before training (every "
+        "row the run will ask for) and frees the copy; otherwise as copy-ref",
+    ),
+    BenchConfig(
+        "feedalign", "dpo", "packed", {"reference": "cached", "extra": {"packing": True}}, False,
+        "best config: cached reference + train.packing (all 16 rows of a step in one padding-free "
+        "row, per-sequence feedalign_varlen attention), no checkpointing",
     ),
     BenchConfig(
         "feedalign", "kto", "copy-ref", {"reference": "copy"}, True,
-        "trainer as shipped: reference copy every step, KL rows (policy no-grad + reference) "
+        "trainer defaults: reference copy every step, KL rows (policy no-grad + reference) "
         "every step, completion-only chunked log-probs, no checkpointing",
     ),
     BenchConfig(
-        "feedalign", "kto", "cached-ref", {"reference": "cached", "precompute": True}, False,
-        "reference log-probs (incl. KL rows) precomputed into the cache; KL policy forward "
-        "still every step",
+        "feedalign", "kto", "cached-ref", {"reference": "cached"}, False,
+        "reference log-probs (incl. KL rows) filled into the cache before training; KL policy "
+        "forward still every step",
+    ),
+    BenchConfig(
+        "feedalign", "kto", "packed", {"reference": "cached", "extra": {"packing": True}}, False,
+        "best config: cached reference + train.packing for the 16 rows (the KL rows stay padded)",
     ),
 )
 

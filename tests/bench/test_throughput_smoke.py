@@ -87,8 +87,8 @@ def test_tiny_end_to_end(tmp_path: Path) -> None:
     names = {(r["framework"], r["loss"], r["config"]) for r in report["rows"]}
     assert names == {
         ("trl", "dpo", "default"), ("trl", "dpo", "precomputed-ref"), ("trl", "kto", "default"),
-        ("feedalign", "dpo", "copy-ref"), ("feedalign", "dpo", "cached-ref"),
-        ("feedalign", "kto", "copy-ref"), ("feedalign", "kto", "cached-ref"),
+        ("feedalign", "dpo", "copy-ref"), ("feedalign", "dpo", "cached-ref"), ("feedalign", "dpo", "packed"),
+        ("feedalign", "kto", "copy-ref"), ("feedalign", "kto", "cached-ref"), ("feedalign", "kto", "packed"),
         ("lab", "dpo", "padded"), ("lab", "dpo", "packed-sdpa"), ("lab", "dpo", "packed-varlen"),
         ("lab", "dpo", "naive-logps"), ("lab", "dpo", "mb16"),
     }
@@ -108,33 +108,44 @@ def test_tiny_end_to_end(tmp_path: Path) -> None:
         assert target["met"] == (target["ratio"] >= target["target_ratio"] and memory_ok)
 
 
-def test_precomputed_cache_serves_every_reference_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The cached-ref configurations run no reference forward inside the training steps:
-    the precompute pass replays the trainer's sampler, so every lookup (KTO's rotated KL
-    rows included) is a hit."""
+def test_cached_reference_serves_every_lookup_during_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cached-ref and packed configurations run no reference forward inside the training
+    steps: the trainer fills the cache before training by replaying its own sampler, so
+    every lookup (KTO's rotated KL rows included) is a hit."""
     import torch
 
     import _throughput_feedalign as fa
+    import feedalign.trainers as trainers
     from feedalign.policies import reference
 
-    calls = []
+    calls: list[int] = []
     original = reference.CopyReference.logps
-    def counting(self, *args, **kwargs):
-        calls.append(1)
-        return original(self, *args, **kwargs)
+    monkeypatch.setattr(reference.CopyReference, "logps",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    seen: list[int] = []
 
-    monkeypatch.setattr(reference.CopyReference, "logps", counting)
+    class Count(trainers.TrainerCallback):
+        def on_step_end(self, step, metrics):
+            seen.append(len(calls))
+
+    real_train = trainers.train
+    monkeypatch.setattr(trainers, "train",
+                        lambda config, **kw: real_train(config, **{**kw, "callbacks": [*kw["callbacks"], Count()]}))
     shape = wl.SIZES["tiny"]
     model_dir, tokenizer_dir, _ = wl.save_workload_model(shape, str(tmp_path / "w"), dtype=torch.float32)
     pairs = wl.make_pairs(shape, 8 * 3, seed=0)
     for loss in ("dpo", "kto"):
-        result = fa.run_feedalign(
-            loss, model_dir=model_dir, tokenizer_dir=tokenizer_dir, pairs=pairs, steps=3,
-            device=torch.device("cpu"), dtype=torch.float32, output_dir=str(tmp_path / loss),
-            reference="cached", precompute=True,
-        )
-        assert len(result.step_ends) == 3
-        assert calls == [], f"{loss}: {len(calls)} reference forwards during training"
+        for packing in (False, True):
+            calls.clear()
+            seen.clear()
+            result = fa.run_feedalign(
+                loss, model_dir=model_dir, tokenizer_dir=tokenizer_dir, pairs=pairs, steps=3,
+                device=torch.device("cpu"), dtype=torch.float32, output_dir=str(tmp_path / f"{loss}{packing}"),
+                reference="cached", extra={"packing": packing},
+            )
+            assert len(result.step_ends) == 3
+            # the fill ran before step 1, and no reference forward ran after it
+            assert seen[0] > 0 and seen == [seen[0]] * 3, f"{loss} packing={packing}: {seen}"
 
 
 def test_packed_varlen_attention_matches_padded_batch(tmp_path: Path) -> None:
@@ -151,11 +162,10 @@ def test_packed_varlen_attention_matches_padded_batch(tmp_path: Path) -> None:
     data = lv._tokenised(tokenizer, wl.make_pairs(shape, 6, seed=2))
     rows = [c for c, _ in data] + [r for _, r in data]
     cpu = torch.device("cpu")
-    lv._register_varlen()
     with torch.no_grad():
         eager = load_causal_lm(model_dir, dtype=torch.float32, attn_implementation="eager")
         expected = lv._logps(eager, lv._batch(rows, "padded", 0, cpu), False)
-        varlen = load_causal_lm(model_dir, dtype=torch.float32, attn_implementation=lv.VARLEN_ATTENTION)
+        varlen = load_causal_lm(model_dir, dtype=torch.float32, attn_implementation=lv._register_varlen())
         got = lv._logps(varlen, lv._batch(rows, "packed", 0, cpu), False)
     assert got.shape == (len(rows),)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)

@@ -183,3 +183,41 @@ def test_steered_resume_equals_uninterrupted(env, tmp_path):
     assert_states_equal(final_state(tmp_path / "full"), final_state(tmp_path / "run"))
     saved = json.loads((tmp_path / "run" / "final" / "steering.json").read_text())
     assert saved["objectives"] == ["helpful", "concise"]
+
+
+def test_reference_scores_the_plain_prompt(env, tmp_path, monkeypatch):
+    """The reference policy never saw a steering prefix: it scores each completion after the
+    task prompt alone, while the policy sees prefix + prompt (ALGORITHMS.md §10's target is
+    pi_ref(y|x) exp(r_w / beta))."""
+    from feedalign.multiobjective.steering import load_spec
+    from feedalign.policies.reference import CopyReference, example_tokens
+
+    model_dir, pairs = env
+    seen = []
+    original = CopyReference.logps
+
+    def recording(ref, batch, example_keys=None):
+        seen.extend(ids for ids, _ in example_tokens(batch))
+        return original(ref, batch, example_keys)
+
+    monkeypatch.setattr(CopyReference, "logps", recording)
+    policy_rows = []
+    real_collate = forward_mod.collate
+
+    def recording_collate(examples, feedback, pad_id, **kwargs):
+        batch = real_collate(examples, feedback, pad_id, **kwargs)
+        policy_rows.extend(batch.tensors["input_ids"].tolist())
+        return batch
+
+    monkeypatch.setattr(forward_mod, "collate", recording_collate)
+    for packing in (False, True):
+        seen.clear()
+        out = tmp_path / f"out{packing}"
+        train(base_config(model_dir, out, [_source(pairs)], max_steps=2, packing=packing))
+        spec = load_spec(out / "final")
+        from feedalign.policies.hf import load_tokenizer
+
+        level_ids = set(load_tokenizer(str(out / "final")).convert_tokens_to_ids(spec.level_tokens()))
+        assert len(seen) == 2 * 2 * 4  # 2 steps x (4 chosen + 4 rejected rows)
+        assert not any(set(row) & level_ids for row in seen)
+        assert any(set(row) & level_ids for row in policy_rows)

@@ -36,9 +36,12 @@ class Example:
     where: str = ""
     tokens: dict[str, list[int]] | None = None
     rejected_tokens: dict[str, list[int]] | None = None
-    # Steerable runs: the example's weight vector [m] and its prompt before conditioning.
+    # Steerable runs: the example's weight vector [m], its prompt before conditioning, and
+    # the tokens of (plain prompt, completion / rejected) that the reference scores.
     steer_weights: tuple[float, ...] | None = None
     plain_prompt: str | None = None
+    reference_tokens: dict[str, list[int]] | None = None
+    reference_rejected_tokens: dict[str, list[int]] | None = None
 
 
 @dataclass
@@ -130,16 +133,22 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: Any, max_length: i
     score after truncation, ...) fails naming where it came from."""
     from feedalign.data.collate import tokenize_example
 
+    def encode(prompt: str, ex: Example) -> tuple[dict[str, list[int]], dict[str, list[int]] | None]:
+        tokens = tokenize_example(tokenizer, prompt, ex.completion, max_length, example_id=ex.id)
+        rejected = None
+        if ex.rejected is not None:
+            rejected = tokenize_example(tokenizer, prompt, ex.rejected, max_length, example_id=ex.id)
+        return tokens, rejected
+
     out = []
     for ex in examples:
         try:
-            tokens = tokenize_example(tokenizer, ex.prompt, ex.completion, max_length, example_id=ex.id)
-            rejected = None
-            if ex.rejected is not None:
-                rejected = tokenize_example(tokenizer, ex.prompt, ex.rejected, max_length, example_id=ex.id)
+            tokens, rejected = encode(ex.prompt, ex)
+            ref_tokens, ref_rejected = encode(ex.plain_prompt, ex) if ex.plain_prompt is not None else (None, None)
         except ValueError as exc:
             raise FeedbackDataError(ex.where or ex.id, str(exc)) from None
-        out.append(replace(ex, tokens=tokens, rejected_tokens=rejected))
+        out.append(replace(ex, tokens=tokens, rejected_tokens=rejected, reference_tokens=ref_tokens,
+                           reference_rejected_tokens=ref_rejected))
     return out
 
 
@@ -233,7 +242,19 @@ def collate(examples: Sequence[Example], feedback: str, pad_id: int, *, packing:
         extras["steer_weights"] = torch.tensor([ex.steer_weights for ex in examples], dtype=torch.float64)
         plain = [ex.plain_prompt for ex in examples]
         extras["plain_prompts"] = plain + plain if feedback == "pair" else plain
+    if examples and all(ex.reference_tokens is not None for ex in examples):
+        ref_rows = [ex.reference_tokens for ex in examples]
+        if feedback == "pair":
+            ref_rows += [ex.reference_rejected_tokens for ex in examples]
+        extras["reference_tensors"] = pack_examples(ref_rows) if packing else pad_batch(ref_rows, pad_id)
     return Batch(examples, tensors, row_ids, prompts, completions, lengths, labels, extras)
+
+
+def reference_tensors(batch: Batch) -> dict[str, Any]:
+    """What the reference scores for ``batch``: the rows themselves, or for a steered source
+    the same completions after the plain (unconditioned) prompts, since the reference
+    policy never saw a steering prefix."""
+    return batch.extras.get("reference_tensors", batch.tensors)
 
 
 def collate_texts(

@@ -25,6 +25,7 @@ from feedalign.trainers.batching import (
     collate_texts,
     concat_rows,
     move_to,
+    reference_tensors,
 )
 from feedalign.trainers.state import StateContext, StateProvider
 
@@ -211,20 +212,25 @@ def _logps(
     """Policy and reference log-probs of the batch's rows, and the ``kl`` input (None without
     ``kl_samples``): mean(logp_ref - logp_theta) over a micro-batch of reference samples,
     differentiable wrt the policy. The reference samples ride in the same forward as the
-    batch (one call of the wrapped policy per backward, as DDP/FSDP expect)."""
+    batch (one call of the wrapped policy per backward, as DDP/FSDP expect). A steered
+    source's reference scores the completions after the plain prompts
+    (``batching.reference_tensors``)."""
     device = runtime.accelerator.device
     tensors = move_to(batch.tensors, device)
+    ref_tensors = move_to(reference_tensors(batch), device) if "reference_tensors" in batch.extras else tensors
     row_ids = list(batch.row_ids)
     if source.kl_samples is None:
         policy = runtime.policy_logps(tensors)
-        reference = runtime.reference_logps(tensors, row_ids) if source.spec.needs_reference else None
+        reference = runtime.reference_logps(ref_tensors, row_ids) if source.spec.needs_reference else None
         return policy, reference, None
     rows = len(row_ids)
     kl_batch = source.kl_samples.next_batch(runtime.pad_id, training=training)
-    tensors = concat_rows(tensors, move_to(kl_batch.tensors, device), runtime.pad_id)
+    kl_tensors = move_to(kl_batch.tensors, device)
+    joined = concat_rows(tensors, kl_tensors, runtime.pad_id)
+    ref_joined = joined if ref_tensors is tensors else concat_rows(ref_tensors, kl_tensors, runtime.pad_id)
     row_ids += [f"kl_samples/{i}" for i in kl_batch.row_ids]
-    policy = runtime.policy_logps(tensors)
-    reference = runtime.reference_logps(tensors, row_ids)
+    policy = runtime.policy_logps(joined)
+    reference = runtime.reference_logps(ref_joined, row_ids)
     kl = (reference[rows:] - policy[rows:]).mean()
     return policy[:rows], reference[:rows], kl
 

@@ -13,7 +13,7 @@ from feedalign.config.errors import ConfigError
 from feedalign.config.loader import dump_config
 from feedalign.config.schema import Config
 from feedalign.trainers import checkpoint as ckpt
-from feedalign.trainers.batching import Batch, collate, collate_texts, concat_rows, move_to
+from feedalign.trainers.batching import Batch, collate, collate_texts, concat_rows, move_to, reference_tensors
 from feedalign.trainers.forward import Runtime, Source
 from feedalign.trainers.parallel import (
     LogpsModule,
@@ -203,7 +203,7 @@ def _reference_rows(run: Run) -> Iterator[tuple[dict[str, Any], list[str]]]:
 def _batch_rows(run: Run, source: Source, batch: Batch, training: bool) -> Iterator[tuple[dict[str, Any], list[str]]]:
     from feedalign.trainers.state import KLReferencePoint, StateContext
 
-    tensors, row_ids = batch.tensors, list(batch.row_ids)
+    tensors, row_ids = reference_tensors(batch), list(batch.row_ids)
     if source.kl_samples is not None:
         kl_batch = source.kl_samples.next_batch(run.runtime.pad_id, training=training)
         tensors = concat_rows(tensors, kl_batch.tensors, run.runtime.pad_id)
