@@ -67,14 +67,25 @@ def use_cpu(train: TrainConfig) -> bool:
     return train.cpu or (launched_processes() > 1 and not torch.cuda.is_available())
 
 
+def deepspeed_on_cpu() -> bool:
+    """A multi-process DeepSpeed launch on a machine without CUDA. accelerate enables
+    DeepSpeed only for a launch that is not on the CPU; DeepSpeed itself runs on CPU
+    processes (its CPU accelerator, collectives over gloo)."""
+    asked = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    return asked and launched_processes() > 1 and not torch.cuda.is_available()
+
+
 def make_accelerator(train: TrainConfig) -> Any:
     """The run's Accelerator. The launcher decides the distributed type (DDP, FSDP,
     DeepSpeed: ``accelerate launch --config_file ...``); the feedalign config decides the
     precision and gradient accumulation."""
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
+    on_cpu = deepspeed_on_cpu()
     accelerator = Accelerator(
-        cpu=use_cpu(train),
+        cpu=use_cpu(train) and not on_cpu,
+        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if on_cpu else None,
         mixed_precision=mixed_precision(train),
         gradient_accumulation_steps=train.grad_accum,
         # The schedule counts optimizer steps of the global batch; accelerate would otherwise
