@@ -27,6 +27,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -60,16 +61,26 @@ def _launch(root: Path, launch_config: Path, output_dir: Path, *extra: str) -> N
         # The same CPU path on a machine with GPUs.
         "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu",
     }
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(launch_config), "--num_processes", "2",
-        "--main_process_port", str(_free_port()), "-m", "feedalign",
-        "train", str(root / "cfg.yaml"), f"train.output_dir={output_dir}", *extra, "--quiet",
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    def run() -> subprocess.CompletedProcess:
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch",
+            "--config_file", str(launch_config), "--num_processes", "2",
+            "--main_process_port", str(_free_port()), "-m", "feedalign",
+            "train", str(root / "cfg.yaml"), f"train.output_dir={output_dir}", "train.overwrite_output_dir=true",
+            *extra, "--quiet",
+        ]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+
+    done = run()
+    if done.returncode != 0 and "SIGABRT" in done.stderr:
+        # A worker was once seen aborting (SIGABRT, no Python traceback) in one full-suite run
+        # on a busy 2-core machine and never in dozens of repeats alone: retry that case once,
+        # from scratch. Any other failure, or a second abort, fails the test.
+        warnings.warn("DeepSpeed CPU launch aborted (SIGABRT); retrying once", stacklevel=2)
+        done = run()
     # The launcher's summary ends stderr; the failing process's own error comes first.
     errors = [line for line in done.stderr.splitlines() if "Error" in line or line.startswith("error:")]
-    assert done.returncode == 0, "\n".join(errors[:20]) + "\n...\n" + done.stderr[-2000:]
+    assert done.returncode == 0, "\n".join(errors[:20]) + "\n...\n" + done.stderr[-6000:]
 
 
 @pytest.fixture(scope="module")
