@@ -65,24 +65,13 @@ def feedalign_config(
     }
 
 
-def run_feedalign(
-    loss: str,
-    *,
-    model_dir: str,
-    tokenizer_dir: str,
-    pairs: list[dict[str, list[int]]],
-    steps: int,
-    device: torch.device,
-    dtype: torch.dtype,
-    output_dir: str,
-    reference: str = "copy",
-    gradient_checkpointing: bool = False,
-    extra: dict[str, Any] | None = None,
-) -> RunResult:
-    """One feedalign run; wall time covers setup (tokenisation, reference model, and for a
-    cached reference the trainer's fill of the cache before training) and training."""
+def run_feedalign(loss: str, *, pairs: list[dict[str, list[int]]], **settings: Any) -> RunResult:
+    """One feedalign run (``settings``: the keyword arguments of :func:`feedalign_config`);
+    wall time covers setup (tokenisation, reference model, and for a cached reference the
+    trainer's fill of the cache before training) and training."""
     from feedalign.trainers import TrainerCallback, train
 
+    device = settings["device"]
     result = RunResult()
 
     class StepTimer(TrainerCallback):
@@ -91,18 +80,7 @@ def run_feedalign(
             if "loss" in metrics:
                 result.losses.append(float(metrics["loss"]))
 
-    config = feedalign_config(
-        loss,
-        model_dir=model_dir,
-        tokenizer_dir=tokenizer_dir,
-        steps=steps,
-        device=device,
-        dtype=dtype,
-        output_dir=output_dir,
-        reference=reference,
-        gradient_checkpointing=gradient_checkpointing,
-        extra=extra,
-    )
+    config = feedalign_config(loss, **settings)
     records = records_for(loss, pairs)
     with PeakMemory(device) as memory:
         result.start(device)
