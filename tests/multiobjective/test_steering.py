@@ -5,14 +5,13 @@ import pytest
 import torch
 
 from feedalign.losses import get_loss
+from feedalign.multiobjective.soups import SoupPolicy, soup_lora_adapters
 from feedalign.multiobjective.steering import (
-    SoupPolicy,
     SteeringSpec,
     load_spec,
     per_example_hparams,
     sample_weights,
     save_spec,
-    soup_lora_adapters,
 )
 
 SPEC = SteeringSpec(("helpful", "concise"), trained="helpful", grid=20, seed=3)

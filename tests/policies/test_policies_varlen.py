@@ -11,7 +11,7 @@ from feedalign.data.collate import pack_examples, pad_batch
 from feedalign.policies import varlen
 from feedalign.policies.hf import packed_sequence_logps, sequence_logps
 from feedalign.policies.tiny import build_tiny_causal_lm
-from feedalign.trainers.batching import concat_rows
+from feedalign.data.batching import concat_rows
 
 torch.set_num_threads(1)
 VOCAB = 40

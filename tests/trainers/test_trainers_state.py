@@ -7,7 +7,7 @@ import torch
 
 from feedalign.config import ConfigError, DataSourceConfig, MarginsConfig, TrainConfig
 from feedalign.losses import get_loss
-from feedalign.trainers.batching import Batch, Example
+from feedalign.data.batching import Batch, Example
 from feedalign.trainers.state import (
     KLReferencePoint,
     MarginRewards,

@@ -125,7 +125,7 @@ class _SweepPolicy:
             self._model = load_causal_lm(pol.path, dtype=pol.dtype).to(device)
             self.tokenizer = load_tokenizer(pol.tokenizer or pol.path)
         else:
-            from feedalign.multiobjective.steering import SoupPolicy
+            from feedalign.multiobjective.soups import SoupPolicy
 
             self.objectives = list(objectives or pol.adapters)
             self.soup = SoupPolicy(load_causal_lm(pol.base, dtype=pol.dtype).to(device), dict(pol.adapters), self.objectives)

@@ -11,10 +11,15 @@ produces cross terms ``B_i @ A_j`` and a different matrix. With peft, call
 ``merge_and_unload()`` on each model and interpolate the resulting full state dicts, or use
 :func:`interpolate_lora_deltas` per adapted matrix.
 
-torch only (no peft import).
+Adapters of peft models: :func:`soup_lora_adapters` merges every per-objective LoRA adapter
+into its own copy of the shared base (``W + scaling * B A``), then averages the merged weights
+with :func:`interpolate_state_dicts`; peft is imported only there.
 """
 
 from __future__ import annotations
+
+import copy
+import os
 
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,7 +28,13 @@ import torch
 
 from feedalign.multiobjective.weights import validate_weights
 
-__all__ = ["interpolate_state_dicts", "lora_delta", "interpolate_lora_deltas"]
+__all__ = [
+    "interpolate_state_dicts",
+    "lora_delta",
+    "interpolate_lora_deltas",
+    "soup_lora_adapters",
+    "SoupPolicy",
+]
 
 
 def interpolate_state_dicts(
@@ -132,3 +143,54 @@ def interpolate_lora_deltas(
             f"{[tuple(d.shape) for d in deltas]}"
         )
     return sum(coef * d for coef, d in zip(lam.tolist(), deltas))
+
+def _merged_state_dict(base: Any, adapter_dir: str) -> dict[str, torch.Tensor]:
+    from peft import PeftModel
+
+    merged = PeftModel.from_pretrained(copy.deepcopy(base), adapter_dir).merge_and_unload()
+    return {k: v.detach() for k, v in merged.state_dict().items()}
+
+
+def soup_lora_adapters(base: Any, adapter_dirs: Sequence[str | os.PathLike[str]], weights: Any) -> Any:
+    """``sum_i weights[i] * (W + Delta W_i)``: each adapter merged into a copy of ``base``,
+    then the merged weights averaged (never the LoRA factors). Streams: at most three full
+    state dicts exist at once. Returns a new model; ``base`` is left unchanged.
+
+    Args:
+        base: the shared base causal LM (the adapters' initialisation).
+        adapter_dirs: ``N`` saved peft LoRA adapters, one per objective.
+        weights: ``[N]`` on the simplex.
+    """
+    lam = validate_weights(weights, len(adapter_dirs), name="soup weights")
+    acc: dict[str, torch.Tensor] | None = None
+    total = 0.0
+    for coef, adapter in zip(lam.tolist(), adapter_dirs):
+        if coef == 0.0:
+            continue
+        merged = _merged_state_dict(base, os.fspath(adapter))
+        total += coef
+        if acc is None:
+            acc = merged
+        else:  # running weighted mean: acc_i = (S_{i-1} acc_{i-1} + c_i sd_i) / S_i
+            acc = interpolate_state_dicts([acc, merged], [1.0 - coef / total, coef / total])
+    model = copy.deepcopy(base)
+    model.load_state_dict(acc)
+    return model
+
+
+class SoupPolicy:
+    """A rewarded soup of per-objective LoRA adapters: ``model_for(w)`` builds the merged model
+    for a weight vector (adapters in objective order)."""
+
+    def __init__(self, base: Any, adapter_dirs: Mapping[str, str] | Sequence[str], objectives: Sequence[str] | None = None):
+        if isinstance(adapter_dirs, Mapping):
+            objectives = list(objectives or adapter_dirs)
+            missing = [o for o in objectives if o not in adapter_dirs]
+            if missing:
+                raise ValueError(f"SoupPolicy: no adapter for objectives {missing}")
+            adapter_dirs = [adapter_dirs[o] for o in objectives]
+        self.base, self.adapter_dirs = base, [os.fspath(a) for a in adapter_dirs]
+        self.objectives = list(objectives or [f"objective_{i}" for i in range(len(self.adapter_dirs))])
+
+    def model_for(self, w: Any) -> Any:
+        return soup_lora_adapters(self.base, self.adapter_dirs, w)

@@ -23,15 +23,11 @@ With ``trained`` set (MODPO's objective k, whose pairs are trained), weights kee
 request such as ``w = (0, 1)`` is served with the nearest trainable weight, ``(0.05, 0.95)``
 for ``grid = 20``; :meth:`SteeringSpec.snap` says which.
 
-Rewarded soups (ALGORITHMS 12.1): :func:`soup_lora_adapters` merges every per-objective LoRA
-adapter into its own copy of the shared base (``W + scaling * B A``), then averages the merged
-weights with :func:`feedalign.multiobjective.soups.interpolate_state_dicts`; the factors A, B
-are never averaged.
+Rewarded soups of per-objective adapters live in :mod:`feedalign.multiobjective.soups`.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -362,60 +358,3 @@ def generate_steered(model: Any, tokenizer: Any, spec: SteeringSpec, prompts: Se
     from feedalign.policies.hf import generate
 
     return generate(model, tokenizer, [spec.condition_prompt(p, w) for p in prompts], **kwargs)
-
-
-# --------------------------------------------------------------------------- soups
-
-
-def _merged_state_dict(base: Any, adapter_dir: str) -> dict[str, torch.Tensor]:
-    from peft import PeftModel
-
-    merged = PeftModel.from_pretrained(copy.deepcopy(base), adapter_dir).merge_and_unload()
-    return {k: v.detach() for k, v in merged.state_dict().items()}
-
-
-def soup_lora_adapters(base: Any, adapter_dirs: Sequence[str | os.PathLike[str]], weights: Any) -> Any:
-    """``sum_i weights[i] * (W + Delta W_i)``: each adapter merged into a copy of ``base``,
-    then the merged weights averaged (never the LoRA factors). Streams: at most three full
-    state dicts exist at once. Returns a new model; ``base`` is left unchanged.
-
-    Args:
-        base: the shared base causal LM (the adapters' initialisation).
-        adapter_dirs: ``N`` saved peft LoRA adapters, one per objective.
-        weights: ``[N]`` on the simplex.
-    """
-    from feedalign.multiobjective.soups import interpolate_state_dicts
-
-    lam = validate_weights(weights, len(adapter_dirs), name="soup weights")
-    acc: dict[str, torch.Tensor] | None = None
-    total = 0.0
-    for coef, adapter in zip(lam.tolist(), adapter_dirs):
-        if coef == 0.0:
-            continue
-        merged = _merged_state_dict(base, os.fspath(adapter))
-        total += coef
-        if acc is None:
-            acc = merged
-        else:  # running weighted mean: acc_i = (S_{i-1} acc_{i-1} + c_i sd_i) / S_i
-            acc = interpolate_state_dicts([acc, merged], [1.0 - coef / total, coef / total])
-    model = copy.deepcopy(base)
-    model.load_state_dict(acc)
-    return model
-
-
-class SoupPolicy:
-    """A rewarded soup of per-objective LoRA adapters: ``model_for(w)`` builds the merged model
-    for a weight vector (adapters in objective order)."""
-
-    def __init__(self, base: Any, adapter_dirs: Mapping[str, str] | Sequence[str], objectives: Sequence[str] | None = None):
-        if isinstance(adapter_dirs, Mapping):
-            objectives = list(objectives or adapter_dirs)
-            missing = [o for o in objectives if o not in adapter_dirs]
-            if missing:
-                raise ValueError(f"SoupPolicy: no adapter for objectives {missing}")
-            adapter_dirs = [adapter_dirs[o] for o in objectives]
-        self.base, self.adapter_dirs = base, [os.fspath(a) for a in adapter_dirs]
-        self.objectives = list(objectives or [f"objective_{i}" for i in range(len(self.adapter_dirs))])
-
-    def model_for(self, w: Any) -> Any:
-        return soup_lora_adapters(self.base, self.adapter_dirs, w)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from feedalign.trainers.batching import (
+from feedalign.data.batching import (
     Batch,
     EpochSampler,
     Example,

@@ -36,7 +36,7 @@ import torch
 
 from feedalign.config.errors import ConfigError
 from feedalign.data.records import LabeledRecord, PairRecord
-from feedalign.trainers.batching import EpochSampler
+from feedalign.data.batching import EpochSampler
 
 NORMALIZATIONS = ("train", "reference", "none")
 DEVICES = ("auto", "cpu", "cuda")

@@ -13,7 +13,7 @@ from feedalign.config.errors import ConfigError
 from feedalign.config.loader import dump_config
 from feedalign.config.schema import Config
 from feedalign.trainers import checkpoint as ckpt
-from feedalign.trainers.batching import Batch, collate, collate_texts, concat_rows, move_to, reference_tensors
+from feedalign.data.batching import Batch, collate, collate_texts, concat_rows, move_to, reference_tensors
 from feedalign.trainers.forward import Runtime, Source
 from feedalign.trainers.parallel import (
     LogpsModule,

@@ -18,7 +18,7 @@ from feedalign.config.errors import ConfigError
 from feedalign.config.schema import Config, TrainConfig
 from feedalign.data.errors import FeedbackDataError
 from feedalign.data.records import LabeledRecord, PairRecord, ScoredRecord
-from feedalign.trainers.batching import (
+from feedalign.data.batching import (
     EpochSampler,
     Example,
     examples_from_records,

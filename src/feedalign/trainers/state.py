@@ -33,7 +33,7 @@ from torch import Tensor
 
 from feedalign.config.errors import ConfigError
 from feedalign.config.schema import DataSourceConfig, MarginsConfig, TrainConfig
-from feedalign.trainers.batching import Batch
+from feedalign.data.batching import Batch
 
 
 @dataclass

@@ -7,7 +7,7 @@ import torch
 
 from feedalign.data.errors import FeedbackDataError
 from feedalign.data.records import LabeledRecord, PairRecord, ScoredRecord
-from feedalign.trainers.batching import (
+from feedalign.data.batching import (
     EpochSampler,
     Example,
     collate,
