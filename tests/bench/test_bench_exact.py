@@ -68,8 +68,20 @@ def test_non_recovering_methods_reported_against_their_own_targets(quick_rows):
     assert sft["target"] == "q+" and sft["tv_to_target"] <= 0.02
     kto = _row(quick_rows, "kto")
     assert kto["threshold_rule_fraction"] == 1.0 and kto["favoured_mass"] > kto["favoured_mass_ref"]
-    bco = _row(quick_rows, "bco (midpoint delta)")
-    assert bco["population_tv_to_target"] > 1e-3  # a bias, present without sampling noise
+
+
+def test_bco_row_trains_the_shipped_rule_and_meets_its_fixed_point(quick_rows):
+    from feedalign.losses import get_loss
+
+    shipped = get_loss("bco").hparams["delta_rule"]
+    bco = _row(quick_rows, f"bco ({shipped} delta, shipped default)")
+    assert bco["delta_rule"] == shipped and bco["target"].startswith("bco fixed point")
+    assert bco["passed"] and bco["tv_to_target"] <= 0.02
+    assert abs(bco["delta"] - bco["fixed_point_delta"]) < 0.05
+    # one global shift: the fixed point itself is biased away from pi*_w (no sampling noise in it)
+    assert bco["fixed_point_tv_to_pi_star"] > 0.02
+    cumulative = _row(quick_rows, "bco (cumulative delta)")
+    assert "passed" not in cumulative and cumulative["delta_rule"] == "cumulative"
 
 
 def test_fronts(quick_rows):

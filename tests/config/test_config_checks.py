@@ -71,7 +71,7 @@ def test_missing_data_file_and_in_memory_sources(files):
     [
         (["data.0.loss=dpoo"], "data.0.loss", "valid: ["),
         (["data.0.loss=bt_reward"], "data.0.loss", "reward-model loss"),
-        (["data.0.hparams.betta=1"], "data.0.hparams", "valid: ['beta']"),
+        (["data.0.hparams.betta=1"], "data.0.hparams.betta", "loss 'dpo': ['beta']"),
         (["reference.strategy=none"], "reference.strategy", "needs reference log-probs"),
         (["data.0.loss=kto", "data.0.pairing=discordant"], "data.0.pairing", "makes pairs"),
     ],

@@ -50,17 +50,28 @@ def test_modpo_per_example_weights_and_detached_margins():
         )
 
 
-def test_modpo_consistency_with_scalarised_optimum():
-    """Substituting pi*_w into MODPO's implicit reward gives r_k up to a constant (§10)."""
+def test_modpo_at_the_scalarised_optimum_is_the_bt_loss_of_the_trained_objective():
+    """With pi = pi*_w and exact margins, MODPO's logit is r_k(y_w) - r_k(y_l): its loss on every
+    pair is the Bradley-Terry NLL of objective k, so pi*_w is its population optimum (§10)."""
     g = torch.Generator().manual_seed(1)
     r = torch.randn(6, 2, generator=g, dtype=torch.float64)  # 6 responses, 2 objectives
     ref_logp = torch.log_softmax(torch.randn(6, generator=g, dtype=torch.float64), 0)
     w, beta = t(0.3, 0.7), 0.5
     star_logp = torch.log_softmax(ref_logp + (r @ w) / beta, 0)
-    k = 0
-    s = (beta * (star_logp - ref_logp) - w[1] * r[:, 1]) / w[k]
-    diffs = s - r[:, k]
-    assert torch.allclose(diffs, diffs[0].expand_as(diffs))
+    chosen, rejected = torch.triu_indices(6, 6, offset=1)
+    losses, _ = get_loss("modpo").fn(
+        star_logp[chosen], star_logp[rejected], ref_logp[chosen], ref_logp[rejected],
+        chosen_margins=r[chosen, 1:], rejected_margins=r[rejected, 1:], beta=beta,
+        weight=float(w[0]), margin_weights=(float(w[1]),),
+    )
+    bt = -torch.nn.functional.logsigmoid(r[chosen, 0] - r[rejected, 0])
+    assert torch.allclose(losses, bt, atol=1e-12)
+    # a wrong weight (w_k of the other objective) breaks it
+    wrong, _ = get_loss("modpo").fn(
+        star_logp[chosen], star_logp[rejected], ref_logp[chosen], ref_logp[rejected],
+        chosen_margins=r[chosen, 1:], rejected_margins=r[rejected, 1:], beta=beta, weight=0.7, margin_weights=(0.3,),
+    )
+    assert not torch.allclose(wrong, bt, atol=1e-3)
 
 
 def test_reward_losses_hand_worked():

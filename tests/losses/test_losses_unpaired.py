@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from feedalign.losses import get_loss
-from feedalign.losses.unpaired import pmpo_target, udm_weights
+from feedalign.losses.unpaired import bco_fixed_point, pmpo_target
 
 
 def t(*values):
@@ -48,21 +48,41 @@ def test_kto_class_weights_and_threshold_rule():
         assert math.copysign(1, rho.grad.sum().item()) == expected_grad_sign
 
 
-def test_bco_hand_worked_with_udm_weights():
+def test_bco_hand_worked_and_shift_is_detached():
     delta = t(0.2).requires_grad_()
-    losses, metrics = get_loss("bco").fn(
-        t(0.5, 0.5).requires_grad_(), t(0.0, 0.0), LABELS, delta=delta, beta=1.0, udm_weights=t(1.0, 2.0)
-    )
+    losses, metrics = get_loss("bco").fn(t(0.5, 0.5).requires_grad_(), t(0.0, 0.0), LABELS, delta=delta, beta=1.0)
     assert losses[0].item() == pytest.approx(-logsig(0.3))
-    assert losses[1].item() == pytest.approx(-2 * logsig(-0.3))
+    assert losses[1].item() == pytest.approx(-logsig(-0.3))
     losses.sum().backward()
     assert delta.grad is None
     assert metrics["rewards/accuracies"].item() == 0.5
 
 
-def test_udm_weights_density_ratio_and_clip():
-    w = udm_weights(t(0.8, 0.1, 0.99, 0.5))
-    assert w.tolist() == pytest.approx([4.0, 0.5, 10.0, 1.0])
+def test_bco_fixed_point_satisfies_its_closed_form_conditions():
+    """At the fixed point: delta is the midpoint of the class means of rhat, and the BCE
+    residual sigma(rhat - delta) - p is proportional to pi/pi_ref within each prompt (§8)."""
+    g = torch.Generator().manual_seed(3)
+    ref = torch.softmax(torch.randn(3, 5, generator=g, dtype=torch.float64), -1)
+    p = torch.sigmoid(torch.randn(3, 5, generator=g, dtype=torch.float64))
+    beta = 0.7
+    pi, delta = bco_fixed_point(ref, p, beta=beta)
+    ratio = pi / ref
+    rhat = beta * ratio.log()
+    mass = ref / 3
+    mid = ((mass * p * rhat).sum() / (mass * p).sum() + (mass * (1 - p) * rhat).sum() / (mass * (1 - p)).sum()) / 2
+    assert delta == pytest.approx(float(mid), abs=1e-8)
+    mu = (torch.sigmoid(rhat - delta) - p) / ratio
+    assert torch.allclose(mu, mu[:, :1].expand_as(mu), atol=1e-7)
+    # the population BCE gradient through bco_loss vanishes there (rows of both labels, weighted)
+    logits = torch.log(pi).clone().requires_grad_()
+    logp = torch.log_softmax(logits, -1).reshape(-1)
+    ref_logp = ref.log().reshape(-1)
+    both = torch.cat([logp, logp]), torch.cat([ref_logp, ref_logp])
+    labels = torch.cat([torch.ones(15, dtype=torch.bool), torch.zeros(15, dtype=torch.bool)])
+    weight = torch.cat([(mass * p).reshape(-1), (mass * (1 - p)).reshape(-1)])
+    losses, _ = get_loss("bco").fn(*both, labels, delta=torch.tensor(delta), beta=beta)
+    (losses * weight).sum().backward()
+    assert logits.grad.abs().max().item() < 1e-7
 
 
 def test_sft_sum_and_token_mean():
@@ -94,7 +114,7 @@ def test_pmpo_collapse_condition_is_reported():
         warnings.simplefilter("error")
         spec.resolve_hparams({"alpha": 0.0, "beta": 1.0})
         spec.resolve_hparams({"alpha": 1.0, "beta": 0.0})  # positive-only never collapses
-    with pytest.raises(ValueError, match="alpha"):
+    with pytest.raises(ValueError, match=r"alpha=1\.5 is invalid: expected a real number in \[0, 1\]"):
         spec.resolve_hparams({"alpha": 1.5})
 
 

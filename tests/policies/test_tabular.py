@@ -10,13 +10,11 @@ from feedalign.envs.exact import ExactEnv, tv_distance
 from feedalign.losses import get_loss
 from feedalign.policies.tabular import OffsetImplicitReward, SteerableTabularPolicy, TabularPolicy, TabularReward
 from feedalign.policies.tabular_fit import (
-    MidpointDelta,
     StepContext,
+    TabularStateContext,
     batch_objective,
     exact_kl,
-    exact_margins,
     fit_tabular,
-    rotated_kl_ref,
 )
 
 torch.set_num_threads(1)
@@ -82,7 +80,7 @@ def test_weighted_rows_equal_repeated_rows(env):
     grads = []
     for data in (raw, compressed):
         policy = TabularPolicy(4, 5, torch.randn(4, 5, generator=torch.Generator().manual_seed(1)))
-        loss, _ = batch_objective(spec, policy, data, reference=ref, hparams={"beta": 1.0}, state_fns={})
+        loss, _ = batch_objective(spec, policy, data, reference=ref, hparams={"beta": 1.0})
         loss.backward()
         grads.append((loss.detach(), policy.logits.grad.clone()))
     assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
@@ -102,13 +100,13 @@ def test_minibatch_adam_and_lbfgs_agree(env):
 
 def test_fit_errors_name_the_problem(env):
     policy, data = TabularPolicy(4, 5), fb.population_pairs(env, w=W)
-    with pytest.raises(ValueError, match="needs state"):
+    with pytest.raises(ValueError, match="needs margin rewards"):
         fit_tabular(policy, "modpo", data, reference=env.ref_logp.float(), steps=1)
     with pytest.raises(ValueError, match="needs a reference"):
         fit_tabular(policy, "dpo", data, steps=1)
     with pytest.raises(ValueError, match="optimizer"):
         fit_tabular(policy, "dpo", data, reference=env.ref_logp.float(), steps=1, optimizer="sgd")
-    with pytest.raises(ValueError, match="no hyperparameter"):
+    with pytest.raises(ValueError, match="gamma=1 is invalid"):
         fit_tabular(policy, "dpo", data, reference=env.ref_logp.float(), hparams={"gamma": 1}, steps=1)
 
 
@@ -125,39 +123,42 @@ def test_reward_models_through_registry(env):
     assert tv_distance(policy.probs().detach(), env.optimum(W)) < 1e-3
 
 
-def test_rotated_kl_ref_is_detached_mismatched_mean(env):
+def test_state_context_scores_mismatched_rows_by_index_and_weights_totals(env):
     policy = TabularPolicy(4, 5, torch.randn(4, 5))
     ref = env.ref_logp.float()
-    batch = {"prompt": torch.tensor([0, 1, 3]), "response": torch.tensor([2, 4, 1]), "label": torch.ones(3, dtype=torch.bool)}
-    out = rotated_kl_ref(StepContext(policy, batch, ref, 0))["kl_ref"]
+    batch = {"prompt": torch.tensor([0, 1, 3]), "response": torch.tensor([2, 4, 1]),
+             "label": torch.ones(3, dtype=torch.bool), "weight": torch.tensor([1.0, 2.0, 3.0])}
+    ctx = TabularStateContext(StepContext(policy, batch, ref, 0), "unpaired", torch.zeros(3), None,
+                              batch["label"], None)
+    logps, reference = ctx.score_mismatched([1, 2, 0])
     mismatched = torch.tensor([4, 1, 2])
-    expected = (policy.log_probs()[batch["prompt"], mismatched] - ref[batch["prompt"], mismatched]).mean()
-    assert torch.allclose(out, expected)
-    assert not out.requires_grad
+    assert torch.allclose(logps, policy.log_probs()[batch["prompt"], mismatched]) and not logps.requires_grad
+    assert torch.allclose(reference, ref[batch["prompt"], mismatched])
+    assert ctx.total(torch.tensor([1.0, 1.0, 1.0])).item() == 6.0
+    with pytest.raises(ValueError, match="margin rewards"):
+        ctx.margin_rewards()
 
 
-def test_midpoint_delta_and_exact_kl_and_margins(env):
+def test_exact_kl_and_margin_table(env):
     ref = env.ref_logp.float()
     policy = TabularPolicy(4, 5, torch.randn(4, 5))
     batch = {"prompt": torch.tensor([0, 0, 1, 2]), "response": torch.tensor([1, 2, 3, 4]),
              "label": torch.tensor([True, True, False, False])}
-    rhat = 2.0 * (policy.log_probs() - ref)[batch["prompt"], batch["response"]].detach()
-    delta = MidpointDelta(beta=2.0, momentum=0.5)
-    first = delta(StepContext(policy, batch, ref, 0))["delta"]
-    assert torch.allclose(first, (rhat[:2].mean() + rhat[2:].mean()) / 2)
-    with torch.no_grad():
-        policy.logits.add_(1.0 * torch.arange(5.0))
-    rhat2 = 2.0 * (policy.log_probs() - ref)[batch["prompt"], batch["response"]]
-    second = delta(StepContext(policy, batch, ref, 1))["delta"]
-    assert torch.allclose(second, 0.5 * first + 0.5 * (rhat2[:2].mean() + rhat2[2:].mean()) / 2)
-
-    kl = exact_kl(StepContext(policy, batch, ref, 0))["kl"]
+    kl = exact_kl(StepContext(policy, batch, ref, 0))
     per_prompt = (ref.exp() * (ref - policy.log_probs())).sum(-1)
     assert torch.allclose(kl, per_prompt[batch["prompt"]].mean())
     assert kl.requires_grad
 
-    provider = exact_margins(env.rewards[..., 1:])
     pairs = {"prompt": torch.tensor([1, 2]), "chosen": torch.tensor([0, 3]), "rejected": torch.tensor([4, 1])}
-    out = provider(StepContext(policy, pairs, ref, 0))
-    assert out["chosen_margins"].shape == (2, 1)
-    assert torch.allclose(out["chosen_margins"][:, 0], env.rewards[[1, 2], [0, 3], 1].float())
+    table = env.rewards[..., 1:].float()
+    ctx = TabularStateContext(StepContext(policy, pairs, ref, 0), "pair", torch.zeros(4), None, None, table)
+    rows = ctx.margin_rewards()
+    assert rows.shape == (4, 1)
+    assert torch.allclose(rows[:2, 0], env.rewards[[1, 2], [0, 3], 1].float())
+    assert torch.allclose(rows[2:, 0], env.rewards[[1, 2], [4, 1], 1].float())
+
+
+def test_stateful_losses_refuse_lbfgs(env):
+    with pytest.raises(ValueError, match="LBFGS"):
+        fit_tabular(TabularPolicy(4, 5), "bco", fb.population_thumbs(env, w=W), reference=env.ref_logp.float(),
+                    steps=1, optimizer="lbfgs")

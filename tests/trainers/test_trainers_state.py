@@ -1,4 +1,5 @@
-"""State providers: KTO reference point, BCO reward shift, MODPO margins."""
+"""The trainer's side of loss state: the batch services providers use, config checks, and
+providers built from a loss's declaration (no state or loss names in the trainer)."""
 
 from __future__ import annotations
 
@@ -6,88 +7,67 @@ import pytest
 import torch
 
 from feedalign.config import ConfigError, DataSourceConfig, MarginsConfig, TrainConfig
-from feedalign.losses import get_loss
 from feedalign.data.batching import Batch, Example
+from feedalign.losses import get_loss
+from feedalign.losses._state import MarginRewards, RewardShift
 from feedalign.trainers.state import (
-    KLReferencePoint,
-    MarginRewards,
-    RunningRewardShift,
-    StateContext,
+    TrainerStateContext,
     check_state,
+    make_margin_source,
     make_providers,
+    mismatched_rows,
+    state_inputs,
 )
 
 
-def _batch(prompts, completions, ids=None):
+def _batch(prompts, completions, ids=None, extras=None):
     ids = ids or [str(i) for i in range(len(prompts))]
     examples = [Example(i, p, c) for i, p, c in zip(ids, prompts, completions)]
-    return Batch(examples, {}, ids, list(prompts), list(completions), torch.ones(len(prompts)))
+    return Batch(examples, {}, ids, list(prompts), list(completions), torch.ones(len(prompts)), None, extras or {})
 
 
-def _ctx(batch, policy, reference=None, *, feedback="unpaired", score_texts=None, hparams=None):
-    return StateContext(
-        batch=batch,
-        feedback=feedback,
-        policy_logps=torch.as_tensor(policy, dtype=torch.float32),
-        reference_logps=None if reference is None else torch.as_tensor(reference, dtype=torch.float32),
-        hparams=hparams or {},
-        score_texts=score_texts,
-        gather=lambda t: t,
-        training=True,
-    )
-
-
-def test_kl_ref_scores_rotated_pairs_and_averages():
+def test_kto_state_scores_rotated_texts_with_stable_row_ids():
     calls = []
 
-    def score_texts(prompts, completions, ids):
+    def scorer(prompts, completions, ids):
         calls.append((list(prompts), list(completions), list(ids)))
-        policy = torch.tensor([-1.0, -2.0, -4.0])
-        reference = torch.tensor([-1.5, -1.0, -4.5])
-        return policy, reference
+        return torch.tensor([-1.0, -2.0, -4.0]), torch.tensor([-1.5, -1.0, -4.5])
 
-    batch = _batch(["x0", "x1", "x2"], ["y0", "y1", "y2"])
-    out = KLReferencePoint().compute(_ctx(batch, [0.0, 0.0, 0.0], score_texts=score_texts))
-    prompts, completions, ids = calls[0]
-    assert prompts == ["x0", "x1", "x2"] and completions == ["y1", "y2", "y0"]  # (x_i, y_{i+1})
-    assert len(set(ids)) == 3 and all("|kl|" in i for i in ids)
+    spec = get_loss("kto")
+    providers = spec.make_state(spec.resolve_hparams())
+    batch = _batch(["x0", "x1", "x2"], ["y0", "y1", "y2"], ids=["a", "b", "c"])
+    ctx = TrainerStateContext(batch, "unpaired", torch.zeros(3), torch.zeros(3), torch.ones(3, dtype=torch.bool),
+                              True, scorer=scorer)
+    out = state_inputs(providers, ctx)
+    assert calls == [(["x0", "x1", "x2"], ["y1", "y2", "y0"], ["a|kl|b", "b|kl|c", "c|kl|a"])]
     assert out["kl_ref"].item() == pytest.approx((0.5 - 1.0 + 0.5) / 3)
-    assert not out["kl_ref"].requires_grad
+    # the cache fill asks for exactly the rows the provider scores
+    assert mismatched_rows(providers, ctx) == [tuple(calls[0])]
 
 
-def test_kl_ref_needs_two_examples():
-    with pytest.raises(ValueError, match="at least 2"):
-        KLReferencePoint().compute(_ctx(_batch(["x"], ["y"]), [0.0], score_texts=lambda *a: None))
+def test_totals_are_summed_over_processes():
+    gathered = []
+
+    def gather(tensor):
+        gathered.append(tensor)
+        return torch.cat([tensor, tensor + 1.0])  # a second process with one more per row
+
+    ctx = TrainerStateContext(_batch(["x"], ["y"]), "unpaired", torch.zeros(1), None, None, True, gather=gather)
+    assert ctx.total(torch.tensor([1.0, 2.0])).item() == 3.0 + 4.0
 
 
-def test_reward_shift_is_the_count_weighted_cumulative_mean():
-    shift = RunningRewardShift(beta=0.5)
-    first = _ctx(_batch(["a", "b"], ["c", "d"]), [-1.0, -3.0], [-2.0, -2.0])
-    assert shift.compute(first)["delta"].item() == 0.0  # before any batch
-    shift.update(first)  # rewards 0.5*[1, -1] -> mean 0
-    second = _ctx(_batch(["a", "b", "c"], ["d", "e", "f"]), [0.0, 0.0, 0.0], [-1.0, -2.0, -3.0])
-    assert shift.compute(second)["delta"].item() == 0.0
-    shift.update(second)  # rewards [0.5, 1.0, 1.5]
-    expected = (0.5 + -0.5 + 0.5 + 1.0 + 1.5) / 5
-    assert shift.compute(second)["delta"].item() == pytest.approx(expected)
-    clone = RunningRewardShift(beta=0.5)
-    clone.load_state_dict(shift.state_dict())
-    assert (
-        clone.state_dict() == shift.state_dict() == {"mean": pytest.approx(expected), "count": 5, "beta": 0.5}
-    )
+def test_margin_rewards_score_the_plain_prompts_of_steered_batches():
+    seen = []
 
+    def source(prompts, completions):
+        seen.append(list(prompts))
+        return torch.zeros(len(prompts), 1)
 
-def test_margins_split_chosen_and_rejected_rows():
-    def margins(prompts, completions):
-        return torch.tensor([[float(len(c)), 1.0] for c in completions])
-
-    batch = _batch(["p", "q", "p", "q"], ["aaa", "b", "cc", "dddd"])
-    batch.examples = batch.examples[:2]  # 2 pairs -> 4 rows
-    out = MarginRewards(margins).compute(_ctx(batch, [0.0] * 4, feedback="pair"))
-    assert out["chosen_margins"].tolist() == [[3.0, 1.0], [1.0, 1.0]]
-    assert out["rejected_margins"].tolist() == [[2.0, 1.0], [4.0, 1.0]]
-    with pytest.raises(ValueError, match="expected one row"):
-        MarginRewards(lambda p, c: torch.zeros(3, 1)).compute(_ctx(batch, [0.0] * 4, feedback="pair"))
+    batch = _batch(["<w> p", "<w> p"], ["a", "b"], extras={"plain_prompts": ["p", "p"]})
+    batch.examples = batch.examples[:1]  # one pair, two rows
+    ctx = TrainerStateContext(batch, "pair", torch.zeros(2), torch.zeros(2), None, True, margin_source=source)
+    out = MarginRewards({}).compute(ctx)
+    assert seen == [["p", "p"]] and out["chosen_margins"].shape == (1, 1)
 
 
 def test_check_state_and_provider_construction():
@@ -99,13 +79,11 @@ def test_check_state_and_provider_construction():
     assert info.value.key == "data.3.margins"
     source = DataSourceConfig(loss="modpo", margins=MarginsConfig(target="trainer_fixtures:length_margins"))
     check_state(get_loss("modpo"), source, train, "data.0")
-    providers = make_providers(get_loss("modpo"), source, {"beta": 0.1})
-    assert isinstance(providers["margins"], MarginRewards)
+    assert make_margin_source(get_loss("modpo"), source) is not None
+    assert make_margin_source(get_loss("dpo"), DataSourceConfig(loss="dpo")) is None
     bad = DataSourceConfig(loss="modpo", margins=MarginsConfig(target="no_such_module_xyz:fn"))
     with pytest.raises(ConfigError) as info:
-        make_providers(get_loss("modpo"), bad, {"beta": 0.1}, prefix="data.1")
+        make_margin_source(get_loss("modpo"), bad, prefix="data.1")
     assert info.value.key == "data.1.margins"
-    assert isinstance(
-        make_providers(get_loss("bco"), DataSourceConfig(loss="bco"), {"beta": 0.1})["delta"],
-        RunningRewardShift,
-    )
+    shift = make_providers(get_loss("bco"), DataSourceConfig(loss="bco"), get_loss("bco").resolve_hparams())["delta"]
+    assert isinstance(shift, RewardShift) and shift.rule == "midpoint"

@@ -47,7 +47,8 @@ def _probe(
 
 if PROBE not in list_losses():
     modpo = get_loss("modpo")
-    register_loss(PROBE, feedback="pair", needs_reference=modpo.needs_reference, state=modpo.state)(_probe)
+    register_loss(PROBE, feedback="pair", needs_reference=modpo.needs_reference, state=modpo.state,
+                  validators={k: modpo.validators[k] for k in ("beta", "weight", "margin_weights")})(_probe)
 
 
 def recording_margins(prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:

@@ -29,8 +29,10 @@ from torch import Tensor
 
 from feedalign.envs import exact_feedback as fb
 from feedalign.envs.exact import DTYPE, ExactEnv, kl_divergence, tv_distance
+from feedalign.losses import get_loss
+from feedalign.losses.unpaired import bco_fixed_point
 from feedalign.policies.tabular import OffsetImplicitReward, TabularPolicy, TabularReward
-from feedalign.policies.tabular_fit import MidpointDelta, exact_kl, exact_margins, fit_tabular, rotated_kl_ref
+from feedalign.policies.tabular_fit import exact_kl, fit_tabular
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,7 @@ def rows_pairwise(ctx: BenchContext) -> list[dict[str, Any]]:
     others = [i for i in range(ctx.env.n_objectives) if i != k]
     data = ctx.objective_pairs(k, c.n_pairs)
     policy = ctx.new_policy()
-    ctx.fit(policy, "modpo", data, state_fns={"margins": exact_margins(ctx.env.rewards[..., others])},
+    ctx.fit(policy, "modpo", data, margin_rewards=ctx.env.rewards[..., others],
             hparams={"beta": beta, "weight": float(ctx.w[k]), "margin_weights": tuple(ctx.w[others].tolist())})
     rows.append(make_row(ctx, method="modpo", feedback=f"pairs BT(r_{k}) + exact margins r_-{k}", target="pi*_w",
                          probs=_probs(policy), target_probs=ctx.target, n_feedback=n_rows(data), bound=bound))
@@ -255,22 +257,13 @@ def rows_unpaired(ctx: BenchContext) -> list[dict[str, Any]]:
     rows = []
     kto_data = {k: v[: c.n_kto] for k, v in ctx.thumbs_raw.items()}
     policy = ctx.new_policy()
-    ctx.fit(policy, "kto", kto_data, hparams={"beta": beta}, state_fns={"kl_ref": rotated_kl_ref},
-            batch_size=c.kto_batch)
+    ctx.fit(policy, "kto", kto_data, hparams={"beta": beta}, batch_size=c.kto_batch)
     rows.append(make_row(ctx, method="kto", feedback="logistic thumbs", target="pi*_w", probs=_probs(policy),
                          target_probs=ctx.target, n_feedback=c.n_kto,
                          notes="no closed-form target; threshold rule checked instead (§7)",
                          **_kto_threshold_check(ctx, _probs(policy), 1.0, 1.0)))
 
-    policy = ctx.new_policy()
-    ctx.fit(policy, "bco", ctx.thumbs, hparams={"beta": beta}, state_fns={"delta": MidpointDelta(beta)})
-    population = ctx.new_policy()
-    ctx.fit(population, "bco", fb.population_thumbs(ctx.env, w=ctx.w), hparams={"beta": beta},
-            state_fns={"delta": MidpointDelta(beta)}, steps=3 * c.steps)
-    rows.append(make_row(ctx, method="bco (midpoint delta)", feedback="logistic thumbs", target="pi*_w",
-                         probs=_probs(policy), target_probs=ctx.target, n_feedback=n_rows(ctx.thumbs),
-                         population_tv_to_target=tv_distance(_probs(population), ctx.target),
-                         notes="one global midpoint delta: biased; size depends on the thresholds c(x) (§8)"))
+    rows.extend(rows_bco(ctx))
 
     policy = ctx.new_policy()
     model = OffsetImplicitReward(policy, ctx.reference, beta)
@@ -289,6 +282,32 @@ def rows_unpaired(ctx: BenchContext) -> list[dict[str, Any]]:
     return rows + rows_pmpo(ctx)
 
 
+def rows_bco(ctx: BenchContext) -> list[dict[str, Any]]:
+    """BCO with the shift rule the trainer ships (``delta_rule`` default, midpoint of the class
+    means) against its closed-form fixed point (:func:`bco_fixed_point`); the cumulative rule
+    (TRL's) has no fixed point of its own and is reported against the same point, unbounded."""
+    c, beta = ctx.config, ctx.config.beta
+    spec = get_loss("bco")
+    rule = spec.hparams["delta_rule"]
+    fixed, fixed_delta = bco_fixed_point(ctx.env.ref_probs, ctx.env.accept_probability(ctx.w), beta=beta)
+    rows = []
+    for delta_rule in (rule, "cumulative"):
+        policy = ctx.new_policy()
+        fit = ctx.fit(policy, "bco", ctx.thumbs, hparams={"beta": beta, "delta_rule": delta_rule})
+        shipped = delta_rule == rule
+        rows.append(make_row(
+            ctx, method=f"bco ({delta_rule} delta{', shipped default' if shipped else ''})",
+            feedback="logistic thumbs", target=f"bco fixed point ({rule} rule)", probs=_probs(policy),
+            target_probs=fixed, n_feedback=n_rows(ctx.thumbs), bound=c.tv_bound if shipped else None,
+            delta_rule=delta_rule, delta=fit.metrics.get("delta"), fixed_point_delta=fixed_delta,
+            tv_to_pi_star=tv_distance(_probs(policy), ctx.target),
+            fixed_point_tv_to_pi_star=tv_distance(fixed, ctx.target),
+            notes="one global delta: the fixed point is not pi*_w (§8)" if shipped else
+            "cumulative mean over the whole run: no fixed point of its own, depends on the path (§8)",
+        ))
+    return rows
+
+
 def _pmpo_row(ctx: BenchContext, data_kind: str, alpha: float, pmpo_beta: float, method: str) -> dict[str, Any]:
     c = ctx.config
     data = {"both": ctx.thumbs, "positive": fb.positive_only(ctx.thumbs), "negative": fb.negative_only(ctx.thumbs)}[
@@ -299,7 +318,7 @@ def _pmpo_row(ctx: BenchContext, data_kind: str, alpha: float, pmpo_beta: float,
     with warnings.catch_warnings():  # the collapse warning is the point of one row
         warnings.simplefilter("ignore")
         fit = ctx.fit(policy, "pmpo", data, hparams={"alpha": alpha, "beta": pmpo_beta},
-                      state_fns={"kl": exact_kl})
+                      inputs={"kl": exact_kl})
     probs = _probs(policy)
     min_prob = float(probs.min())
     half = fit.losses[len(fit.losses) // 2]

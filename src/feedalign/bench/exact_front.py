@@ -36,7 +36,6 @@ from feedalign.evaluation.pareto import hypervolume
 from feedalign.multiobjective.soups import interpolate_state_dicts
 from feedalign.multiobjective.weights import sample_simplex, simplex_grid
 from feedalign.policies.tabular import MLPTabularPolicy, SteerableTabularPolicy, TabularPolicy
-from feedalign.policies.tabular_fit import exact_margins
 
 
 def reference_point(ctx: BenchContext, exact_points: np.ndarray) -> np.ndarray:
@@ -93,7 +92,7 @@ def sweep_modpo(ctx: BenchContext, weights: np.ndarray, data: list[fb.Feedback])
         k = int(np.argmax(w))  # the objective whose pairs are trained (needs w_k > 0)
         others = [i for i in range(len(w)) if i != k]
         policy = ctx.new_policy()
-        ctx.fit(policy, "modpo", data[k], state_fns={"margins": exact_margins(ctx.env.rewards[..., others])},
+        ctx.fit(policy, "modpo", data[k], margin_rewards=ctx.env.rewards[..., others],
                 hparams={"beta": ctx.config.beta, "weight": float(w[k]), "margin_weights": tuple(w[others])})
         out.append(_probs(policy))
     return out

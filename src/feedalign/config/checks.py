@@ -138,9 +138,7 @@ def check_data_paths(source: DataSourceConfig, prefix: str) -> None:
 
 def takes_kl(spec: Any) -> bool:
     """Whether the loss takes an optional ``kl`` input (a KL(pi_ref || pi_theta) estimate)."""
-    import inspect
-
-    return "kl" in inspect.signature(spec.fn).parameters
+    return spec.takes("kl")
 
 
 def check_kl_samples(source: DataSourceConfig, spec: Any, prefix: str) -> None:
@@ -166,13 +164,10 @@ STEER_INPUTS = ("weight", "margin_weights")
 def check_steer(source: DataSourceConfig, spec: Any, hparams: dict[str, Any], seed: int, prefix: str) -> Any:
     """The SteeringSpec of a ``steer:`` source (None without one). Steering needs a pair loss
     whose signature takes the per-example ``weight`` and ``margin_weights`` (MODPO-style)."""
-    import inspect
-
     if source.steer is None:
         return None
     key = f"{prefix}.steer"
-    params = inspect.signature(spec.fn).parameters
-    if spec.feedback != "pair" or not all(name in params for name in STEER_INPUTS):
+    if spec.feedback != "pair" or not all(name in spec.fn_hparams for name in STEER_INPUTS):
         raise ConfigError(
             f"loss '{spec.name}' takes no per-example {' / '.join(STEER_INPUTS)} inputs, so a "
             "weight-conditioned (steerable) run cannot use it; use a loss such as modpo, or remove steer",
@@ -208,8 +203,19 @@ def check_loss(source: DataSourceConfig, prefix: str) -> tuple[Any, dict[str, An
             f"'{spec.feedback}' feedback",
             key=f"{prefix}.pairing",
         )
+    return spec, check_hparams(spec, source.hparams, f"{prefix}.hparams")
+
+
+def check_hparams(spec: Any, hparams: Any, key: str) -> dict[str, Any]:
+    """The loss's resolved hyperparameters; an unknown name or an invalid value (wrong type,
+    out of range, not finite) is a ConfigError on ``<key>.<name>`` naming the value and the
+    valid range."""
+    from feedalign.losses import HParamError
+
+    if hparams is not None and not isinstance(hparams, dict):
+        raise ConfigError(f"must be a mapping of hyperparameter names to values, got {hparams!r}", key=key)
     try:
-        hparams = spec.resolve_hparams(source.hparams)
-    except ValueError as exc:
-        raise ConfigError(str(exc), key=f"{prefix}.hparams") from None
-    return spec, hparams
+        return spec.resolve_hparams(hparams)
+    except HParamError as exc:
+        raise ConfigError(f"{exc.value!r} is invalid for loss '{spec.name}': expected {exc.expected}",
+                          key=f"{key}.{exc.name}") from None

@@ -20,6 +20,19 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return picked.sum() / mask.sum().to(values.dtype)
 
 
+def pair_verdict(chosen_rewards: Tensor, rejected_rewards: Tensor) -> tuple[Tensor, Tensor]:
+    """Per pair (correct = reward margin > 0, margin), detached."""
+    margins = (chosen_rewards - rejected_rewards).detach()
+    return margins > 0, margins
+
+
+def labeled_verdict(rewards: Tensor, labels: Tensor, threshold: Tensor | float = 0.0) -> tuple[Tensor, None]:
+    """Per example: correct iff (reward > threshold) agrees with the label."""
+    rewards = rewards.detach()
+    threshold = torch.as_tensor(threshold, dtype=rewards.dtype, device=rewards.device).detach()
+    return (rewards > threshold) == labels.bool(), None
+
+
 def pair_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, Tensor]:
     """Batch means of implicit rewards, margins and preference accuracy (all detached)."""
     chosen = chosen_rewards.detach()
@@ -29,7 +42,7 @@ def pair_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, 
         "rewards/chosen": chosen.mean(),
         "rewards/rejected": rejected.mean(),
         "rewards/margins": margins.mean(),
-        "rewards/accuracies": (margins > 0).float().mean(),
+        "rewards/accuracies": pair_verdict(chosen, rejected)[0].float().mean(),
     }
 
 
@@ -37,9 +50,8 @@ def labeled_metrics(rewards: Tensor, labels: Tensor, threshold: Tensor | float =
     """Mean implicit reward per class and accuracy of sign(reward - threshold) against labels."""
     rewards = rewards.detach()
     labels = labels.bool()
-    threshold = torch.as_tensor(threshold, dtype=rewards.dtype, device=rewards.device).detach()
     return {
         "rewards/desirable": masked_mean(rewards, labels),
         "rewards/undesirable": masked_mean(rewards, ~labels),
-        "rewards/accuracies": ((rewards > threshold) == labels).float().mean(),
+        "rewards/accuracies": labeled_verdict(rewards, labels, threshold)[0].float().mean(),
     }

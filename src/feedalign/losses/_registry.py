@@ -1,43 +1,60 @@
-"""The one loss registry.
+"""The one loss registry: what each loss consumes, declared where the loss is defined.
 
 A loss is a pure function: tensors and hyperparameters in, ``(per_example_loss, metrics)`` out.
-The caller (trainer, exact benchmark) reduces ``per_example_loss`` with a mean over examples,
-so a loss defines its batch objective as the mean of what it returns.
+The caller reduces ``per_example_loss`` with a mean over examples, so a loss defines its
+batch objective as the mean of what it returns. Callers do not call ``spec.fn`` themselves:
+:func:`feedalign.losses.call_loss` builds its inputs from the rows of a batch.
 
-Calling conventions, chosen by ``LossSpec.feedback``:
+A registration (``register_loss``) declares:
 
-``"pair"``       fn(policy_chosen_logps, policy_rejected_logps,
-                    reference_chosen_logps, reference_rejected_logps, *, <state>, <hparams>)
-``"unpaired"``   fn(policy_logps, reference_logps, labels, *, <state>, <hparams>)
-                 labels: bool tensor [B], True = desirable / thumbs up.
-``"sequence"``   fn(policy_logps, *, <state>, <hparams>)             (SFT on positives)
-``"reward_pair"``     fn(chosen_rewards, rejected_rewards, *, <hparams>)
-``"reward_unpaired"`` fn(rewards, labels, *, <hparams>)
+``feedback``   the batch layout and the positional inputs (``FEEDBACK_INPUTS``):
 
-All log-prob tensors are per-sequence sums over completion tokens, shape [B], fp32.
-For losses with ``needs_reference=False`` the reference arguments may be ``None``.
+  ``"pair"``             policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+                         reference_rejected_logps
+  ``"unpaired"``         policy_logps, reference_logps, labels (bool [B], True = desirable)
+  ``"sequence"``         policy_logps                                  (SFT on positives)
+  ``"reward_pair"``      chosen_rewards, rejected_rewards
+  ``"reward_unpaired"``  rewards, labels
 
-``state`` names the extra keyword inputs the caller must compute and pass in (the trainer
-maps each state name to a provider, never to a loss name):
-  * ``kl_ref``   scalar: mean of (policy - reference) log-ratio on mismatched (x, y') pairs
-                 (KTO reference point; the loss detaches and clamps it at 0).
-  * ``delta``    scalar: running mean of implicit rewards beta*(policy - reference) (BCO).
-  * ``margins``  ``chosen_margins`` and ``rejected_margins``, [B, m-1] margin rewards of the
-                 other objectives (MODPO).
-Optional inputs (documented per loss, default ``None``) are not listed in ``state``; the
-trainer passes them when the loss's signature names them: ``lengths`` / ``chosen_lengths`` /
-``rejected_lengths`` (completion token counts [B]), ``udm_weights`` [B] (BCO), ``kl`` (PMPO).
+  All log-prob tensors are per-sequence sums over completion tokens, shape [B], fp32; with
+  ``needs_reference=False`` the reference arguments may be ``None``.
+``optional``   keyword inputs a caller supplies when it can (default ``None`` in the
+               signature): ``lengths`` / ``chosen_lengths`` / ``rejected_lengths``
+               (completion token counts [B]) and ``kl`` (a KL(pi_ref || pi_theta) estimate).
+``state``      state name -> :class:`~feedalign.losses._state.StateProvider` subclass; the
+               provider supplies the keyword inputs listed in its ``outputs``.
+``validators`` hyperparameter name -> validator (:mod:`feedalign.losses._hparams`); every
+               hyperparameter needs one. Hyperparameters are the keyword-only arguments with
+               a non-None default, plus the providers' own.
+``check``      an optional cross-parameter check: returns warnings, raises HParamError.
+``accuracy``   ``fn(inputs) -> (correct [B] bool, margins [B] or None)``: the loss's reward
+               accuracy on a batch, computed from the same inputs as the loss (None: the loss
+               has no notion of a correct verdict, e.g. SFT).
 """
 
 from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
-FEEDBACK_KINDS = ("pair", "unpaired", "sequence", "reward_pair", "reward_unpaired")
+from feedalign.losses._hparams import HParamError, Validator
+from feedalign.losses._state import StateProvider
+
+FEEDBACK_INPUTS: dict[str, tuple[str, ...]] = {
+    "pair": ("policy_chosen_logps", "policy_rejected_logps", "reference_chosen_logps", "reference_rejected_logps"),
+    "unpaired": ("policy_logps", "reference_logps", "labels"),
+    "sequence": ("policy_logps",),
+    "reward_pair": ("chosen_rewards", "rejected_rewards"),
+    "reward_unpaired": ("rewards", "labels"),
+}
+FEEDBACK_KINDS = tuple(FEEDBACK_INPUTS)
+OPTIONAL_INPUTS = ("lengths", "chosen_lengths", "rejected_lengths", "kl")
+
+Verdict = Callable[[Mapping[str, Any]], tuple[Any, Any]]
 
 
 @dataclass(frozen=True)
@@ -46,24 +63,55 @@ class LossSpec:
     fn: Callable[..., Any]
     feedback: str
     needs_reference: bool
-    state: tuple[str, ...] = ()
-    hparams: dict[str, Any] = field(default_factory=dict)
+    optional: tuple[str, ...] = ()
+    state: Mapping[str, type[StateProvider]] = field(default_factory=dict)
+    hparams: Mapping[str, Any] = field(default_factory=dict)  # defaults
+    validators: Mapping[str, Validator] = field(default_factory=dict)
     check: Callable[[dict[str, Any]], list[str]] | None = None
+    accuracy: Verdict | None = None
 
-    def resolve_hparams(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Defaults updated by ``overrides``; unknown names fail with the valid list, and the
-        loss's own check (e.g. PMPO's collapse condition) runs on the result."""
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The positional inputs of the loss (from its feedback kind)."""
+        return FEEDBACK_INPUTS[self.feedback]
+
+    @property
+    def fn_hparams(self) -> tuple[str, ...]:
+        """The hyperparameters the loss function itself takes (the others are its state's)."""
+        params = inspect.signature(self.fn).parameters
+        return tuple(name for name in self.hparams if name in params)
+
+    @property
+    def min_batch_size(self) -> int:
+        """The smallest batch the loss's state can work with."""
+        return max((p.min_batch_size for p in self.state.values()), default=1)
+
+    @property
+    def needs_margin_source(self) -> bool:
+        return any(p.needs_margin_source for p in self.state.values())
+
+    def takes(self, name: str) -> bool:
+        """Whether the loss takes the optional input ``name``."""
+        return name in self.optional
+
+    def resolve_hparams(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults updated by ``overrides``, each value validated. Unknown names and invalid
+        values raise :class:`HParamError` (a ValueError) naming the hyperparameter; the
+        loss's own ``check`` (e.g. PMPO's collapse condition) runs on the result."""
         overrides = dict(overrides or {})
-        unknown = sorted(set(overrides) - set(self.hparams))
-        if unknown:
-            raise ValueError(
-                f"loss '{self.name}' has no hyperparameter {unknown}; valid: {sorted(self.hparams)}"
-            )
+        for name in overrides:
+            if name not in self.hparams:
+                raise HParamError(name, overrides[name], f"a hyperparameter of loss '{self.name}': {sorted(self.hparams)}")
         resolved = {**self.hparams, **overrides}
+        resolved = {name: self.validators[name](name, value) for name, value in resolved.items()}
         if self.check is not None:
             for message in self.check(resolved):
                 warnings.warn(f"loss '{self.name}': {message}", stacklevel=2)
         return resolved
+
+    def make_state(self, hparams: Mapping[str, Any]) -> dict[str, StateProvider]:
+        """One fresh provider per state name."""
+        return {name: provider(hparams) for name, provider in self.state.items()}
 
     @property
     def summary(self) -> str:
@@ -74,16 +122,37 @@ class LossSpec:
 _REGISTRY: dict[str, LossSpec] = {}
 
 
-def _keyword_defaults(fn: Callable[..., Any], state: tuple[str, ...]) -> dict[str, Any]:
+def _signature_hparams(fn: Callable[..., Any], excluded: set[str]) -> dict[str, Any]:
     params = inspect.signature(fn).parameters.values()
     return {
         p.name: p.default
         for p in params
         if p.kind is inspect.Parameter.KEYWORD_ONLY
         and p.default is not inspect.Parameter.empty
-        and p.name not in state
+        and p.name not in excluded
         and p.default is not None
     }
+
+
+def _check_signature(name: str, fn: Callable[..., Any], feedback: str, optional: tuple[str, ...],
+                     state: Mapping[str, type[StateProvider]]) -> None:
+    params = inspect.signature(fn).parameters
+    positional = [p.name for p in params.values() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    if tuple(positional) != FEEDBACK_INPUTS[feedback]:
+        raise ValueError(f"loss '{name}': positional inputs {positional}; '{feedback}' feedback needs "
+                         f"{list(FEEDBACK_INPUTS[feedback])}")
+    for opt in optional:
+        if opt not in OPTIONAL_INPUTS:
+            raise ValueError(f"loss '{name}': unknown optional input {opt!r}; known: {list(OPTIONAL_INPUTS)}")
+        if opt not in params or params[opt].default is not None:
+            raise ValueError(f"loss '{name}': optional input {opt!r} must be a parameter defaulting to None")
+    for state_name, provider in state.items():
+        missing = [out for out in provider.outputs if out not in params]
+        if missing:
+            raise ValueError(f"loss '{name}': state '{state_name}' supplies {missing}, which it does not take")
+        unknown = [use for use in provider.uses if use not in params]
+        if unknown:
+            raise ValueError(f"loss '{name}': state '{state_name}' reads hyperparameters {unknown} it lacks")
 
 
 def register_loss(
@@ -91,29 +160,59 @@ def register_loss(
     *,
     feedback: str,
     needs_reference: bool,
-    state: tuple[str, ...] = (),
+    optional: tuple[str, ...] = (),
+    state: Mapping[str, type[StateProvider]] | None = None,
+    validators: Mapping[str, Validator] | None = None,
     check: Callable[[dict[str, Any]], list[str]] | None = None,
+    accuracy: Verdict | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register ``fn`` under ``name``. Hyperparameters are its keyword-only arguments with a
-    non-None default."""
+    """Register ``fn`` under ``name``; the declaration is checked against its signature."""
     if feedback not in FEEDBACK_KINDS:
         raise ValueError(f"feedback must be one of {FEEDBACK_KINDS}, got {feedback!r}")
+    state = dict(state or {})
+    validators = dict(validators or {})
 
     def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"loss '{name}' is already registered")
+        _check_signature(name, fn, feedback, optional, state)
+        outputs = {out for provider in state.values() for out in provider.outputs}
+        hparams = _signature_hparams(fn, outputs | set(optional))
+        all_validators = dict(validators)
+        for provider in state.values():
+            for hp_name, (default, validator) in provider.hparams.items():
+                hparams[hp_name] = default
+                all_validators[hp_name] = validator
+        missing = sorted(set(hparams) - set(all_validators))
+        stray = sorted(set(all_validators) - set(hparams))
+        if missing or stray:
+            raise ValueError(f"loss '{name}': hyperparameters without a validator {missing}, "
+                             f"validators of no hyperparameter {stray}")
         _REGISTRY[name] = LossSpec(
-            name=name,
-            fn=fn,
-            feedback=feedback,
-            needs_reference=needs_reference,
-            state=state,
-            hparams=_keyword_defaults(fn, state),
-            check=check,
+            name=name, fn=fn, feedback=feedback, needs_reference=needs_reference, optional=tuple(optional),
+            state=MappingProxyType(state), hparams=MappingProxyType(hparams),
+            validators=MappingProxyType(all_validators), check=check, accuracy=accuracy,
         )
         return fn
 
     return decorator
+
+
+# The loss ``feedalign rm train`` uses for each kind of reward-model feedback.
+DEFAULT_REWARD_LOSSES = {"reward_pair": "bt_reward", "reward_unpaired": "bce_reward"}
+
+
+def default_reward_loss(feedback: str) -> LossSpec:
+    """The registered loss that trains reward models on ``feedback`` (``reward_pair`` or
+    ``reward_unpaired``)."""
+    if feedback not in DEFAULT_REWARD_LOSSES:
+        raise ValueError(f"no reward-model loss for feedback {feedback!r}; valid: {sorted(DEFAULT_REWARD_LOSSES)}")
+    return get_loss(DEFAULT_REWARD_LOSSES[feedback])
+
+
+def unregister_loss(name: str) -> None:
+    """Remove a loss registered under ``name`` (for losses defined in tests)."""
+    _REGISTRY.pop(name, None)
 
 
 def get_loss(name: str) -> LossSpec:

@@ -8,15 +8,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from feedalign.losses import _hparams as hp
 from feedalign.losses._common import log_ratio, pair_metrics
 from feedalign.losses._registry import register_loss
+from feedalign.losses._state import MarginRewards
+from feedalign.losses.pairwise import implicit_reward_verdict
 
 
 def _as_weights(value: float | Sequence[float] | Tensor, like: Tensor) -> Tensor:
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
-@register_loss("modpo", feedback="pair", needs_reference=True, state=("margins",))
+@register_loss(
+    "modpo", feedback="pair", needs_reference=True, state={"margins": MarginRewards},
+    validators={"beta": hp.positive, "weight": hp.real(0.0, 1.0, lo_open=True),
+                "margin_weights": hp.real_vector(hp.nonnegative), "scale_by_weight": hp.flag},
+    accuracy=implicit_reward_verdict,
+)
 def modpo_loss(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,

@@ -7,12 +7,14 @@ D(y|x) = logp_theta(y|x) - logp_ref(y|x),  h = D(y_w|x) - D(y_l|x).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from feedalign.losses._common import log_ratio, pair_metrics
+from feedalign.losses import _hparams as hp
+from feedalign.losses._common import log_ratio, pair_metrics, pair_verdict
 from feedalign.losses._registry import register_loss
 
 
@@ -22,7 +24,24 @@ def _implicit_rewards(pc, pr, rc, rr, beta):
     return chosen, rejected
 
 
-@register_loss("dpo", feedback="pair", needs_reference=True)
+def implicit_reward_verdict(inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+    """Reward accuracy of a pair loss with implicit reward beta*D: correct iff
+    beta*(D(y_w) - D(y_l)) > 0; the margin is that difference."""
+    return pair_verdict(*_implicit_rewards(
+        inputs["policy_chosen_logps"], inputs["policy_rejected_logps"],
+        inputs["reference_chosen_logps"], inputs["reference_rejected_logps"], inputs["beta"],
+    ))
+
+
+def _ipo_verdict(inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+    d_chosen, d_rejected = _ipo_log_ratios(**inputs)
+    return pair_verdict(inputs["beta"] * d_chosen, inputs["beta"] * d_rejected)
+
+
+BETA = {"beta": hp.positive}
+
+
+@register_loss("dpo", feedback="pair", needs_reference=True, validators=BETA, accuracy=implicit_reward_verdict)
 def dpo_loss(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
@@ -52,7 +71,20 @@ def dpo_loss(
     return losses, pair_metrics(chosen, rejected)
 
 
-@register_loss("ipo", feedback="pair", needs_reference=True)
+def _ipo_log_ratios(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                    *, length_normalize=False, chosen_lengths=None, rejected_lengths=None, **_):
+    d_chosen = log_ratio(policy_chosen_logps, reference_chosen_logps)
+    d_rejected = log_ratio(policy_rejected_logps, reference_rejected_logps)
+    if length_normalize:
+        if chosen_lengths is None or rejected_lengths is None:
+            raise ValueError("ipo with length_normalize=True needs chosen_lengths and rejected_lengths")
+        d_chosen = d_chosen / chosen_lengths.clamp(min=1)
+        d_rejected = d_rejected / rejected_lengths.clamp(min=1)
+    return d_chosen, d_rejected
+
+
+@register_loss("ipo", feedback="pair", needs_reference=True, optional=("chosen_lengths", "rejected_lengths"),
+               validators={**BETA, "length_normalize": hp.flag}, accuracy=_ipo_verdict)
 def ipo_loss(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
@@ -74,26 +106,19 @@ def ipo_loss(
     reference code); ``length_normalize=True`` divides each log-ratio by its completion token
     count first (requires ``chosen_lengths`` and ``rejected_lengths``, shape [B]).
     """
-    d_chosen = log_ratio(policy_chosen_logps, reference_chosen_logps)
-    d_rejected = log_ratio(policy_rejected_logps, reference_rejected_logps)
-    if length_normalize:
-        if chosen_lengths is None or rejected_lengths is None:
-            raise ValueError("ipo with length_normalize=True needs chosen_lengths and rejected_lengths")
-        d_chosen = d_chosen / chosen_lengths.clamp(min=1)
-        d_rejected = d_rejected / rejected_lengths.clamp(min=1)
+    d_chosen, d_rejected = _ipo_log_ratios(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+        length_normalize=length_normalize, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths,
+    )
     h = d_chosen - d_rejected
     losses = (h - 1.0 / (2.0 * beta)) ** 2
     return losses, pair_metrics(beta * d_chosen, beta * d_rejected)
 
 
-def _check_flip_rate(hparams: dict[str, Any]) -> list[str]:
-    eps = hparams["epsilon"]
-    if not 0.0 <= eps < 0.5:
-        raise ValueError(f"epsilon (label flip rate) must be in [0, 0.5), got {eps}")
-    return []
+NOISY = {**BETA, "epsilon": hp.flip_rate}  # epsilon: the label flip rate
 
 
-@register_loss("cdpo", feedback="pair", needs_reference=True, check=_check_flip_rate)
+@register_loss("cdpo", feedback="pair", needs_reference=True, validators=NOISY, accuracy=implicit_reward_verdict)
 def cdpo_loss(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
@@ -117,7 +142,7 @@ def cdpo_loss(
     return losses, pair_metrics(chosen, rejected)
 
 
-@register_loss("rdpo", feedback="pair", needs_reference=True, check=_check_flip_rate)
+@register_loss("rdpo", feedback="pair", needs_reference=True, validators=NOISY, accuracy=implicit_reward_verdict)
 def rdpo_loss(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,

@@ -5,11 +5,26 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from feedalign.losses._common import labeled_metrics, pair_metrics
+from collections.abc import Mapping
+from typing import Any
+
+from feedalign.losses import _hparams as hp
+from feedalign.losses._common import labeled_metrics, labeled_verdict, pair_metrics, pair_verdict
 from feedalign.losses._registry import register_loss
 
 
-@register_loss("bt_reward", feedback="reward_pair", needs_reference=False)
+def _reward_pair_verdict(inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+    """Correct iff r(chosen) > r(rejected)."""
+    return pair_verdict(inputs["chosen_rewards"], inputs["rejected_rewards"])
+
+
+def _reward_label_verdict(inputs: Mapping[str, Any]) -> tuple[Tensor, None]:
+    """Correct iff sign(r) agrees with the thumb."""
+    return labeled_verdict(inputs["rewards"], inputs["labels"])
+
+
+@register_loss("bt_reward", feedback="reward_pair", needs_reference=False, accuracy=_reward_pair_verdict,
+               validators={"margin": hp.finite, "center_coef": hp.nonnegative})
 def bt_reward_loss(
     chosen_rewards: Tensor,
     rejected_rewards: Tensor,
@@ -29,7 +44,8 @@ def bt_reward_loss(
     return losses, pair_metrics(chosen_rewards, rejected_rewards)
 
 
-@register_loss("bce_reward", feedback="reward_unpaired", needs_reference=False)
+@register_loss("bce_reward", feedback="reward_unpaired", needs_reference=False, accuracy=_reward_label_verdict,
+               validators={"positive_weight": hp.positive})
 def bce_reward_loss(
     rewards: Tensor,
     labels: Tensor,

@@ -6,17 +6,40 @@ D(y|x) = logp_theta(y|x) - logp_ref(y|x) (docs/ALGORITHMS.md §0).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from feedalign.losses._common import labeled_metrics, log_ratio, masked_mean
+from feedalign.losses import _hparams as hp
+from feedalign.losses._common import labeled_metrics, labeled_verdict, log_ratio, masked_mean
 from feedalign.losses._registry import register_loss
+from feedalign.losses._state import KLReferencePoint, RewardShift
 
 
-@register_loss("sft", feedback="sequence", needs_reference=False)
+def _kto_verdict(inputs: Mapping[str, Any]) -> tuple[Tensor, None]:
+    """Correct iff (D > z) agrees with the label, z = max(0, kl_ref): the side of the
+    reference point KTO pushes each example to (the loss's ``rewards/accuracies``)."""
+    rho = log_ratio(inputs["policy_logps"], inputs["reference_logps"])
+    z = torch.as_tensor(inputs["kl_ref"], dtype=rho.dtype, device=rho.device).clamp(min=0)
+    return labeled_verdict(inputs["beta"] * rho, inputs["labels"], inputs["beta"] * z)
+
+
+def _bco_verdict(inputs: Mapping[str, Any]) -> tuple[Tensor, None]:
+    """Correct iff the classifier's logit rhat - delta agrees with the label."""
+    rewards = inputs["beta"] * log_ratio(inputs["policy_logps"], inputs["reference_logps"])
+    return labeled_verdict(rewards, inputs["labels"], inputs["delta"])
+
+
+def _log_ratio_verdict(inputs: Mapping[str, Any]) -> tuple[Tensor, None]:
+    """Correct iff the policy raised (D > 0) the accepted and lowered the rejected samples."""
+    return labeled_verdict(log_ratio(inputs["policy_logps"], inputs["reference_logps"]), inputs["labels"])
+
+
+@register_loss("sft", feedback="sequence", needs_reference=False, optional=("lengths",),
+               validators={"length_normalize": hp.flag})
 def sft_loss(
     policy_logps: Tensor,
     *,
@@ -37,7 +60,9 @@ def sft_loss(
     return losses, {"logps": policy_logps.detach().mean()}
 
 
-@register_loss("kto", feedback="unpaired", needs_reference=True, state=("kl_ref",))
+@register_loss("kto", feedback="unpaired", needs_reference=True, state={"kl_ref": KLReferencePoint},
+               validators={"beta": hp.positive, "desirable_weight": hp.positive, "undesirable_weight": hp.positive},
+               accuracy=_kto_verdict)
 def kto_loss(
     policy_logps: Tensor,
     reference_logps: Tensor | None,
@@ -68,7 +93,8 @@ def kto_loss(
     return losses, metrics
 
 
-@register_loss("bco", feedback="unpaired", needs_reference=True, state=("delta",))
+@register_loss("bco", feedback="unpaired", needs_reference=True, state={"delta": RewardShift},
+               validators={"beta": hp.positive}, accuracy=_bco_verdict)
 def bco_loss(
     policy_logps: Tensor,
     reference_logps: Tensor | None,
@@ -76,47 +102,28 @@ def bco_loss(
     *,
     delta: Tensor,
     beta: float = 0.1,
-    udm_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """BCO: loss = -logsigmoid(rhat - delta) if u else -wgt(x)*logsigmoid(-(rhat - delta)).
+    """BCO: loss = -logsigmoid(rhat - delta) if u else -logsigmoid(-(rhat - delta)).
 
     Jung et al. 2024, "Binary Classifier Optimization for Large Language Model Alignment",
-    arXiv 2404.04656 (v1: reward shift + underlying distribution matching). rhat = beta*D(y|x);
-    ``delta`` is the reward shift, a running mean of rhat kept by the caller (detached here).
-    ``udm_weights`` [B] are density-ratio weights for undesirable examples (see
-    :func:`udm_weights`); positives always get weight 1.
+    arXiv 2404.04656 (reward shift). rhat = beta*D(y|x); ``delta`` is the reward shift kept
+    by the state provider (:class:`~feedalign.losses._state.RewardShift`, rule
+    ``delta_rule``: the paper's class midpoint by default), detached here. The paper's
+    underlying distribution matching (prompt-classifier weights for the undesirable rows) is
+    not implemented. Fixed point of the midpoint rule: :func:`bco_fixed_point`.
     """
     rewards = beta * log_ratio(policy_logps, reference_logps)
     shift = torch.as_tensor(delta, dtype=rewards.dtype, device=rewards.device).detach()
     labels = labels.bool()
     logits = rewards - shift
-    undesirable = -F.logsigmoid(-logits)
-    if udm_weights is not None:
-        undesirable = undesirable * udm_weights.detach()
-    losses = torch.where(labels, -F.logsigmoid(logits), undesirable)
+    losses = torch.where(labels, -F.logsigmoid(logits), -F.logsigmoid(-logits))
     metrics = labeled_metrics(rewards, labels, shift)
     metrics["delta"] = shift
     return losses, metrics
 
 
-def udm_weights(prob_desirable: Tensor, *, clip: tuple[float, float] = (0.5, 10.0)) -> Tensor:
-    """Density-ratio weights wgt(x) = clamp(g/(1-g), lo, hi) for BCO's distribution matching.
-
-    ``prob_desirable`` [B] is g(x) = P(desirable | x) from a prompt classifier. With an exact
-    classifier trained on balanced classes, g/(1-g) = p_pos(x)/p_neg(x), which reweights the
-    undesirable prompts to the desirable prompts' distribution. Clip bounds follow common
-    practice; the paper's values are unverified (ALGORITHMS.md §8, §15.4).
-    """
-    g = prob_desirable.clamp(1e-6, 1 - 1e-6)
-    return (g / (1 - g)).clamp(*clip)
-
-
 def _check_pmpo(hparams: dict[str, Any]) -> list[str]:
     alpha, beta = hparams["alpha"], hparams["beta"]
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"pmpo alpha must be in [0, 1], got {alpha}")
-    if beta < 0:
-        raise ValueError(f"pmpo beta must be >= 0, got {beta}")
     if alpha < 1.0 and beta < 1.0 - alpha:
         return [
             f"beta={beta} < 1 - alpha={1.0 - alpha:g}: rejected samples can push log-probs to -inf "
@@ -126,7 +133,8 @@ def _check_pmpo(hparams: dict[str, Any]) -> list[str]:
     return []
 
 
-@register_loss("pmpo", feedback="unpaired", needs_reference=True, check=_check_pmpo)
+@register_loss("pmpo", feedback="unpaired", needs_reference=True, optional=("kl",), check=_check_pmpo,
+               validators={"alpha": hp.unit_interval, "beta": hp.nonnegative}, accuracy=_log_ratio_verdict)
 def pmpo_loss(
     policy_logps: Tensor,
     reference_logps: Tensor | None,
@@ -188,3 +196,90 @@ def pmpo_target(ref_probs: Tensor, accept_probs: Tensor, *, alpha: float, beta: 
     collapsed = (c < 0).any(dim=-1)
     c_pos = c.clamp(min=0)
     return c_pos / c_pos.sum(dim=-1, keepdim=True), collapsed
+
+
+def _bco_population_loss(s: Tensor, log_ref: Tensor, accept: Tensor, mass: Tensor, beta: float,
+                         delta: float) -> tuple[Tensor, Tensor]:
+    rhat = beta * (torch.log_softmax(log_ref + s, -1) - log_ref)
+    per_row = accept * F.softplus(delta - rhat) + (1 - accept) * F.softplus(rhat - delta)
+    return (mass * per_row).sum(), rhat
+
+
+def _bco_policy_at(delta: float, s: Tensor, log_ref: Tensor, accept: Tensor, mass: Tensor, beta: float) -> Tensor:
+    """Minimise the population BCE over the logits ``s`` for a fixed shift (float64 LBFGS, warm start)."""
+    s = s.detach().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([s], lr=1.0, max_iter=500, tolerance_grad=1e-13, tolerance_change=1e-15,
+                            history_size=50, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = _bco_population_loss(s, log_ref, accept, mass, beta, delta)[0]
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    # Newton polish (the Hessian is singular along each prompt's constant shift: least squares).
+    s = s.detach()
+    for _ in range(3):
+        flat = s.reshape(-1)
+
+        def objective(x: Tensor) -> Tensor:
+            return _bco_population_loss(x.reshape(s.shape), log_ref, accept, mass, beta, delta)[0]
+
+        grad = torch.autograd.functional.jacobian(objective, flat)
+        hess = torch.autograd.functional.hessian(objective, flat)
+        step = torch.linalg.lstsq(hess, -grad[:, None], rcond=1e-12).solution[:, 0]
+        s = (flat + step).reshape(s.shape)
+    return s
+
+
+def _midpoint(rhat: Tensor, accept: Tensor, mass: Tensor) -> float:
+    up, down = mass * accept, mass * (1 - accept)
+    return float(((up * rhat).sum() / up.sum() + (down * rhat).sum() / down.sum()) / 2)
+
+
+def bco_fixed_point(ref_probs: Tensor, accept_probs: Tensor, *, beta: float, prompt_probs: Tensor | None = None,
+                    tol: float = 1e-10) -> tuple[Tensor, float]:
+    """Population fixed point of :func:`bco_loss` with the ``midpoint`` shift rule, for a
+    tabular softmax policy and thumbs on samples y ~ pi_ref (ALGORITHMS.md §8).
+
+    Rows (x, y, u): x ~ ``prompt_probs`` (uniform by default), y ~ pi_ref(.|x), u ~ Bernoulli(p).
+    At a fixed point the shift is the midpoint of the class means of rhat = beta*log(pi/pi_ref)
+    under that row distribution, and the policy is stationary for that shift:
+        delta = (E+[rhat] + E-[rhat]) / 2,
+        sigma(rhat(x,y) - delta) - p(x,y) = mu(x) * pi(y|x) / pi_ref(y|x)  for every y,
+    one multiplier mu(x) per prompt (the normalisation of pi(.|x)). Without that constraint
+    every example would sit at sigma(rhat - delta) = p; with it the BCE residual is
+    proportional to the density ratio. The system is solved here by bisection on delta, with
+    the policy for each delta minimising the population loss to float64 precision.
+
+    Args:
+        ref_probs: [P, K] pi_ref(y|x).
+        accept_probs: [P, K] p(u=1|x,y).
+    Returns:
+        (pi [P, K] float64, delta).
+    """
+    ref = torch.as_tensor(ref_probs, dtype=torch.float64)
+    accept = torch.as_tensor(accept_probs, dtype=torch.float64)
+    rho = torch.full((ref.shape[0],), 1.0 / ref.shape[0], dtype=torch.float64) if prompt_probs is None else \
+        torch.as_tensor(prompt_probs, dtype=torch.float64)
+    log_ref, mass = ref.log(), rho[:, None] * ref
+    s = torch.zeros_like(ref)
+
+    def gap(delta: float) -> tuple[float, Tensor]:
+        logits = _bco_policy_at(delta, s, log_ref, accept, mass, beta)
+        rhat = _bco_population_loss(logits, log_ref, accept, mass, beta, delta)[1]
+        return _midpoint(rhat, accept, mass) - delta, logits
+
+    lo, hi = -1.0, 1.0
+    while gap(lo)[0] < 0:
+        lo *= 2
+    while gap(hi)[0] > 0:
+        hi *= 2
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        value, s = gap(mid)
+        lo, hi = (mid, hi) if value > 0 else (lo, mid)
+    delta = (lo + hi) / 2
+    s = _bco_policy_at(delta, s, log_ref, accept, mass, beta)
+    return torch.softmax(log_ref + s, -1), delta

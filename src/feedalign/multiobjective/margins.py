@@ -16,8 +16,8 @@ Sources:
   * :class:`StackedMargins`   columns of several sources side by side (m > 2).
 
 :func:`build_margin_source` builds one from ``(kind, target, options)`` as written in a
-config's ``margins:`` block; ``MARGIN_SOURCE_FACTORIES`` maps each kind to a factory taking
-such a block (for the trainer's margin-source registry).
+config's ``margins:`` block, through the one registry of kinds in
+:mod:`feedalign.multiobjective.margin_sources` (re-exported here).
 
 torch, numpy and the standard library at import time; transformers/peft inside the classes.
 """
@@ -340,97 +340,14 @@ class PromptMappedMargins:
         return self.inner([self.prompt_fn(p) for p in prompts], completions)
 
 
-# --------------------------------------------------------------------------- factories
+_REGISTRY_NAMES = ("BUILTIN_MARGINS", "MARGIN_SOURCE_FACTORIES", "build_margin_source", "margin_kinds",
+                   "margin_source_from_config", "register_margin_source")
 
 
-def _length_builtin(unit: str | None) -> Callable[[Mapping[str, Any]], MarginSource]:
-    def make(options: Mapping[str, Any]) -> MarginSource:
-        opts = dict(options)
-        tokenizer = opts.pop("tokenizer", None)
-        if isinstance(tokenizer, (str, os.PathLike)):
-            from feedalign.policies.hf import load_tokenizer
+def __getattr__(name: str) -> Any:
+    # The registry module imports the classes above, so it is re-exported lazily.
+    if name in _REGISTRY_NAMES:
+        from feedalign.multiobjective import margin_sources
 
-            tokenizer = load_tokenizer(tokenizer)
-        chosen = unit or opts.pop("unit", None) or ("tokens" if tokenizer is not None else "chars")
-        return LengthMargins(chosen, tokenizer=tokenizer, **opts)
-
-    return make
-
-
-#: ``builtin:<name>`` margins; options go to the constructor (``tokenizer`` may be a path).
-BUILTIN_MARGINS: dict[str, Callable[[Mapping[str, Any]], MarginSource]] = {
-    "length": _length_builtin(None),
-    "length_tokens": _length_builtin("tokens"),
-    "length_chars": _length_builtin("chars"),
-    "length_words": _length_builtin("words"),
-}
-
-
-def _builtin(target: str | None, options: Mapping[str, Any]) -> MarginSource:
-    name = str(target or "").removeprefix("builtin:")
-    if name not in BUILTIN_MARGINS:
-        raise ValueError(f"unknown built-in margin {name!r}; valid: {sorted(BUILTIN_MARGINS)}")
-    return BUILTIN_MARGINS[name](options)
-
-
-def _callable(target: str | None, options: Mapping[str, Any]) -> MarginSource:
-    if str(target).startswith("builtin:"):
-        return _builtin(target, options)
-    fn = import_target(str(target))
-    # With options the target is a factory returning the margin function.
-    return CallableMargins(fn(**options) if options else fn, name=str(target))
-
-
-def _reward_model(target: str | None, options: Mapping[str, Any]) -> MarginSource:
-    opts = dict(options)
-    if target is None or "heads" not in opts:
-        raise ValueError("margins kind 'reward_model' needs target: <RM dir> and options.heads: [objective, ...]")
-    return RewardModelMargins.from_dir(target, opts.pop("heads"), **opts)
-
-
-def _implicit(target: str | None, options: Mapping[str, Any]) -> MarginSource:
-    opts = dict(options)
-    if target is None or "beta" not in opts:
-        raise ValueError("margins kind 'implicit' needs target: <adapter or model dir> and options.beta")
-    return ImplicitRewardMargins.from_pretrained(target, **opts)
-
-
-def _stack(target: str | None, options: Mapping[str, Any]) -> MarginSource:
-    parts = options.get("sources")
-    if not parts:
-        raise ValueError("margins kind 'stack' needs options.sources: [{kind, target, options}, ...]")
-    return StackedMargins([build_margin_source(p["kind"], p.get("target"), p.get("options") or {}) for p in parts])
-
-
-_KINDS: dict[str, Callable[[str | None, Mapping[str, Any]], MarginSource]] = {
-    "callable": _callable,
-    "builtin": _builtin,
-    "reward_model": _reward_model,
-    "implicit": _implicit,
-    "stack": _stack,
-}
-
-
-def build_margin_source(kind: str, target: str | None = None, options: Mapping[str, Any] | None = None) -> MarginSource:
-    """A margin source from a config block.
-
-    Kinds: ``callable`` (target ``module:function``, or ``builtin:<name>``; with options the
-    target is a factory called with them), ``builtin`` (target a name of ``BUILTIN_MARGINS``),
-    ``reward_model`` (target an RM dir; options ``heads``, ``normalize``, ``scale``, ...),
-    ``implicit`` (target an adapter or model dir; options ``beta``, ``base``, ``reference``,
-    ...), ``stack`` (options ``sources``: a list of such blocks).
-    """
-    if kind not in _KINDS:
-        raise ValueError(f"unknown margin source kind {kind!r}; valid: {sorted(_KINDS)}")
-    return _KINDS[kind](target, dict(options or {}))
-
-
-def _factory(kind: str) -> Callable[[Any], MarginSource]:
-    def make(config: Any) -> MarginSource:
-        return build_margin_source(kind, getattr(config, "target", None), getattr(config, "options", None) or {})
-
-    return make
-
-
-#: kind -> factory(margins config with ``.target`` and ``.options``).
-MARGIN_SOURCE_FACTORIES: dict[str, Callable[[Any], MarginSource]] = {kind: _factory(kind) for kind in _KINDS}
+        return getattr(margin_sources, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,33 +1,27 @@
 """Training loop for tabular models through the registered loss functions.
 
 ``fit_tabular`` feeds index-level feedback (see :mod:`feedalign.envs.exact_feedback`) to
-``LossSpec.fn`` with exactly the calling conventions of the language-model trainer
-(:mod:`feedalign.losses._registry`): per-sequence log-probs in, per-example losses out, batch
-objective = their mean (a weighted mean when rows carry a ``weight`` multiplicity). No loss
-math lives here; the loop only gathers log-probs and computes the state a loss declares.
+``losses.call_loss``, the same call the language-model trainer makes: per-sequence log-probs
+in, per-example losses out, batch objective = their mean (a weighted mean when rows carry a
+``weight`` multiplicity). No loss math lives here.
 
-State providers (``state_fns``) map a name to a callable ``provider(ctx) -> dict`` of extra
-keyword arguments for the loss. Every name in ``spec.state`` needs one; optional inputs
-(PMPO's ``kl``, BCO's ``udm_weights``) may be provided the same way. Providers here:
-  * :func:`rotated_kl_ref`  KTO reference point: mean log-ratio on (x_i, y_{i+1}) pairs made
-                            by rotating responses within the batch, computed without gradient.
-  * :class:`MidpointDelta`  BCO shift: running (EMA) midpoint of the mean implicit reward of
-                            the desirable and the undesirable rows, detached.
-  * :func:`exact_margins`   MODPO margins from a known reward table r_{-k} [P, K, m-1].
-  * :func:`exact_kl`        PMPO KL(pi_ref || pi_theta), exact per prompt, mean over the
-                            batch's prompts (differentiable).
+A loss's declared state is computed by the very providers the trainer ships
+(``LossSpec.make_state``), through :class:`TabularStateContext`: mismatched pairs are scored
+by index, totals count each row with its multiplicity, and margin rewards come from a known
+table (``margin_rewards``). Optional inputs (PMPO's ``kl``) come from ``inputs``:
+name -> callable(StepContext) -> value; :func:`exact_kl` is the exact KL(pi_ref || pi_theta).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from feedalign.losses import LossSpec, get_loss
+from feedalign.losses import LossSpec, StateProvider, call_loss, get_loss
 
 Feedback = dict[str, Tensor]
 
@@ -73,30 +67,51 @@ def _reference_logps(reference: Tensor | None, prompt: Tensor, response: Tensor)
     return None if reference is None else reference[prompt, response]
 
 
-def _loss_inputs(spec: LossSpec, policy: nn.Module, batch: Feedback, reference: Tensor | None) -> tuple:
+def _rows(spec: LossSpec, policy: nn.Module, batch: Feedback, reference: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """(policy rows, reference rows) of the batch: log-probs (reward kinds: rewards), pairs as
+    chosen rows then rejected rows."""
     prompt = batch["prompt"]
-    if spec.feedback == "pair":
-        chosen, rejected = batch["chosen"], batch["rejected"]
-        return (
-            policy_logps(policy, batch, prompt, chosen),
-            policy_logps(policy, batch, prompt, rejected),
-            _reference_logps(reference, prompt, chosen),
-            _reference_logps(reference, prompt, rejected),
-        )
-    if spec.feedback == "unpaired":
-        response = batch["response"]
-        return (
-            policy_logps(policy, batch, prompt, response),
-            _reference_logps(reference, prompt, response),
-            batch["label"],
-        )
-    if spec.feedback == "sequence":
-        return (policy_logps(policy, batch, prompt, batch["response"]),)
-    if spec.feedback == "reward_pair":
-        return (policy.rewards(prompt, batch["chosen"]), policy.rewards(prompt, batch["rejected"]))
-    if spec.feedback == "reward_unpaired":
-        return (policy.rewards(prompt, batch["response"]), batch["label"])
-    raise ValueError(f"loss '{spec.name}': unsupported feedback kind {spec.feedback!r}")
+    pairwise = spec.feedback in ("pair", "reward_pair")
+    responses = (batch["chosen"], batch["rejected"]) if pairwise else (batch["response"],)
+    if spec.feedback.startswith("reward_"):
+        return torch.cat([policy.rewards(prompt, r) for r in responses]), None
+    logps = torch.cat([policy_logps(policy, batch, prompt, r) for r in responses])
+    return logps, None if reference is None else torch.cat([reference[prompt, r] for r in responses])
+
+
+@dataclass
+class TabularStateContext:
+    """One batch of index-level feedback as a :class:`feedalign.losses.StateContext`."""
+
+    step: StepContext
+    feedback: str
+    policy_logps: Tensor
+    reference_logps: Tensor | None
+    labels: Tensor | None
+    margin_table: Tensor | None
+    training: bool = True
+
+    @property
+    def size(self) -> int:
+        return len(self.step.batch["prompt"])
+
+    def total(self, values: Tensor) -> Tensor:
+        weight = batch_weights(self.step.batch)
+        return values.sum() if weight is None else (values * weight.to(values.dtype)).sum()
+
+    def score_mismatched(self, partners: Sequence[int]) -> tuple[Tensor, Tensor | None]:
+        batch = self.step.batch
+        mismatched = batch["response"][torch.as_tensor(list(partners))]
+        with torch.no_grad():
+            logps = policy_logps(self.step.policy, batch, batch["prompt"], mismatched)
+        return logps, _reference_logps(self.step.reference, batch["prompt"], mismatched)
+
+    def margin_rewards(self) -> Tensor:
+        if self.margin_table is None:
+            raise ValueError("this loss needs margin rewards: pass margin_rewards=[P, K, m-1] to fit_tabular")
+        batch = self.step.batch
+        prompt = torch.cat([batch["prompt"], batch["prompt"]])
+        return self.margin_table[prompt, torch.cat([batch["chosen"], batch["rejected"]])]
 
 
 def batch_objective(
@@ -106,16 +121,27 @@ def batch_objective(
     *,
     reference: Tensor | None,
     hparams: Mapping[str, Any],
-    state_fns: Mapping[str, Callable[[StepContext], dict[str, Any]]],
+    providers: Mapping[str, Any] | None = None,
+    inputs: Mapping[str, Callable[[StepContext], Any]] | None = None,
+    margin_rewards: Tensor | None = None,
     step: int = 0,
+    training: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """(mean per-example loss of ``spec`` on ``batch``, metrics)."""
+    """(mean per-example loss of ``spec`` on ``batch``, metrics); providers update after it
+    when ``training``."""
     ctx = StepContext(policy=policy, batch=batch, reference=reference, step=step)
-    extra: dict[str, Any] = {}
-    for provider in state_fns.values():
-        extra.update(provider(ctx))
-    per_example, metrics = spec.fn(*_loss_inputs(spec, policy, batch, reference), **hparams, **extra)
-    return weighted_mean(per_example, batch_weights(batch)), metrics
+    rows, ref_rows = _rows(spec, policy, batch, reference)
+    state_ctx = TabularStateContext(ctx, spec.feedback, rows, ref_rows, batch.get("label"), margin_rewards, training)
+    state: dict[str, Any] = {}
+    for provider in (providers or {}).values():
+        state.update(provider.compute(state_ctx))
+    extra = {name: fn(ctx) for name, fn in (inputs or {}).items()}
+    out = call_loss(spec, policy=rows, reference=ref_rows, labels=batch.get("label"), hparams=hparams,
+                    state=state, extra=extra)
+    if training:
+        for provider in (providers or {}).values():
+            provider.update(state_ctx)
+    return weighted_mean(out.losses, batch_weights(batch)), out.metrics
 
 
 def _batches(n: int, batch_size: int | None, gen: torch.Generator):
@@ -135,7 +161,8 @@ def fit_tabular(
     feedback: Feedback,
     *,
     hparams: Mapping[str, Any] | None = None,
-    state_fns: Mapping[str, Callable[[StepContext], dict[str, Any]]] | None = None,
+    inputs: Mapping[str, Callable[[StepContext], Any]] | None = None,
+    margin_rewards: Tensor | None = None,
     steps: int = 500,
     lr: float = 0.05,
     batch_size: int | None = None,
@@ -152,7 +179,9 @@ def fit_tabular(
         feedback: index-level rows (``prompt`` plus the columns of the loss's feedback kind;
             optional ``weight`` [N] and ``w`` [N, m]).
         hparams: overrides of the loss's hyperparameters (checked by ``resolve_hparams``).
-        state_fns: name -> provider for every name in ``spec.state`` (and optional inputs).
+        inputs: optional loss inputs, name -> callable(StepContext) (e.g. ``{"kl": exact_kl}``).
+        margin_rewards: [P, K, m-1] (or [P, K]) rewards of the other objectives, for losses
+            whose state needs margin rewards.
         steps, lr: optimisation steps (LBFGS: outer iterations) and learning rate.
         batch_size: None = full batch; else sequential mini-batches (fresh order per epoch).
         seed: seeds the mini-batch order.
@@ -161,10 +190,12 @@ def fit_tabular(
     """
     spec = get_loss(spec) if isinstance(spec, str) else spec
     resolved = spec.resolve_hparams(dict(hparams or {}))
-    state_fns = dict(state_fns or {})
-    missing = sorted(set(spec.state) - set(state_fns))
-    if missing:
-        raise ValueError(f"loss '{spec.name}' needs state {missing}; pass a provider for each in state_fns")
+    providers = spec.make_state(resolved)
+    if spec.needs_margin_source and margin_rewards is None:
+        raise ValueError(f"loss '{spec.name}' needs margin rewards: pass margin_rewards=[P, K, m-1]")
+    table = None if margin_rewards is None else torch.as_tensor(margin_rewards, dtype=torch.float32)
+    if table is not None and table.dim() == 2:
+        table = table[..., None]
     if spec.needs_reference and reference is None and spec.feedback in ("pair", "unpaired"):
         raise ValueError(f"loss '{spec.name}' needs a reference: pass reference=[P, K] log pi_ref")
     reference = None if reference is None else torch.as_tensor(reference, dtype=torch.float32)
@@ -173,19 +204,21 @@ def fit_tabular(
     if optimizer not in ("adam", "lbfgs"):
         raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
 
-    def objective(batch: Feedback, step: int) -> tuple[Tensor, dict[str, Tensor]]:
-        return batch_objective(
-            spec, policy, batch, reference=reference, hparams=resolved, state_fns=state_fns, step=step
-        )
+    def objective(batch: Feedback, step: int, training: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        return batch_objective(spec, policy, batch, reference=reference, hparams=resolved, providers=providers,
+                               inputs=inputs, margin_rewards=table, step=step, training=training)
 
     params = [p for p in policy.parameters() if p.requires_grad]
     result = FitResult()
+    stateful = sorted(name for name, p in providers.items() if type(p).update is not StateProvider.update)
+    if optimizer == "lbfgs" and stateful:
+        raise ValueError(f"loss '{spec.name}' keeps state {stateful} across steps; LBFGS needs a fixed objective")
     if optimizer == "lbfgs":
         result.losses = _run_lbfgs(params, objective, feedback, steps, lr)
     else:
         result.losses = _run_adam(params, objective, feedback, steps, lr, batch_size, seed)
     with torch.no_grad():
-        _, metrics = objective(feedback, steps)
+        _, metrics = objective(feedback, steps, training=False)
     result.metrics = {k: float(v) for k, v in metrics.items() if torch.as_tensor(v).numel() == 1}
     return result
 
@@ -221,71 +254,12 @@ def _run_lbfgs(params, objective, feedback: Feedback, steps: int, lr: float) -> 
     return losses
 
 
-# ---------------------------------------------------------------------------- state providers
-def rotated_kl_ref(ctx: StepContext) -> dict[str, Tensor]:
-    """KTO reference point: mean over the batch of D(y_{i+1} | x_i) (responses rotated by one),
-    computed without gradient; the loss clamps it at 0. Needs >= 2 rows."""
-    batch = ctx.batch
-    with torch.no_grad():
-        mismatched = batch["response"].roll(-1)
-        logps = policy_logps(ctx.policy, batch, batch["prompt"], mismatched)
-        ref = _reference_logps(ctx.reference, batch["prompt"], mismatched)
-        log_ratio = logps if ref is None else logps - ref
-        return {"kl_ref": weighted_mean(log_ratio, batch_weights(batch))}
-
-
-class MidpointDelta:
-    """BCO reward shift: EMA over steps of (mean rhat on desirable + mean rhat on undesirable)/2,
-    rhat = beta*(logp_theta - logp_ref), detached (the paper's midpoint rule, ALGORITHMS.md §8).
-
-    Args:
-        beta: the loss's beta.
-        momentum: EMA factor in [0, 1); 0 = this batch's midpoint only.
-    """
-
-    def __init__(self, beta: float, momentum: float = 0.9) -> None:
-        self.beta, self.momentum = float(beta), float(momentum)
-        self.value: Tensor | None = None
-
-    def __call__(self, ctx: StepContext) -> dict[str, Tensor]:
-        batch = ctx.batch
-        with torch.no_grad():
-            logps = policy_logps(ctx.policy, batch, batch["prompt"], batch["response"])
-            ref = _reference_logps(ctx.reference, batch["prompt"], batch["response"])
-            rhat = self.beta * (logps if ref is None else logps - ref)
-            weight = batch_weights(batch)
-            weight = torch.ones_like(rhat) if weight is None else weight
-            label = batch["label"].bool()
-            means = [weighted_mean(rhat[m], weight[m]) for m in (label, ~label) if m.any()]
-            midpoint = torch.stack(means).mean()
-            if self.value is None:
-                self.value = midpoint
-            else:
-                self.value = self.momentum * self.value + (1 - self.momentum) * midpoint
-        return {"delta": self.value}
-
-
-def exact_margins(margin_rewards: Tensor) -> Callable[[StepContext], dict[str, Tensor]]:
-    """MODPO margins from a known table r_{-k}: [P, K, m-1] (or [P, K])."""
-    table = torch.as_tensor(margin_rewards, dtype=torch.float32)
-    if table.dim() == 2:
-        table = table[..., None]
-
-    def provider(ctx: StepContext) -> dict[str, Tensor]:
-        batch = ctx.batch
-        return {
-            "chosen_margins": table[batch["prompt"], batch["chosen"]],
-            "rejected_margins": table[batch["prompt"], batch["rejected"]],
-        }
-
-    return provider
-
-
-def exact_kl(ctx: StepContext) -> dict[str, Tensor]:
+# ---------------------------------------------------------------------------- optional inputs
+def exact_kl(ctx: StepContext) -> Tensor:
     """PMPO's KL(pi_ref || pi_theta): exact per prompt from the full tables, then the mean over
     the batch's rows (so each prompt counts as often as it appears). Differentiable."""
     if ctx.reference is None:
         raise ValueError("exact_kl needs the reference table")
     ref_logp = ctx.reference
     per_prompt = (ref_logp.exp() * (ref_logp - ctx.policy.log_probs())).sum(-1)  # [P]
-    return {"kl": weighted_mean(per_prompt[ctx.batch["prompt"]], batch_weights(ctx.batch))}
+    return weighted_mean(per_prompt[ctx.batch["prompt"]], batch_weights(ctx.batch))

@@ -1,14 +1,14 @@
 """One forward of one source's micro-batch: log-probs, state, loss, implicit-reward metrics.
 
-Everything here is driven by ``LossSpec`` metadata: ``feedback`` picks the batch layout and
-calling convention, ``needs_reference`` whether reference log-probs are computed, ``state``
-which providers run, and the loss's signature which optional inputs it gets (``kl`` from a
-source's reference samples). No loss is special-cased by name.
+Everything here is driven by ``LossSpec`` metadata: ``feedback`` picks the batch layout,
+``needs_reference`` whether reference log-probs are computed, ``state`` which providers run,
+``optional`` which optional inputs the loss gets (``kl`` from a source's reference samples),
+and ``accuracy`` its reward verdict. The loss is called through ``losses.call_loss``. No loss
+and no state is special-cased by name.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +27,8 @@ from feedalign.data.batching import (
     move_to,
     reference_tensors,
 )
-from feedalign.trainers.state import StateContext, StateProvider
+from feedalign.losses import call_loss
+from feedalign.trainers.state import TrainerStateContext, state_inputs
 
 DEFAULT_OBJECTIVE = "default"
 
@@ -103,19 +104,15 @@ class Source:
     train_examples: list[Example]
     eval_examples: list[Example]
     sampler: EpochSampler
-    providers: dict[str, StateProvider] = field(default_factory=dict)
+    providers: dict[str, Any] = field(default_factory=dict)  # state name -> losses StateProvider
     kl_samples: KLSamples | None = None
     steer: Any = None  # SteeringSpec: per-example weight / margin_weights from the batch
     packing: bool = False  # padding-free micro-batches (train.packing)
+    margin_source: Any = None  # (prompts, completions) -> [N, m-1], for losses that need one
 
     @property
     def feedback(self) -> str:
         return self.spec.feedback
-
-    @property
-    def beta(self) -> float:
-        """Scale of the implicit reward beta*log-ratio used for metrics (1 if no beta)."""
-        return float(self.hparams.get("beta", 1.0))
 
     def next_batch(self, micro_batch_size: int, pad_id: int) -> Batch:
         indices = self.sampler.next_indices(micro_batch_size)
@@ -129,22 +126,6 @@ class SourceOutput:
     batch: Batch
     correct: Tensor | None  # [B] bool: implicit reward agrees with the feedback
     margins: Tensor | None  # [B] reward margins beta*(D_w - D_l), pairs only
-
-
-def _optional_inputs(spec: Any, batch: Batch, device: torch.device) -> dict[str, Tensor]:
-    """Optional loss inputs the trainer can supply, passed when the signature names them."""
-    params = inspect.signature(spec.fn).parameters
-    lengths = batch.lengths.to(device)
-    out: dict[str, Tensor] = {}
-    if spec.feedback == "pair":
-        b = batch.size
-        if "chosen_lengths" in params:
-            out["chosen_lengths"] = lengths[:b]
-        if "rejected_lengths" in params:
-            out["rejected_lengths"] = lengths[b:]
-    elif "lengths" in params:
-        out["lengths"] = lengths
-    return out
 
 
 def _steer_hparams(source: Source, batch: Batch, device: torch.device) -> dict[str, Tensor]:
@@ -164,46 +145,25 @@ def _steer_hparams(source: Source, batch: Batch, device: torch.device) -> dict[s
 def source_forward(runtime: Runtime, source: Source, batch: Batch, *, training: bool) -> SourceOutput:
     """Per-example loss of ``batch`` for ``source``; providers update after a training batch."""
     device = runtime.accelerator.device
-    spec = source.spec
     policy, reference, kl = _logps(runtime, source, batch, training=training)
     labels = batch.labels.to(device) if batch.labels is not None else None
-    ctx = StateContext(
-        batch=batch,
-        feedback=spec.feedback,
-        policy_logps=policy,
-        reference_logps=reference,
-        hparams=source.hparams,
-        score_texts=lambda p, c, ids: _score_texts(runtime, source, p, c, ids),
-        gather=runtime.gather,
-        training=training,
+    ctx = TrainerStateContext(
+        batch=batch, feedback=source.feedback, policy_logps=policy, reference_logps=reference, labels=labels,
+        training=training, scorer=lambda p, c, ids: _score_texts(runtime, source, p, c, ids),
+        gather=runtime.gather, margin_source=source.margin_source,
     )
-    state_kwargs: dict[str, Tensor] = {}
-    for provider in source.providers.values():
-        state_kwargs.update(provider.compute(ctx))
-    kwargs = {**_optional_inputs(spec, batch, device), **state_kwargs, **source.hparams,
-              **_steer_hparams(source, batch, device)}
-    if kl is not None:
-        kwargs["kl"] = kl
-    if spec.feedback == "pair":
-        b = batch.size
-        ref_c, ref_r = (reference[:b], reference[b:]) if reference is not None else (None, None)
-        losses, metrics = spec.fn(policy[:b], policy[b:], ref_c, ref_r, **kwargs)
-    elif spec.feedback == "unpaired":
-        losses, metrics = spec.fn(policy, reference, labels, **kwargs)
-    else:
-        losses, metrics = spec.fn(policy, **kwargs)
-    if losses.shape != (batch.size,):
-        raise ValueError(
-            f"loss '{spec.name}' returned per-example losses of shape {tuple(losses.shape)}; "
-            f"expected [{batch.size}]"
-        )
+    out = call_loss(
+        source.spec, policy=policy, reference=reference, labels=labels, lengths=batch.lengths.to(device),
+        hparams={**source.hparams, **_steer_hparams(source, batch, device)},
+        state=state_inputs(source.providers, ctx), extra={"kl": kl},
+    )
+    metrics = out.metrics
     if kl is not None and "kl" not in metrics:
         metrics = {**metrics, "kl": kl.detach()}
-    correct, margins = _reward_agreement(source, policy, reference, labels, state_kwargs, batch.size)
     if training:
         for provider in source.providers.values():
             provider.update(ctx)
-    return SourceOutput(losses, metrics, batch, correct, margins)
+    return SourceOutput(out.losses, metrics, batch, out.correct, out.margins)
 
 
 def _logps(
@@ -246,28 +206,6 @@ def _score_texts(
     return policy, reference
 
 
-def _reward_agreement(
-    source: Source,
-    policy: Tensor,
-    reference: Tensor | None,
-    labels: Tensor | None,
-    state_kwargs: dict[str, Tensor],
-    b: int,
-) -> tuple[Tensor | None, Tensor | None]:
-    """Implicit reward r = beta*(logp_theta - logp_ref) (logp_ref = 0 without a reference).
-    Pairs: correct iff r_w - r_l > 0. Labeled: correct iff sign(r - delta) matches the label
-    (delta from the source's ``delta`` state, else 0). Sequence losses: no verdict."""
-    with torch.no_grad():
-        rewards = source.beta * (policy.detach() - (reference.detach() if reference is not None else 0.0))
-        if source.feedback == "pair":
-            margins = rewards[:b] - rewards[b:]
-            return margins > 0, margins
-        if source.feedback == "unpaired" and labels is not None:
-            shift = state_kwargs.get("delta", torch.zeros((), device=rewards.device))
-            return (rewards - shift > 0) == labels.bool(), None
-    return None, None
-
-
 def objectives_of(batch: Batch) -> list[str]:
     return [ex.objective or DEFAULT_OBJECTIVE for ex in batch.examples]
 
@@ -282,13 +220,13 @@ def reward_sums(outputs: Sequence[SourceOutput], prefix: str = "") -> dict[str, 
         groups: dict[str, list[int]] = {}
         for i, name in enumerate(objectives_of(out.batch)):
             groups.setdefault(name, []).append(i)
-        for kind, values in (("accuracy", out.correct), ("margins", out.margins)):
+        for kind, values in ((f"{prefix}rewards/accuracy/", out.correct), (f"{prefix}rewards/margins/", out.margins)):
             if values is None:
                 continue
             values = values.detach().double()
             for name, rows in groups.items():
                 part = values if len(groups) == 1 else values[torch.tensor(rows, device=values.device)]
-                key = f"{prefix}rewards/{kind}/{name}"
+                key = f"{kind}{name}"
                 total, count = sums.get(key, (0.0, 0.0))
                 sums[key] = (total + part.sum(), count + float(len(rows)))
     return dict(sorted(sums.items()))
@@ -310,10 +248,9 @@ def _eval_source(runtime: Runtime, source: Source, batch_size: int) -> Tensor:
     from feedalign.trainers.parallel import eval_shards
 
     accelerator = runtime.accelerator
-    min_size = 2 if "kl_ref" in source.spec.state else 1
     shards = eval_shards(
         len(source.eval_examples), batch_size, world=accelerator.num_processes,
-        rank=accelerator.process_index, min_size=min_size,
+        rank=accelerator.process_index, min_size=source.spec.min_batch_size,
     )
     rows = []
     for marked in shards:
@@ -357,9 +294,9 @@ def evaluate(runtime: Runtime, sources: Sequence[Source], batch_size: int) -> di
                     metrics[f"eval/{source.name}/rewards/accuracy"] = float(correct.sum()) / table.shape[0]
                 for index, _, ok, margin in table.tolist():
                     name = source.eval_examples[int(index)].objective or DEFAULT_OBJECTIVE
-                    for kind, value in (("accuracy", ok), ("margins", margin)):
+                    for kind, value in (("eval/rewards/accuracy/", ok), ("eval/rewards/margins/", margin)):
                         if not math.isnan(value):
-                            entry = objective_sums.setdefault(f"eval/rewards/{kind}/{name}", [0.0, 0.0])
+                            entry = objective_sums.setdefault(f"{kind}{name}", [0.0, 0.0])
                             entry[0] += value
                             entry[1] += 1.0
     finally:

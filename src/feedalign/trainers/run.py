@@ -194,14 +194,14 @@ def _reference_rows(run: Run) -> Iterator[tuple[dict[str, Any], list[str]]]:
             replay.kl_samples = replace(source.kl_samples, sampler=copy.deepcopy(source.kl_samples.sampler))
         for _ in range(micro_steps):
             yield from _batch_rows(run, replay, replay.next_batch(train_cfg.micro_batch_size, pad_id), True)
-        min_size = 2 if "kl_ref" in source.spec.state else 1
+        min_size = source.spec.min_batch_size
         for marked in eval_shards(len(source.eval_examples), eval_bs, world=world, rank=rank, min_size=min_size):
             examples = [source.eval_examples[i if i >= 0 else -1 - i] for i in marked]
             yield from _batch_rows(run, replay, collate(examples, source.feedback, pad_id, packing=source.packing), False)
 
 
 def _batch_rows(run: Run, source: Source, batch: Batch, training: bool) -> Iterator[tuple[dict[str, Any], list[str]]]:
-    from feedalign.trainers.state import KLReferencePoint, StateContext
+    from feedalign.trainers.state import TrainerStateContext, mismatched_rows
 
     tensors, row_ids = reference_tensors(batch), list(batch.row_ids)
     if source.kl_samples is not None:
@@ -210,23 +210,10 @@ def _batch_rows(run: Run, source: Source, batch: Batch, training: bool) -> Itera
         row_ids += [f"kl_samples/{i}" for i in kl_batch.row_ids]
     if source.spec.needs_reference or source.kl_samples is not None:
         yield tensors, row_ids
-    rows: list[tuple[dict[str, Any], list[str]]] = []
-
-    def score_texts(prompts: Sequence[str], completions: Sequence[str], ids: Sequence[str]) -> tuple[Any, Any]:
-        # Collects the rows the provider would score; the provider's own logic builds them.
-        import torch
-
-        rows.append((collate_texts(run.runtime.tokenizer, prompts, completions, source.max_length,
-                                   run.runtime.pad_id), list(ids)))
-        zeros = torch.zeros(len(ids))
-        return zeros, zeros
-
-    for provider in source.providers.values():
-        if isinstance(provider, KLReferencePoint):
-            ctx = StateContext(batch, source.feedback, None, None, source.hparams, score_texts,  # type: ignore[arg-type]
-                               lambda t: t, training)
-            provider.compute(ctx)
-    yield from rows
+    # The rows the loss's state providers score for this batch (their own choice of rows).
+    ctx = TrainerStateContext(batch, source.feedback, None, None, None, training)  # type: ignore[arg-type]
+    for prompts, completions, ids in mismatched_rows(source.providers, ctx):
+        yield collate_texts(run.runtime.tokenizer, prompts, completions, source.max_length, run.runtime.pad_id), ids
 
 
 def restore_run(run: Run, path: Path) -> None:
