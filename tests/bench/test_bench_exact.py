@@ -67,6 +67,8 @@ def test_non_recovering_methods_reported_against_their_own_targets(quick_rows):
     sft = _row(quick_rows, "sft")
     assert sft["target"] == "q+" and sft["tv_to_target"] <= 0.02
     kto = _row(quick_rows, "kto")
+    # observed on the quick environment (§7: not guaranteed for a softmax policy), no bound
+    assert "passed" not in kto and "observed, not guaranteed" in kto["notes"]
     assert kto["threshold_rule_fraction"] == 1.0 and kto["favoured_mass"] > kto["favoured_mass_ref"]
 
 

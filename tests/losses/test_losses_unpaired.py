@@ -145,3 +145,43 @@ def test_pmpo_target_matches_stationary_point_and_flags_collapse():
 def test_unknown_hparam_names_valid_ones():
     with pytest.raises(ValueError, match="valid"):
         get_loss("kto").resolve_hparams({"betta": 0.1})
+
+
+def test_pmpo_multi_prompt_optimum_is_per_prompt():
+    """The implemented reduction (mean over all rows, each prompt's KL weighted by its
+    frequency) has the per-prompt optimum c_x/sum(c_x) whatever the prompt frequencies; the
+    per-class-mean form of J gives another target (ALGORITHMS.md §9)."""
+    from feedalign.envs import exact_feedback as fb
+    from feedalign.envs.exact import ExactEnv, tv_distance
+    from feedalign.policies.tabular import TabularPolicy
+    from feedalign.policies.tabular_fit import exact_kl, fit_tabular
+
+    w = torch.tensor([0.7, 0.3], dtype=torch.float64)
+    env = ExactEnv(4, 4, 2, beta=1.0, seed=3)
+    data = fb.population_thumbs(env, w=w)
+    rho = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)  # prompt frequencies
+    data["weight"] = data["weight"] * (rho * 4)[data["prompt"]]
+    policy = TabularPolicy(4, 4, env.ref_logp.float())
+    fit_tabular(policy, "pmpo", data, hparams={"alpha": 0.5, "beta": 1.0}, inputs={"kl": exact_kl},
+                reference=env.ref_logp.float(), steps=20, lr=1.0, optimizer="lbfgs")
+    target, collapsed = pmpo_target(env.ref_probs, env.accept_probability(w), alpha=0.5, beta=1.0)
+    assert not collapsed.any()
+    assert tv_distance(policy.probs().detach().double(), target) < 1e-4
+
+    def per_class_form(env, alpha, beta):
+        ref, p = env.ref_probs, env.accept_probability(w)
+        up, down = (ref * p).sum(-1), (ref * (1 - p)).sum(-1)
+        c = (alpha * (up / up.sum())[:, None] * env.positive_posterior(w)
+             - (1 - alpha) * (down / down.sum())[:, None] * env.negative_posterior(w) + beta * ref / ref.shape[0])
+        return None if (c < 0).any() else c / c.sum(-1, keepdim=True)
+
+    gaps = []
+    for seed in range(5):
+        for size in ((8, 6), (4, 4)):
+            grid_env = ExactEnv(*size, 2, beta=1.0, seed=seed)
+            for alpha, beta in ((0.5, 1.0), (0.5, 0.6), (0.8, 0.3)):
+                other = per_class_form(grid_env, alpha, beta)
+                if other is not None:
+                    mine = grid_env.pmpo_optimum(w, alpha=alpha, beta=beta)[0]
+                    gaps.append(tv_distance(mine, other))
+    assert 0.05 < max(gaps) < 0.15 and min(gaps) > 0.005

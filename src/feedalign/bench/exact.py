@@ -233,9 +233,10 @@ def rows_pairwise(ctx: BenchContext) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------- unpaired rows
 def _kto_threshold_check(ctx: BenchContext, probs: Tensor, lam_d: float, lam_u: float) -> dict[str, Any]:
-    """Threshold rule (§7): responses with lambda_D*p > lambda_U*(1-p) should gain log-ratio
-    over all the others. Reports the fraction of prompts where every such response ends with
-    a larger log-ratio than every other one, and the probability mass on that set."""
+    """Threshold rule (§7): derived for free log-ratios, responses with lambda_D*p >
+    lambda_U*(1-p) gain log-ratio over all the others. Under the softmax policy that is an
+    observation, not a guarantee: reports the fraction of prompts where every such response
+    ends with a larger log-ratio than every other one, and the probability mass on that set."""
     p = ctx.env.accept_probability(ctx.w)
     favoured = lam_d * p > lam_u * (1 - p)
     log_ratio = probs.clamp_min(1e-300).log() - ctx.env.ref_logp
@@ -260,7 +261,8 @@ def rows_unpaired(ctx: BenchContext) -> list[dict[str, Any]]:
     ctx.fit(policy, "kto", kto_data, hparams={"beta": beta}, batch_size=c.kto_batch)
     rows.append(make_row(ctx, method="kto", feedback="logistic thumbs", target="pi*_w", probs=_probs(policy),
                          target_probs=ctx.target, n_feedback=c.n_kto,
-                         notes="no closed-form target; threshold rule checked instead (§7)",
+                         notes="no closed-form target; the threshold rule is derived for free log-ratios, "
+                               "under the softmax policy it is observed, not guaranteed (§7)",
                          **_kto_threshold_check(ctx, _probs(policy), 1.0, 1.0)))
 
     rows.extend(rows_bco(ctx))

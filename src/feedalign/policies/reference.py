@@ -10,7 +10,14 @@ and ``reference.fingerprint()``, a string that identifies the reference model's 
                            frozen base weights *are* the reference);
   * ``CachedReference``  - log-probs precomputed once and stored on disk, keyed by
                            (model fingerprint, example key, token ids), so later epochs and
-                           later runs need no reference forward pass at all.
+                           later runs need no reference forward pass at all
+                           (:mod:`feedalign.policies.reference_cache`, re-exported here);
+  * ``PolicyAdapterReference`` - the adapter reference of a training run, run through the
+                           prepared (DDP/FSDP/DeepSpeed-wrapped) policy module.
+
+``make_run_reference`` builds a run's reference from ``reference.strategy``; what the
+reference scores for each micro-batch (its rows, the cache fill) is decided by the trainer's
+one batch builder, ``trainers.forward.reference_rows``.
 """
 
 from __future__ import annotations
@@ -20,10 +27,7 @@ import copy
 import hashlib
 import json
 import os
-import uuid
-import weakref
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -192,141 +196,6 @@ class AdapterReference:
         return self._fingerprint
 
 
-def _write_shard(directory: Path, pending: dict[str, float]) -> None:
-    """Write ``pending`` as a new shard (temporary file + ``os.replace``) and empty it."""
-    if not pending:
-        return
-    directory.mkdir(parents=True, exist_ok=True)
-    name = f"shard-{os.getpid()}-{uuid.uuid4().hex[:12]}.pt"
-    temporary = directory / f".tmp-{name}"
-    keys = list(pending)
-    torch.save({"keys": keys, "logps": torch.tensor([pending[k] for k in keys], dtype=torch.float32)}, temporary)
-    os.replace(temporary, directory / name)
-    pending.clear()
-
-
-class CachedReference:
-    """Reference log-probs stored on disk under ``cache_dir/<fingerprint>/shard-*.pt``.
-
-    Entries are keyed by sha256(fingerprint, example key, token ids, completion mask), so a
-    changed tokenisation or truncation is a miss rather than a stale hit. Misses are computed
-    with ``inner`` (if given), kept in memory and written as a new shard every
-    ``flush_every`` entries, on ``flush()`` and when the object is collected or the process
-    exits; every shard is written to a temporary file and
-    moved into place with ``os.replace``, so readers never see a partial shard.
-
-    Args:
-        inner: the reference that computes misses, or None (read-only: a miss raises
-            ``CacheMissError``).
-        cache_dir: root directory of the cache.
-        fingerprint: identity of the reference weights; default ``inner.fingerprint()``, or,
-            with ``inner=None``, the only fingerprint present under ``cache_dir``.
-    """
-
-    def __init__(
-        self,
-        inner: Reference | None,
-        cache_dir: str | os.PathLike[str],
-        *,
-        fingerprint: str | None = None,
-        flush_every: int = 256,
-    ) -> None:
-        self.inner = inner
-        self.root = Path(cache_dir)
-        self._fingerprint = fingerprint or self._default_fingerprint()
-        self.directory = self.root / self._fingerprint
-        self.flush_every = flush_every
-        self._table = self._load()
-        self._pending: dict[str, float] = {}
-        # Holds the directory and the pending dict, not self, so it does not keep self alive.
-        weakref.finalize(self, _write_shard, self.directory, self._pending)
-
-    def _default_fingerprint(self) -> str:
-        if self.inner is not None:
-            return self.inner.fingerprint()
-        found = sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
-        if len(found) != 1:
-            raise ValueError(
-                f"CachedReference: with no model, the fingerprint must be given or the cache directory "
-                f"{str(self.root)!r} must hold exactly one fingerprint; found {found}"
-            )
-        return found[0]
-
-    def _load(self) -> dict[str, float]:
-        table: dict[str, float] = {}
-        for shard in sorted(self.directory.glob("shard-*.pt")):
-            try:
-                payload = torch.load(shard, map_location="cpu", weights_only=True)
-                table.update(zip(payload["keys"], payload["logps"].tolist()))
-            except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-                raise ValueError(f"CachedReference: cannot read cache shard {shard}: {exc}") from exc
-        return table
-
-    def _key(self, example_key: str, ids: list[int], cmask: list[int]) -> str:
-        digest = hashlib.sha256(f"{self._fingerprint}\0{example_key}\0".encode())
-        digest.update(json.dumps([ids, cmask], separators=(",", ":")).encode())
-        return digest.hexdigest()[:32]
-
-    def _keys(self, batch: dict[str, torch.Tensor], example_keys: Sequence[str]) -> list[str]:
-        _check_keys(batch, example_keys)
-        return [self._key(k, ids, cm) for k, (ids, cm) in zip(example_keys, example_tokens(batch))]
-
-    def _lookup(self, key: str) -> float | None:
-        value = self._table.get(key)
-        return self._pending.get(key) if value is None else value
-
-    def logps(self, batch: dict[str, torch.Tensor], example_keys: Sequence[str]) -> torch.Tensor:
-        if example_keys is None:
-            raise ValueError("CachedReference.logps needs example_keys")
-        keys = self._keys(batch, example_keys)
-        values = [self._lookup(k) for k in keys]
-        missing = [i for i, v in enumerate(values) if v is None]
-        if missing:
-            if self.inner is None:
-                raise CacheMissError(
-                    f"CachedReference: {len(missing)} of {len(keys)} examples (first: {example_keys[missing[0]]!r}) "
-                    f"are not in the cache {str(self.directory)!r} and there is no reference model to compute "
-                    "them; run precompute() over the data first or pass inner="
-                )
-            # The whole batch is recomputed (sub-batching the misses is not worth the
-            # complexity: after the first epoch every lookup is a hit).
-            computed = self.inner.logps(batch, example_keys).detach().float().cpu().tolist()
-            for i in missing:
-                values[i] = computed[i]
-                self._pending[keys[i]] = computed[i]
-            if len(self._pending) >= self.flush_every:
-                self.flush()
-        return torch.tensor(values, dtype=torch.float32, device=batch["input_ids"].device)
-
-    def precompute(self, batches: Iterable[tuple[dict[str, torch.Tensor], Sequence[str]]]) -> int:
-        """Compute and store every missing example of ``(batch, example_keys)`` pairs; returns
-        the number of newly computed examples."""
-        before = len(self)
-        for batch, example_keys in batches:
-            keys = self._keys(batch, example_keys)
-            if any(self._lookup(k) is None for k in keys):
-                self.logps(batch, example_keys)
-        self.flush()
-        return len(self) - before
-
-    def flush(self) -> None:
-        """Write pending entries as one new shard (atomically). Also runs when the object is
-        garbage-collected or the interpreter exits, so computed entries are not lost."""
-        self._table.update(self._pending)
-        _write_shard(self.directory, self._pending)
-
-    def drop_inner(self) -> None:
-        """Release the computing reference (e.g. a model copy) once everything is cached."""
-        self.flush()
-        self.inner = None
-
-    def fingerprint(self) -> str:
-        return self._fingerprint
-
-    def __len__(self) -> int:
-        return len(self._table) + sum(1 for k in self._pending if k not in self._table)
-
-
 def make_reference(
     strategy: str,
     policy_model: torch.nn.Module,
@@ -348,6 +217,8 @@ def make_reference(
         return CopyReference(policy_model, chunk_size=chunk_size)
     if strategy == "adapter":
         return AdapterReference(policy_model, chunk_size=chunk_size)
+    from feedalign.policies.reference_cache import CachedReference
+
     if cache_dir is None:
         raise ValueError("reference strategy 'cached' needs cache_dir")
     is_peft = hasattr(policy_model, "disable_adapter")
@@ -357,3 +228,91 @@ def make_reference(
         else CopyReference(policy_model, chunk_size=chunk_size)
     )
     return CachedReference(inner, cache_dir)
+
+
+# ----------------------------------------------------------------------------- a run's reference
+
+PACKED_FIELDS = ("segment_ids", "seq_lens", "cu_seqlens", "max_seqlen")
+
+
+def packed_fields(batch: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The packing description of a padding-free batch (None for a padded one)."""
+    if "segment_ids" not in batch:
+        return None
+    return {key: batch[key] for key in PACKED_FIELDS if key in batch}
+
+
+class PolicyAdapterReference:
+    """The LoRA policy with its adapter disabled, run through the prepared ``LogpsModule``
+    (call :meth:`bind` after ``accelerator.prepare``). Same values as
+    :class:`AdapterReference`; safe under FSDP, where the root's parameters exist in full
+    only inside the prepared module's forward."""
+
+    def __init__(self, peft_model: torch.nn.Module) -> None:
+        if not hasattr(peft_model, "disable_adapter"):
+            raise TypeError(
+                f"the adapter reference needs a peft model (with disable_adapter()); got "
+                f"{type(peft_model).__name__}. Set model.lora or use reference.strategy copy"
+            )
+        self.model = peft_model
+        self.module: Any = None
+        self._fingerprint: str | None = None
+
+    def bind(self, module: Any) -> None:
+        self.module = module
+
+    def logps(self, batch: Mapping[str, torch.Tensor], example_keys: Sequence[str] | None = None) -> torch.Tensor:
+        if self.module is None:
+            raise RuntimeError("PolicyAdapterReference.bind(prepared_module) was not called")
+        with torch.no_grad():
+            out = self.module(
+                batch["input_ids"], batch.get("attention_mask"), batch["completion_mask"],
+                batch.get("position_ids"), adapter_disabled=True, packed=packed_fields(batch),
+            )
+        return out.float()
+
+    def fingerprint(self) -> str:
+        # Only a cached reference asks, when it is built, i.e. before the policy is sharded.
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model, base_weights_only=True)
+        return self._fingerprint
+
+
+def make_run_reference(
+    strategy: str, model: torch.nn.Module, *, cache_dir: Any, chunk_size: int, device: Any = None
+) -> Any:
+    """The reference of a training run: adapter references go through the prepared policy
+    module (:class:`PolicyAdapterReference`, bound with :func:`bind_reference`); the others are
+    :func:`make_reference`'s (a copy is frozen, unwrapped and placed on ``device``; under
+    FSDP/DeepSpeed the policy itself is still on the CPU here)."""
+    from feedalign.policies.reference_cache import CachedReference
+
+    is_peft = hasattr(model, "disable_adapter")
+    if strategy == "adapter" or (strategy == "cached" and is_peft):
+        inner = PolicyAdapterReference(model)
+        if strategy == "adapter":
+            return inner
+        if cache_dir is None:
+            raise ValueError("reference strategy 'cached' needs cache_dir")
+        return CachedReference(inner, cache_dir)
+    reference = make_reference(strategy, model, cache_dir=cache_dir, chunk_size=chunk_size)
+    inner = getattr(reference, "inner", reference)
+    if isinstance(inner, CopyReference) and device is not None:
+        inner.model.to(device)
+    return reference
+
+
+def bind_reference(reference: Any, module: Any) -> None:
+    """Bind a run's adapter reference (also behind a cache) to the prepared policy module."""
+    inner = getattr(reference, "inner", reference)
+    if isinstance(inner, PolicyAdapterReference):
+        inner.bind(module)
+
+
+def __getattr__(name: str) -> Any:
+    # The disk cache imports the helpers above, so it is re-exported lazily.
+    if name == "CachedReference":
+        from feedalign.policies.reference_cache import CachedReference
+
+        return CachedReference
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

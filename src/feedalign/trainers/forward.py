@@ -166,31 +166,36 @@ def source_forward(runtime: Runtime, source: Source, batch: Batch, *, training: 
     return SourceOutput(out.losses, metrics, batch, out.correct, out.margins)
 
 
+def reference_rows(batch: Batch, kl_batch: Batch | None, pad_id: int) -> tuple[dict[str, Any], list[str]]:
+    """What the reference scores for one micro-batch, with the row ids that key its cache:
+    the batch's rows (a steered batch's plain-prompt rows, ``batching.reference_tensors``),
+    then the ``kl_samples`` rows. Training, evaluation and the reference-cache fill
+    (``run.precompute_reference``) all build it here."""
+    tensors, row_ids = reference_tensors(batch), list(batch.row_ids)
+    if kl_batch is not None:
+        tensors = concat_rows(tensors, kl_batch.tensors, pad_id)
+        row_ids += [f"kl_samples/{i}" for i in kl_batch.row_ids]
+    return tensors, row_ids
+
+
 def _logps(
     runtime: Runtime, source: Source, batch: Batch, *, training: bool
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Policy and reference log-probs of the batch's rows, and the ``kl`` input (None without
     ``kl_samples``): mean(logp_ref - logp_theta) over a micro-batch of reference samples,
     differentiable wrt the policy. The reference samples ride in the same forward as the
-    batch (one call of the wrapped policy per backward, as DDP/FSDP expect). A steered
-    source's reference scores the completions after the plain prompts
-    (``batching.reference_tensors``)."""
+    batch (one call of the wrapped policy per backward, as DDP/FSDP expect)."""
     device = runtime.accelerator.device
-    tensors = move_to(batch.tensors, device)
-    ref_tensors = move_to(reference_tensors(batch), device) if "reference_tensors" in batch.extras else tensors
-    row_ids = list(batch.row_ids)
-    if source.kl_samples is None:
-        policy = runtime.policy_logps(tensors)
-        reference = runtime.reference_logps(ref_tensors, row_ids) if source.spec.needs_reference else None
+    kl_batch = source.kl_samples.next_batch(runtime.pad_id, training=training) if source.kl_samples else None
+    tensors = batch.tensors if kl_batch is None else concat_rows(batch.tensors, kl_batch.tensors, runtime.pad_id)
+    policy = runtime.policy_logps(move_to(tensors, device))
+    reference = None
+    if source.spec.needs_reference or kl_batch is not None:
+        ref_tensors, row_ids = reference_rows(batch, kl_batch, runtime.pad_id)
+        reference = runtime.reference_logps(move_to(ref_tensors, device), row_ids)
+    if kl_batch is None:
         return policy, reference, None
-    rows = len(row_ids)
-    kl_batch = source.kl_samples.next_batch(runtime.pad_id, training=training)
-    kl_tensors = move_to(kl_batch.tensors, device)
-    joined = concat_rows(tensors, kl_tensors, runtime.pad_id)
-    ref_joined = joined if ref_tensors is tensors else concat_rows(ref_tensors, kl_tensors, runtime.pad_id)
-    row_ids += [f"kl_samples/{i}" for i in kl_batch.row_ids]
-    policy = runtime.policy_logps(joined)
-    reference = runtime.reference_logps(ref_joined, row_ids)
+    rows = len(batch.row_ids)
     kl = (reference[rows:] - policy[rows:]).mean()
     return policy[:rows], reference[:rows], kl
 

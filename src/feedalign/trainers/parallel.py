@@ -32,6 +32,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from feedalign.policies.reference import (  # noqa: F401 - the run's reference lives there
+    PACKED_FIELDS,
+    PolicyAdapterReference,
+    bind_reference,
+    make_run_reference,
+    packed_fields,
+)
 from feedalign.policies.reference import eval_mode as _eval_mode
 
 MODEL_PREFIX = "model."  # LogpsModule's name for the policy in state dicts
@@ -96,76 +103,6 @@ class LogpsModule(torch.nn.Module):
             tie()
 
 
-PACKED_FIELDS = ("segment_ids", "seq_lens", "cu_seqlens", "max_seqlen")
-
-
-def packed_fields(batch: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The packing description of a padding-free batch (None for a padded one)."""
-    if "segment_ids" not in batch:
-        return None
-    return {key: batch[key] for key in PACKED_FIELDS if key in batch}
-
-
-class PolicyAdapterReference:
-    """The LoRA policy with its adapter disabled, run through the prepared ``LogpsModule``
-    (call :meth:`bind` after ``accelerator.prepare``). Same values as
-    ``policies.reference.AdapterReference``; safe under FSDP."""
-
-    def __init__(self, peft_model: torch.nn.Module) -> None:
-        if not hasattr(peft_model, "disable_adapter"):
-            raise TypeError(
-                f"the adapter reference needs a peft model (with disable_adapter()); got "
-                f"{type(peft_model).__name__}. Set model.lora or use reference.strategy copy"
-            )
-        self.model = peft_model
-        self.module: Any = None
-        self._fingerprint: str | None = None
-
-    def bind(self, module: Any) -> None:
-        self.module = module
-
-    def logps(self, batch: Mapping[str, Tensor], example_keys: Sequence[str] | None = None) -> Tensor:
-        if self.module is None:
-            raise RuntimeError("PolicyAdapterReference.bind(prepared_module) was not called")
-        with torch.no_grad():
-            out = self.module(
-                batch["input_ids"], batch.get("attention_mask"), batch["completion_mask"],
-                batch.get("position_ids"), adapter_disabled=True, packed=packed_fields(batch),
-            )
-        return out.float()
-
-    def fingerprint(self) -> str:
-        # Only a cached reference asks, when it is built, i.e. before the policy is sharded.
-        if self._fingerprint is None:
-            from feedalign.policies.reference import model_fingerprint
-
-            self._fingerprint = model_fingerprint(self.model, base_weights_only=True)
-        return self._fingerprint
-
-
-def make_run_reference(
-    strategy: str, model: torch.nn.Module, *, cache_dir: Any, chunk_size: int, device: Any = None
-) -> Any:
-    """The reference of a run: adapter references go through the prepared policy module;
-    the others are ``policies.reference.make_reference``'s (a copy is frozen, unwrapped and
-    placed on ``device``; under FSDP/DeepSpeed the policy itself is still on the CPU here)."""
-    from feedalign.policies.reference import CachedReference, CopyReference, make_reference
-
-    is_peft = hasattr(model, "disable_adapter")
-    if strategy == "adapter" or (strategy == "cached" and is_peft):
-        inner = PolicyAdapterReference(model)
-        if strategy == "adapter":
-            return inner
-        if cache_dir is None:
-            raise ValueError("reference strategy 'cached' needs cache_dir")
-        return CachedReference(inner, cache_dir)
-    reference = make_reference(strategy, model, cache_dir=cache_dir, chunk_size=chunk_size)
-    inner = getattr(reference, "inner", reference)
-    if isinstance(inner, CopyReference) and device is not None:
-        inner.model.to(device)
-    return reference
-
-
 def check_reference_strategy(accelerator: Any, strategy: str, model: torch.nn.Module) -> None:
     """A ``copy`` reference (also the model behind a ``cached`` one without LoRA) deep-copies
     the policy; under ZeRO-3 with ``zero3_init_flag`` the policy was built partitioned, and a
@@ -182,12 +119,6 @@ def check_reference_strategy(accelerator: Any, strategy: str, model: torch.nn.Mo
             "policy, or zero3_init_flag: false",
             key="reference.strategy",
         )
-
-
-def bind_reference(reference: Any, module: Any) -> None:
-    inner = getattr(reference, "inner", reference)
-    if isinstance(inner, PolicyAdapterReference):
-        inner.bind(module)
 
 
 # ----------------------------------------------------------------------------- sharding

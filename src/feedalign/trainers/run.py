@@ -13,7 +13,7 @@ from feedalign.config.errors import ConfigError
 from feedalign.config.loader import dump_config
 from feedalign.config.schema import Config
 from feedalign.trainers import checkpoint as ckpt
-from feedalign.data.batching import Batch, collate, collate_texts, concat_rows, move_to, reference_tensors
+from feedalign.data.batching import Batch, collate, collate_texts, move_to
 from feedalign.trainers.forward import Runtime, Source
 from feedalign.trainers.parallel import (
     LogpsModule,
@@ -201,15 +201,12 @@ def _reference_rows(run: Run) -> Iterator[tuple[dict[str, Any], list[str]]]:
 
 
 def _batch_rows(run: Run, source: Source, batch: Batch, training: bool) -> Iterator[tuple[dict[str, Any], list[str]]]:
+    from feedalign.trainers.forward import reference_rows
     from feedalign.trainers.state import TrainerStateContext, mismatched_rows
 
-    tensors, row_ids = reference_tensors(batch), list(batch.row_ids)
-    if source.kl_samples is not None:
-        kl_batch = source.kl_samples.next_batch(run.runtime.pad_id, training=training)
-        tensors = concat_rows(tensors, kl_batch.tensors, run.runtime.pad_id)
-        row_ids += [f"kl_samples/{i}" for i in kl_batch.row_ids]
-    if source.spec.needs_reference or source.kl_samples is not None:
-        yield tensors, row_ids
+    kl_batch = source.kl_samples.next_batch(run.runtime.pad_id, training=training) if source.kl_samples else None
+    if source.spec.needs_reference or kl_batch is not None:
+        yield reference_rows(batch, kl_batch, run.runtime.pad_id)
     # The rows the loss's state providers score for this batch (their own choice of rows).
     ctx = TrainerStateContext(batch, source.feedback, None, None, None, training)  # type: ignore[arg-type]
     for prompts, completions, ids in mismatched_rows(source.providers, ctx):
