@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -125,14 +124,18 @@ def test_cached_resume_reuses_disk_cache(env, tmp_path, monkeypatch):
     assert_states_equal(model_state(full.model), model_state(resumed.model), atol=1e-6)
 
 
-def test_adamw_kernel_fused_only_on_cuda():
+def test_adamw_kernel_is_the_default_off_cuda():
     cpu = [torch.nn.Parameter(torch.zeros(3))]
     assert adamw_kernel(cpu) == {}
     assert adamw_kernel([]) == {}
-    if not torch.cuda.is_available():
-        pytest.skip("fused AdamW needs CUDA")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fused AdamW needs CUDA")
+def test_adamw_kernel_fused_on_cuda():
     params = [torch.nn.Parameter(torch.zeros(3, device="cuda"))]
     assert adamw_kernel(params) == {"fused": True}
+    mixed = params + [torch.nn.Parameter(torch.zeros(3))]
+    assert adamw_kernel(mixed) == {}
     optimizer = torch.optim.AdamW(params, **adamw_kernel(params))
     assert optimizer.defaults["fused"] is True
 
@@ -146,23 +149,13 @@ def test_compile_option_validates(tmp_path):
         config_from_dict(base, ["train.compile=maybe"])
 
 
-_COMPILE_BUDGET_S = 60.0
-
-
 @pytest.mark.slow  # a cold CPU compile of even a 2-layer model took ~60 s here
-def test_compile_on_tiny_run_completes(env, tmp_path):
+def test_compile_on_tiny_run_matches_eager(env, tmp_path):
+    """train.compile is shipped: it must build and give the eager run's weights (no skip on a
+    slow or missing compiler: either is a failure of the option)."""
     root, d = env
     cfg = base_config(d["model"], tmp_path / "c", _data(d)[:1], max_steps=2, compile=True)
-    start = time.monotonic()
-    try:
-        result = train(cfg)
-    except Exception as exc:  # noqa: BLE001 - no working compiler toolchain here
-        if "compile" in type(exc).__module__ or "Inductor" in type(exc).__name__ or "dynamo" in repr(exc).lower():
-            pytest.skip(f"torch.compile unavailable on this machine: {exc!r}"[:300])
-        raise
-    elapsed = time.monotonic() - start
-    if elapsed > _COMPILE_BUDGET_S:
-        pytest.skip(f"tiny compiled run took {elapsed:.0f} s (> {_COMPILE_BUDGET_S:.0f} s budget)")
+    result = train(cfg)
     eager = train(base_config(d["model"], tmp_path / "e", _data(d)[:1], max_steps=2))
     assert result.steps == 2
     assert_states_equal(model_state(eager.model), model_state(result.model), atol=1e-5)

@@ -30,6 +30,9 @@ A registration (``register_loss``) declares:
 ``accuracy``   ``fn(inputs) -> (correct [B] bool, margins [B] or None)``: the loss's reward
                accuracy on a batch, computed from the same inputs as the loss (None: the loss
                has no notion of a correct verdict, e.g. SFT).
+``in_batch_kl_effect``  for a loss with a ``kl`` input: ``fn(labels) -> str | None``, what
+               the in-batch KL estimate does to it on data whose labels are ``labels`` (a set
+               of bools), for the trainer's warning when no reference samples are given.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class LossSpec:
     validators: Mapping[str, Validator] = field(default_factory=dict)
     check: Callable[[dict[str, Any]], list[str]] | None = None
     accuracy: Verdict | None = None
+    in_batch_kl_effect: Callable[[frozenset[bool]], str | None] | None = None
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -165,6 +169,7 @@ def register_loss(
     validators: Mapping[str, Validator] | None = None,
     check: Callable[[dict[str, Any]], list[str]] | None = None,
     accuracy: Verdict | None = None,
+    in_batch_kl_effect: Callable[[frozenset[bool]], str | None] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn`` under ``name``; the declaration is checked against its signature."""
     if feedback not in FEEDBACK_KINDS:
@@ -192,6 +197,7 @@ def register_loss(
             name=name, fn=fn, feedback=feedback, needs_reference=needs_reference, optional=tuple(optional),
             state=MappingProxyType(state), hparams=MappingProxyType(hparams),
             validators=MappingProxyType(all_validators), check=check, accuracy=accuracy,
+            in_batch_kl_effect=in_batch_kl_effect,
         )
         return fn
 

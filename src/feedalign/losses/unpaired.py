@@ -133,7 +133,21 @@ def _check_pmpo(hparams: dict[str, Any]) -> list[str]:
     return []
 
 
+def _pmpo_in_batch_kl(labels: frozenset[bool]) -> str | None:
+    """What the in-batch KL estimate (no ``kl`` input) does to PMPO on a one-class set (§9)."""
+    if labels == {False}:
+        return ("every example is negative, so the KL term becomes a likelihood term on the negatives "
+                "themselves: the loss per example is (1 - alpha - beta)*logp + const, which collapses for "
+                "beta < 1 - alpha, has zero gradient at beta = 1 - alpha and raises the negatives' "
+                "likelihood above it")
+    if labels == {True}:
+        return ("every example is positive, so the KL term only adds beta*logp of the positives "
+                "(weighted SFT) and does not hold the policy near the reference")
+    return None
+
+
 @register_loss("pmpo", feedback="unpaired", needs_reference=True, optional=("kl",), check=_check_pmpo,
+               in_batch_kl_effect=_pmpo_in_batch_kl,
                validators={"alpha": hp.unit_interval, "beta": hp.nonnegative}, accuracy=_log_ratio_verdict)
 def pmpo_loss(
     policy_logps: Tensor,

@@ -64,22 +64,11 @@ def warn_in_batch_kl(item: CheckedSource, examples: Sequence[Example], prefix: s
     class proportions. A one-class set is not such a sample (ALGORITHMS.md §9)."""
     from feedalign.config.checks import takes_kl
 
-    if item.spec.feedback != "unpaired" or not takes_kl(item.spec) or not examples:
+    spec = item.spec
+    if spec.feedback != "unpaired" or not takes_kl(spec) or spec.in_batch_kl_effect is None or not examples:
         return
-    labels = {bool(ex.label) for ex in examples}
-    if labels == {False}:
-        effect = (
-            "every example is negative, so the KL term becomes a likelihood term on the negatives "
-            "themselves: for PMPO-style sign weights the loss per example is (1 - alpha - beta)*logp "
-            "+ const, which collapses for beta < 1 - alpha, has zero gradient at beta = 1 - alpha "
-            "and raises the negatives' likelihood above it"
-        )
-    elif labels == {True}:
-        effect = (
-            "every example is positive, so the KL term only adds beta*logp of the positives "
-            "(weighted SFT) and does not hold the policy near the reference"
-        )
-    else:
+    effect = spec.in_batch_kl_effect(frozenset(bool(ex.label) for ex in examples))
+    if effect is None:
         return
     warnings.warn(
         f"{prefix} (source '{item.name}', loss '{item.spec.name}'): no kl_samples, so "
