@@ -300,8 +300,9 @@ def _assert_runs_match(one: Path, two: Path) -> None:
     assert multi.trainer_state["num_processes"] == 2
     assert multi.state["samplers"] == single.state["samplers"]
     delta_one, delta_two = single.state["providers"]["bco"]["delta"], multi.state["providers"]["bco"]["delta"]
-    assert delta_two["count"] == delta_one["count"] == 3 * 4
-    assert delta_two["mean"] == pytest.approx(delta_one["mean"], abs=ATOL)
+    # per class: the steps whose global micro-batch held it (3 steps), and its moving average
+    assert delta_two["counts"] == delta_one["counts"] and 3 <= sum(delta_one["counts"]) <= 2 * 3
+    assert delta_two["means"] == pytest.approx(delta_one["means"], abs=ATOL)
     assert_states_equal(single.weights, multi.weights, atol=ATOL)
     assert {"rng_state_0.pt", "rng_state_1.pt"} <= {p.name for p in (two / "step-00000003").iterdir()}
 

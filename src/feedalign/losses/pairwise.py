@@ -131,8 +131,9 @@ def cdpo_loss(
     """Conservative DPO: loss = -(1-eps)*logsigmoid(beta*h) - eps*logsigmoid(-beta*h).
 
     E. Mitchell, "A note on DPO with noisy preferences & relationship to IPO" (2023).
-    The gradient vanishes at sigma(beta*h) = 1 - eps: the target is a shrunk preference,
-    not pi* even when eps is the true flip rate (ALGORITHMS.md §6.1).
+    The gradient vanishes at sigma(beta*h) = 1 - eps: per pair the target is a shrunk
+    preference, not pi* even when eps is the true flip rate; that per-pair value is the
+    population optimum only for K = 2 responses per prompt (ALGORITHMS.md §6.1).
     """
     chosen, rejected = _implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta
