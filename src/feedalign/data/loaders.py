@@ -111,6 +111,7 @@ class SourceStats:
     other_objectives: int = 0
     ignored_columns: set[str] = field(default_factory=set)
     records: list[Record] = field(default_factory=list, repr=False)
+    problems: list[Rejection] = field(default_factory=list, repr=False)
 
     @property
     def rows_read(self) -> int:
@@ -328,10 +329,14 @@ def _consume(items: Iterator[Item], name: str, result: LoadResult, ids: IdRegist
                 records = ids.assign(records, loc, explicit=mapped.get("id") is not None)
             except RowError as exc:
                 problem = Rejection(loc, exc.field, exc.reason, jsonable(row))
+            except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
+                # a value of a shape no check anticipated: still a located problem, never a crash
+                problem = Rejection(loc, None, f"could not read this row ({type(exc).__name__}: {exc})", jsonable(row))
         if problem is not None:
             if opts.on_invalid == "error":
                 raise problem.to_error()
             result.rejected.append(problem)
+            stats.problems.append(problem)
             stats.rejected += 1
             continue
         keys = tuple(row)
@@ -346,6 +351,7 @@ def _consume(items: Iterator[Item], name: str, result: LoadResult, ids: IdRegist
         if opts.on_invalid == "error":
             raise problem.to_error()
         result.rejected.append(problem)
+        stats.problems.append(problem)
         stats.rejected += 1
     stats.format = preset.name if preset is not None else None
     stats.unrated = ctx.unrated

@@ -308,14 +308,17 @@ def read_rows(rows: Any, name: str) -> Iterator[Item]:
         yield f"{name}[{index}]", row, None
 
 
-def jsonable(value: Any) -> Any:
-    """A JSON-safe copy of a raw row for the quarantine file (non-finite floats as strings)."""
+def jsonable(value: Any, _depth: int = 0) -> Any:
+    """A JSON-safe copy of a raw row for the quarantine file (non-finite floats as strings;
+    nesting past 100 levels replaced by a marker)."""
+    if _depth > 100:
+        return "<nested deeper than 100 levels>"
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v, _depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+        return [jsonable(v, _depth + 1) for v in value]
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return repr(value)

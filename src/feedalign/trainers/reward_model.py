@@ -60,17 +60,29 @@ class RMModelConfig:
 
 @dataclass(frozen=True)
 class RMSourceConfig:
-    """One data source: ``path`` (None when records are passed in memory under ``name``)."""
+    """One data source: ``path`` (None when records are passed in memory under ``name``);
+    ``format``, ``columns``, ``label_values``, ``split``, ``scores``, ``ties`` as for
+    ``feedalign train`` sources (docs/data.md)."""
 
     path: str | tuple[str, ...] | None = None
     objective: str | None = None
     name: str | None = None
     weight: float = 1.0
     hparams: dict[str, Any] = field(default_factory=dict)
+    format: str | None = None
+    columns: dict[str, str] | None = None
+    label_values: dict[str, Any] | None = None
+    split: str | None = None
+    scores: Any = None
+    ties: str = "drop"
 
     def __post_init__(self) -> None:
         if self.weight < 0:
             raise ConfigError(f"must be >= 0, got {self.weight}", key="weight")
+        from feedalign.data.options import source_option_errors
+
+        for key, detail in source_option_errors(self):
+            raise ConfigError(detail, key=key)
 
 
 @dataclass(frozen=True)
@@ -182,9 +194,12 @@ def _route(records: Sequence[Any], tag: str | None, where: str) -> tuple[list[An
     out, dropped = [], 0
     for r in records:
         if not isinstance(r, (PairRecord, LabeledRecord)):
-            raise ValueError(
-                f"{r.source or where}: reward-model training takes pairs and thumbs, got a "
-                f"{type(r).__name__} (turn scores into pairs or labels first)"
+            from feedalign.data.errors import FeedbackDataError
+
+            raise FeedbackDataError(
+                r.source or where,
+                f"reward-model training takes pairs and thumbs, got a {type(r).__name__} "
+                "(set the source's scores: to pairs or labels)",
             )
         if tag is not None and r.objective not in (None, tag):
             dropped += 1
@@ -201,6 +216,7 @@ def _retag(record: Any, objective: str) -> Any:
 
 def _load_sources(config: RewardModelConfig, records: Mapping[str, Sequence[Any]] | None) -> tuple[dict[str, list[Any]], dict[str, int]]:
     from feedalign.data.loaders import load_many
+    from feedalign.data.options import load_options
 
     loaded, dropped = {}, {}
     for i, (name, source) in enumerate(zip(config.source_names, config.data)):
@@ -208,7 +224,7 @@ def _load_sources(config: RewardModelConfig, records: Mapping[str, Sequence[Any]
             raw = list(records[name])
         elif source.path is not None:
             paths = [source.path] if isinstance(source.path, str) else list(source.path)
-            raw = load_many(paths).records
+            raw = load_many(paths, **load_options(source)).records
         else:
             raise ConfigError(f"source '{name}' has no path and no in-memory records", key=f"data.{i}.path")
         loaded[name], dropped[name] = _route(raw, source.objective, name)

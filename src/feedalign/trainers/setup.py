@@ -162,17 +162,19 @@ def check_grad_accum(accelerator: Any, train: TrainConfig) -> None:
 
 def _load_source_records(config: Config, index: int, name: str, given: Any) -> list[Any]:
     from feedalign.data.loaders import load_many, load_records
+    from feedalign.data.options import load_options
 
     source = config.data[index]
     on_invalid = config.train.on_invalid
     quarantine = Path(config.train.output_dir) / "quarantine" / f"{name}.quarantine.jsonl"
+    options = load_options(source)
     if given is not None:
         if isinstance(given, Sequence) and all(isinstance(r, _RECORD_TYPES) for r in given):
             return list(given)
-        result = load_records(given, on_invalid=on_invalid, quarantine_path=quarantine, kind=source.kind)
+        result = load_records(given, on_invalid=on_invalid, quarantine_path=quarantine, kind=source.kind, **options)
     else:
         result = load_many(
-            list(source.paths), on_invalid=on_invalid, quarantine_path=quarantine, kind=source.kind
+            list(source.paths), on_invalid=on_invalid, quarantine_path=quarantine, kind=source.kind, **options
         )
     if result.rejected:
         logger.warning("source %s: %d rows rejected, written to %s", name, len(result.rejected), quarantine)

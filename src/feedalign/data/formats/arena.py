@@ -35,9 +35,10 @@ def _winner(row: Mapping[str, Any]) -> str:
     flags = []
     for column in _KAGGLE:
         value = row.get(column)
-        if value not in (0, 1) or isinstance(value, float) and value not in (0.0, 1.0):
+        flag = {"0": 0, "1": 1}.get(value.strip()) if isinstance(value, str) else value
+        if isinstance(flag, bool) or flag not in (0, 1):
             raise RowError(column, f"expected 0 or 1, got {value!r}")
-        flags.append(int(value))
+        flags.append(int(flag))
     if sum(flags) != 1:
         raise RowError("winner_model_a", f"expected exactly one of {', '.join(_KAGGLE)} to be 1, got {flags}")
     return ("a", "b", "tie")[flags.index(1)]

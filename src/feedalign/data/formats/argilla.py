@@ -38,12 +38,38 @@ def _questions(row: Mapping[str, Any]) -> list[str]:
     return [c[: -len(".responses")] for c in row if c.endswith(".responses")]
 
 
-def _fields(row: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
-    texts = {c: v for c, v in row.items() if "." not in c and c not in _NOT_FIELDS and isinstance(v, str)}
+_RESPONSE_NAME = re.compile(r"^(response|completion|answer|output|generation|reply|candidate)", re.I)
+
+
+def _referenced(row: Mapping[str, Any]) -> set[str]:
+    """Normalised names that label or ranking responses point at."""
+    names: set[str] = set()
+    for q in _questions(row):
+        for value in row.get(f"{q}.responses") or []:
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                item = item.get("value") if isinstance(item, Mapping) else item
+                if isinstance(item, str):
+                    names.add(_norm(item))
+    return names
+
+
+def _text_fields(row: Mapping[str, Any]) -> tuple[str | None, list[str]]:
+    """The prompt field and the response fields (named like responses or named by a response;
+    other text columns are metadata)."""
+    texts = [c for c, v in row.items() if "." not in c and c not in _NOT_FIELDS and isinstance(v, str)]
     prompt_field = next((f for f in PROMPT_FIELDS if f in texts), None)
+    rest = [c for c in texts if c != prompt_field]
+    referenced = _referenced(row)
+    responses = [c for c in rest if _RESPONSE_NAME.match(c) or _norm(c) in referenced]
+    return prompt_field, responses or rest
+
+
+def _fields(row: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+    prompt_field, responses = _text_fields(row)
     if prompt_field is None:
         raise RowError("prompt", f"missing: expected a prompt field ({', '.join(PROMPT_FIELDS)}); map it with columns: {{prompt: ...}}")
-    return check_text(texts.pop(prompt_field), prompt_field), {name: check_text(v, name) for name, v in texts.items()}
+    return check_text(row[prompt_field], prompt_field), {name: check_text(row[name], name) for name in responses}
 
 
 def _field(value: Any, fields: dict[str, str], where: str) -> str:
@@ -113,7 +139,8 @@ def _argilla(row: Mapping[str, Any], ctx: Context) -> list[Record]:
 
 
 def _reads(row: Mapping[str, Any]) -> frozenset[str]:
-    names = {c for c in row if "." not in c and c not in _NOT_FIELDS and isinstance(row.get(c), str)}
+    prompt_field, responses = _text_fields(row)
+    names = set(responses) | ({prompt_field} if prompt_field else set())
     for q in _questions(row):
         names |= {f"{q}.responses", f"{q}.responses.status", f"{q}.responses.users"}
     return frozenset(names)
