@@ -35,6 +35,7 @@ class Example:
     rejected: str | None = None
     where: str = ""
     weight: float = 1.0  # the record's weight divided by the source's mean weight (see weighted_mean)
+    tie: bool = False  # pairs only: the two completions were judged equally good (tie-aware losses)
     tokens: dict[str, list[int]] | None = None
     rejected_tokens: dict[str, list[int]] | None = None
     # Steerable runs: the example's weight vector [m], its prompt before conditioning, and
@@ -112,11 +113,7 @@ def _examples(pairs, labeled, feedback: str, *, pairing: str | None, seed: int, 
 
 
 def _pair_example(r: PairRecord) -> Example:
-    if r.tie:
-        raise FeedbackDataError(
-            r.source, "a tie record reached a pair loss; the trainer's pair losses take strict preferences (ties: drop)"
-        )
-    return Example(r.id, r.prompt, r.chosen, r.objective, rejected=r.rejected, where=r.source, weight=r.weight)
+    return Example(r.id, r.prompt, r.chosen, r.objective, rejected=r.rejected, where=r.source, weight=r.weight, tie=r.tie)
 
 
 def _labeled_example(r: LabeledRecord) -> Example:
@@ -268,6 +265,8 @@ def collate(examples: Sequence[Example], feedback: str, pad_id: int, *, packing:
     extras: dict[str, Any] = {}
     if any(ex.weight != 1.0 for ex in examples):
         extras["example_weights"] = torch.tensor([ex.weight for ex in examples], dtype=torch.float32)
+    if feedback == "pair":
+        extras["ties"] = torch.tensor([ex.tie for ex in examples], dtype=torch.bool)
     if examples and all(ex.steer_weights is not None for ex in examples):
         extras["steer_weights"] = torch.tensor([ex.steer_weights for ex in examples], dtype=torch.float64)
         plain = [ex.plain_prompt for ex in examples]

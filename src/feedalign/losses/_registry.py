@@ -131,4 +131,4 @@ def list_losses() -> list[str]:
 
 def _ensure_loaded() -> None:
     # Importing the modules runs their @register_loss decorators.
-    from feedalign.losses import multiobjective, pairwise, reward, unpaired  # noqa: F401
+    from feedalign.losses import multiobjective, pairwise, pairwise_ties, reward, unpaired  # noqa: F401

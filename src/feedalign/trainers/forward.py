@@ -144,6 +144,8 @@ def _optional_inputs(spec: Any, batch: Batch, device: torch.device) -> dict[str,
             out["rejected_lengths"] = lengths[b:]
     elif "lengths" in params:
         out["lengths"] = lengths
+    if "ties" in params and "ties" in batch.extras:
+        out["ties"] = batch.extras["ties"].to(device)
     return out
 
 

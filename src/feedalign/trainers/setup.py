@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -220,6 +221,7 @@ def build_sources(
         if not examples:
             detail = f"source '{item.name}' gives no examples for a '{item.spec.feedback}' loss"
             raise FeedbackDataError(where, detail)
+        check_ties(examples, item.spec, item.name)
         if item.steer is not None:
             examples = steer_examples(examples, item.steer)
             prepare_steer_tokenizer(item.steer, tokenizer, f"data.{index}.steer")
@@ -255,6 +257,17 @@ def build_sources(
             f", {len(kl_samples.examples)} reference samples for kl" if kl_samples is not None else "",
         )
     return sources
+
+
+def check_ties(examples: Sequence[Example], spec: Any, name: str) -> None:
+    """Tie records (``ties: keep``) only feed a pair loss that takes a ``ties`` input."""
+    tie = next((ex for ex in examples if ex.tie), None)
+    if tie is not None and "ties" not in inspect.signature(spec.fn).parameters:
+        raise FeedbackDataError(
+            tie.where or name,
+            f"source '{name}' keeps ties (ties: keep) but its loss takes no `ties` input; use a tie-aware "
+            "pair loss or ties: drop",
+        )
 
 
 def prepare_steer_tokenizer(spec: Any, tokenizer: Any, key: str) -> None:
