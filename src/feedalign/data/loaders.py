@@ -74,7 +74,6 @@ import numbers
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from feedalign.data.errors import FeedbackDataError, Rejection, RowError

@@ -340,6 +340,16 @@ def _texts(group: _Group, idx: Sequence[int]) -> list[tuple[str, str]]:
     return [(r.prompt, r.completion) for r in recs]
 
 
+def _weighted_mean(losses: torch.Tensor, group: _Group, idx: Sequence[int]) -> torch.Tensor:
+    """mean_i(w_i / mean(w) * loss_i) with the records' row weights (docs/data.md, weights)."""
+    weights = [group.records[i].weight for i in idx]
+    if all(w == 1.0 for w in weights):
+        return losses.mean()
+    mean = sum(r.weight for r in group.records) / len(group.records)
+    w = torch.tensor(weights, dtype=losses.dtype, device=losses.device) / mean
+    return (losses * w).mean()
+
+
 def _group_losses(scores: torch.Tensor, group: _Group, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-example losses, per-example correctness) of ``group[idx]`` given their rows'
     scores ``[rows, m]``."""
@@ -396,7 +406,7 @@ def train_reward_model(
             n_rows = len(idx) * (2 if g.kind == "pair" else 1)
             losses, _ = _group_losses(scores[row : row + n_rows], g, idx)
             row += n_rows
-            total = total + g.weight * losses.mean()
+            total = total + g.weight * _weighted_mean(losses, g, idx)
             entry[f"loss/{g.name}"] = float(losses.detach().mean())
         optimizer.zero_grad(set_to_none=True)
         total.backward()
