@@ -248,3 +248,15 @@ def test_unknown_format_is_a_clear_error(tmp_path, capsys):
     path = published.thumbs_log(tmp_path)
     assert main(["data", "inspect", str(path), "--format", "nope"]) == 2
     assert "unknown format 'nope'; expected one of" in capsys.readouterr().out
+
+
+def test_ranked_completions_become_pairs_and_bare_scores_stay_unnamed():
+    rows = [{"prompt": "p", "completions": ["a", "b", "c"], "ranks": [2, 1, 2]}]
+    result = load_records(rows)
+    assert result.per_source[0].format == "ranked"
+    assert {(r.chosen, r.rejected, r.objective) for r in result.records} == {("b", "a", None), ("b", "c", None)}
+    assert len(result.ties) == 1  # a and c share rank 2
+    scored = [{"prompt": "q", "completion": "x", "score": 0.2}, {"prompt": "q", "completion": "y", "score": 0.9}]
+    assert [(r.chosen, r.objective) for r in load_records(scored, scores="pairs").records] == [("y", None)]
+    with pytest.raises(FeedbackDataError, match="field 'ranks': expected a list of 3 numbers"):
+        load_records([{"prompt": "p", "completions": ["a", "b", "c"], "ranks": [1, 2]}])

@@ -24,6 +24,12 @@ from typing import Any
 
 from feedalign.data.records import LabeledRecord, PairRecord, Record, ScoredRecord
 
+SCORE_KEY = "score"  # a bare ``score`` column: the single, unnamed objective (None)
+
+
+def _name(objective: str) -> str | None:
+    return None if objective == SCORE_KEY else objective
+
 TARGETS = ("pairs", "labels", "scores")
 PAIRINGS = ("all", "best_vs_worst")
 
@@ -105,7 +111,7 @@ def _labels(group: Iterable[ScoredRecord], policy: ScorePolicy) -> list[LabeledR
         for objective, score in rec.scores.items():
             threshold = policy.threshold_for(objective)
             if threshold is not None:
-                out.append(LabeledRecord(rec.prompt, rec.completion, score >= threshold, objective, source=rec.source, weight=rec.weight))
+                out.append(LabeledRecord(rec.prompt, rec.completion, score >= threshold, _name(objective), source=rec.source, weight=rec.weight))
     return out
 
 
@@ -136,9 +142,9 @@ def _pairs(group: Sequence[ScoredRecord], policy: ScorePolicy, stats: ScoreStats
             if gap == 0:
                 stats.ties += 1
                 stats.tie_rows.update({a.source, b.source})
-                ties.append(PairRecord(a.prompt, a.completion, b.completion, objective, source=a.source, weight=weight, tie=True))
+                ties.append(PairRecord(a.prompt, a.completion, b.completion, _name(objective), source=a.source, weight=weight, tie=True))
             elif abs(gap) < policy.min_gap:
                 stats.below_gap += 1
             else:
-                pairs.append(PairRecord(hi.prompt, hi.completion, lo.completion, objective, source=hi.source, weight=weight))
+                pairs.append(PairRecord(hi.prompt, hi.completion, lo.completion, _name(objective), source=hi.source, weight=weight))
     return pairs, ties

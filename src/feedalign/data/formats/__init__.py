@@ -16,6 +16,7 @@ hh-rlhf         chosen/rejected "\\n\\nHuman: ... \\n\\nAssistant: ..." transcri
 ultrafeedback   instruction + completions[{response, annotations{aspect: {Rating}}}]
 pku-saferlhf    prompt, response_0/1, better_response_id, safer_response_id, is_response_k_safe
 helpsteer2      prompt, response, helpfulness ... verbosity (0-4)
+ranked          prompt + completions (K) + ranks (1 = best) or scores
 arena           model_a/model_b + winner + conversation_a/b, or prompt/response_a/response_b +
                 winner_model_a/winner_model_b/winner_tie (JSON-encoded lists)
 argilla         Argilla 2.x export: fields + ``<question>.responses`` per annotator

@@ -9,6 +9,10 @@ counted). Objectives: helpfulness, honesty, instruction_following, truthfulness.
 
 HelpSteer2: ``prompt``, ``response`` and five 0-4 integer attributes (the objectives);
 consecutive rows share a prompt.
+
+ranked: ``prompt`` + ``completions`` (K strings) + ``ranks`` (K numbers, 1 = best; equal ranks
+tie) or ``scores`` (K numbers, higher is better), optional ``objective``: K ranked completions
+become pairs.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from feedalign.data.errors import RowError
 from feedalign.data.formats import Context, Preset, register
 from feedalign.data.messages import describe_value
 from feedalign.data.records import Record, ScoredRecord
-from feedalign.data.validation import check_id, check_text
+from feedalign.data.validation import check_id, check_objective, check_text
 
 UF_ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
 HS_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
@@ -118,5 +122,36 @@ register(
         objectives=HS_ATTRIBUTES,
         groups_scores=True,
         summary="prompt + response + five 0-4 attributes -> pairs per attribute among a prompt's responses",
+    )
+)
+
+
+def _ranked(row: Mapping[str, Any], ctx: Context) -> list[Record]:
+    prompt = check_text(row.get("prompt"), "prompt")
+    completions = row.get("completions")
+    if not isinstance(completions, (list, tuple)) or len(completions) < 2:
+        raise RowError("completions", f"expected a list of at least two completions, got {describe_value(completions)}")
+    texts = [check_text(c, f"completions[{i}]") for i, c in enumerate(completions)]
+    column = "ranks" if row.get("ranks") is not None else "scores"
+    values = row.get(column)
+    if not isinstance(values, (list, tuple)) or len(values) != len(texts):
+        raise RowError(column, f"expected a list of {len(texts)} numbers (one per completion), got {describe_value(values)}")
+    objective = check_objective(row.get("objective"), "objective", ctx.objectives) or "score"
+    out: list[Record] = []
+    for i, (text, value) in enumerate(zip(texts, values)):
+        number = parse_rating(value, f"{column}[{i}]", ctx)
+        if number is not None:
+            out.append(ScoredRecord(prompt, text, {objective: -number if column == "ranks" else number}))
+    return out
+
+
+register(
+    Preset(
+        "ranked",
+        frozenset({"prompt", "completions", "ranks", "scores", "objective", "weight"}),
+        lambda row: "prompt" in row and "completions" in row and ("ranks" in row or "scores" in row),
+        _ranked,
+        groups_scores=True,
+        summary="prompt + K completions + ranks (1 = best) or scores -> pairs",
     )
 )
