@@ -54,11 +54,14 @@ def _max_diff(a, b):
 def test_weight_column_reaches_records_and_is_validated(tmp_path):
     records = load_records(_rows(4, 0)).records
     assert [r.weight for r in records] == [0.5, 1.0, 2.0, 3.0]
-    for bad in (0, -1, "2", float("nan"), True):
+    for bad in (0, -1, "two", float("nan"), True, 10**400, [1]):
         with pytest.raises(FeedbackDataError, match="field 'weight': expected a finite number > 0"):
             load_records([{"prompt": "p", "chosen": "a", "rejected": "b", "weight": bad}])
     thumbs = load_records([{"prompt": "p", "completion": "c", "label": 1, "weight": 2}]).records
     assert thumbs[0].weight == 2.0
+    csv_path = tmp_path / "w.csv"
+    csv_path.write_text("prompt,completion,label,weight\np,c,1,0.25\n")
+    assert load_records(csv_path).records[0].weight == 0.25
     # the weight is not part of the id, but it is part of the content fingerprint
     assert records[0].id == load_records([{k: v for k, v in _rows(1, 0)[0].items() if k != "weight"}]).records[0].id
     assert fingerprint(records) != fingerprint([records[0].__class__(**{**vars(records[0]), "weight": 1.0}), *records[1:]])

@@ -205,11 +205,11 @@ def normalize_objectives(objectives: Iterable[str] | str | None) -> frozenset[st
 
 
 def parse_weight(value: Any) -> float:
-    """A row weight: a finite number > 0."""
+    """A row weight: a finite number > 0 (a numeric string too: CSV cells are text)."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     try:
-        weight = float(value) if ok else math.nan
-    except OverflowError:
+        weight = float(value.strip()) if isinstance(value, str) else float(value) if ok else math.nan
+    except (OverflowError, ValueError):
         weight = math.nan
     if not (math.isfinite(weight) and weight > 0):
         raise RowError("weight", f"expected a finite number > 0, got {value!r}")
