@@ -260,3 +260,10 @@ def test_ranked_completions_become_pairs_and_bare_scores_stay_unnamed():
     assert [(r.chosen, r.objective) for r in load_records(scored, scores="pairs").records] == [("y", None)]
     with pytest.raises(FeedbackDataError, match="field 'ranks': expected a list of 3 numbers"):
         load_records([{"prompt": "p", "completions": ["a", "b", "c"], "ranks": [1, 2]}])
+
+
+def test_export_ids_that_name_annotations_are_not_record_ids():
+    # two Argilla records (ids r1, r2) with the same verdict: two pairs, no duplicate-id error
+    rows = [{"id": f"r{i}", "prompt": "p", "response1": "a", "response2": "b", "q.responses": ["response1"]} for i in (1, 2)]
+    records = load_records(rows).records
+    assert len(records) == 2 and records[0].id != records[1].id

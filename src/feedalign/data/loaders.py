@@ -255,7 +255,7 @@ def _consume(items: Iterator[Item], name: str, result: LoadResult, ids: IdRegist
                 if preset is None:
                     preset = _pick_preset(mapped, opts)
                 records = _row_records(mapped, preset, ctx, opts)
-                records = ids.assign(records, loc, explicit=mapped.get("id") is not None)
+                records = ids.assign(records, loc, explicit=preset.explicit_ids and mapped.get("id") is not None)
             except RowError as exc:
                 problem = Rejection(loc, exc.field, exc.reason, jsonable(row))
             except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:

@@ -57,6 +57,8 @@ class Preset:
         convert: one row -> records; raises RowError naming the field.
         objectives: the objective names it produces (documentation and reports).
         groups_scores: its scored completions of one prompt become pairs by default.
+        explicit_ids: its records take the row's ``id`` column (unique ids are then checked);
+            False for exports whose ``id`` names something else (an annotation, a feedback item).
     """
 
     name: str
@@ -67,6 +69,7 @@ class Preset:
     groups_scores: bool = False
     summary: str = ""
     extra_reads: Callable[[Mapping[str, Any]], frozenset[str]] | None = field(default=None, repr=False)
+    explicit_ids: bool = True
 
     def columns_read(self, row: Mapping[str, Any]) -> frozenset[str]:
         return self.reads | self.extra_reads(row) if self.extra_reads else self.reads

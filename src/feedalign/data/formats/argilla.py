@@ -155,5 +155,6 @@ register(
         summary="Argilla 2.x export: <question>.responses per annotator (label, ranking or rating)",
         extra_reads=_reads,
         groups_scores=True,
+        explicit_ids=False,
     )
 )

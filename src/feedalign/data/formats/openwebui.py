@@ -72,5 +72,6 @@ register(
         lambda row: {"data", "meta", "snapshot"} <= set(row),
         _openwebui,
         summary="Open WebUI feedback export: data.rating 1/-1 on meta.message_id in snapshot.chat",
+        explicit_ids=False,
     )
 )
