@@ -120,8 +120,11 @@ def test_hf_dataset_in_memory_dict_and_load_from_disk(tmp_path):
     assert result.records[1].source == "dataset[1]"
 
     splits = datasets.DatasetDict({"train": ds, "test": ds.select([0])})
+    assert [r.source for r in load_records(splits).records] == ["dataset:train[0]", "dataset:train[1]"]
     with pytest.raises(FeedbackDataError, match="split"):
-        load_records(splits)
+        load_records(datasets.DatasetDict({"a": ds, "b": ds}))
+    with pytest.raises(FeedbackDataError, match="no split 'dev'"):
+        load_records(splits, split="dev")
     assert [r.source for r in load_records(splits, split="test").records] == ["dataset:test[0]"]
 
     ds.save_to_disk(str(tmp_path / "hf_single"))

@@ -229,7 +229,7 @@ def test_conversational_shape_errors():
 
 
 def test_parse_label_rejects_everything_else():
-    for value in ("maybe", 2, -1, 0.5, 1.0, None, [], "", "truthy"):
+    for value in ("maybe", 2, -2, 0.5, 1.0, None, [], "", "truthy"):
         with pytest.raises(RowError):
             parse_label(value)
     assert parse_score(3) == 3.0

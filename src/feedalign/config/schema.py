@@ -121,6 +121,11 @@ class DataSourceConfig:
     model: every example gets its own weight vector w (seeded by its id), its prompt is
     prefixed with w and its loss uses that w (``weight = w_k``, ``margin_weights = w_{-k}``;
     ALGORITHMS.md §10). Only for losses taking per-example ``weight`` and ``margin_weights``.
+
+    ``format`` (a preset: trl, thumbs, hh-rlhf, ultrafeedback, pku-saferlhf, helpsteer2, arena,
+    argilla, openwebui; default: recognised from the columns), ``columns`` / ``label_values``
+    (a mapping for other exports), ``split``, ``scores`` (what scored rows become; default
+    pairs) and ``ties`` (drop | keep) go to the loader; see docs/data.md.
     """
 
     loss: str
@@ -136,9 +141,19 @@ class DataSourceConfig:
     kl_samples: str | tuple[str, ...] | None = None
     kl_batch_size: int | None = None
     steer: dict[str, Any] | None = None
+    format: str | None = None
+    columns: dict[str, str] | None = None
+    label_values: dict[str, Any] | None = None
+    split: str | None = None
+    scores: Any = None
+    ties: str = "drop"
 
     def __post_init__(self) -> None:
         _require(bool(self.loss), "loss", "must name a registered loss")
+        from feedalign.data.options import source_option_errors
+
+        for key, detail in source_option_errors(self):
+            _require(False, key, detail)
         if self.steer is not None:
             detail = "needs `objectives` (the weight order, e.g. [helpful, concise])"
             _require(bool(self.steer.get("objectives")), "steer", detail)

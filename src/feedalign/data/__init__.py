@@ -6,7 +6,8 @@ inside the loaders that need them).
 
 from feedalign.data.discordant import discordant_pairs
 from feedalign.data.errors import FeedbackDataError, Rejection
-from feedalign.data.loaders import LoadResult, load_many, load_records, record_to_row, save_jsonl
+from feedalign.data.fingerprint import fingerprint
+from feedalign.data.loaders import LoadResult, SourceStats, load_many, load_records, record_to_row, save_jsonl
 from feedalign.data.messages import render_messages
 from feedalign.data.records import (
     FeedbackKind,
@@ -25,12 +26,14 @@ __all__ = [
     "FeedbackKind",
     "LabeledRecord",
     "LoadResult",
+    "SourceStats",
     "PairRecord",
     "Record",
     "Rejection",
     "ScoredRecord",
     "discordant_pairs",
     "find_conflicts",
+    "fingerprint",
     "load_many",
     "load_records",
     "parse_label",

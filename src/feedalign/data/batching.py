@@ -34,6 +34,8 @@ class Example:
     label: bool | None = None
     rejected: str | None = None
     where: str = ""
+    weight: float = 1.0  # the record's weight divided by the source's mean weight (see weighted_mean)
+    tie: bool = False  # pairs only: the two completions were judged equally good (tie-aware losses)
     tokens: dict[str, list[int]] | None = None
     rejected_tokens: dict[str, list[int]] | None = None
     # Steerable runs: the example's weight vector [m], its prompt before conditioning, and
@@ -81,6 +83,10 @@ def examples_from_records(
             f"source '{source}' holds {type(first).__name__}s; the trainer takes pairs or labeled "
             "records (turn scores into labels or pairs first)",
         )
+    return _normalise_weights(_examples(pairs, labeled, feedback, pairing=pairing, seed=seed, source=source))
+
+
+def _examples(pairs, labeled, feedback: str, *, pairing: str | None, seed: int, source: str) -> list[Example]:
     if feedback == "pair":
         if labeled and pairing == "discordant":
             from feedalign.data.discordant import discordant_pairs
@@ -96,22 +102,41 @@ def examples_from_records(
     if feedback == "unpaired":
         out = [_labeled_example(r) for r in labeled]
         for r in pairs:
-            out.append(Example(f"{r.id}/chosen", r.prompt, r.chosen, r.objective, True, where=r.source))
-            out.append(Example(f"{r.id}/rejected", r.prompt, r.rejected, r.objective, False, where=r.source))
+            out.append(Example(f"{r.id}/chosen", r.prompt, r.chosen, r.objective, True, where=r.source, weight=r.weight))
+            out.append(Example(f"{r.id}/rejected", r.prompt, r.rejected, r.objective, False, where=r.source, weight=r.weight))
         return out
     if feedback == "sequence":
         out = [_labeled_example(r) for r in labeled if r.label]
-        out += [Example(r.id, r.prompt, r.chosen, r.objective, where=r.source) for r in pairs]
+        out += [Example(r.id, r.prompt, r.chosen, r.objective, where=r.source, weight=r.weight) for r in pairs]
         return [replace(ex, label=None) for ex in out]
     raise ValueError(f"feedback kind {feedback!r} is not trained by the policy trainer")
 
 
 def _pair_example(r: PairRecord) -> Example:
-    return Example(r.id, r.prompt, r.chosen, r.objective, rejected=r.rejected, where=r.source)
+    return Example(r.id, r.prompt, r.chosen, r.objective, rejected=r.rejected, where=r.source, weight=r.weight, tie=r.tie)
 
 
 def _labeled_example(r: LabeledRecord) -> Example:
-    return Example(r.id, r.prompt, r.completion, r.objective, label=bool(r.label), where=r.source)
+    return Example(r.id, r.prompt, r.completion, r.objective, label=bool(r.label), where=r.source, weight=r.weight)
+
+
+def _normalise_weights(examples: list[Example]) -> list[Example]:
+    """Per-row weights divided by their mean over the source: the loss ``mean_i(w_i * l_i)``
+    of any micro-batch then averages, over a pass, to the weighted mean sum(w l) / sum(w),
+    whatever the micro-batch size (1x8 == 8x1)."""
+    if all(ex.weight == 1.0 for ex in examples):
+        return examples
+    mean = sum(ex.weight for ex in examples) / len(examples)
+    return [replace(ex, weight=ex.weight / mean) for ex in examples]
+
+
+def weighted_mean(losses: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The batch objective: ``mean_i(w_i * loss_i)`` with the normalised example weights
+    (the plain mean when every weight is 1)."""
+    weights = batch.extras.get("example_weights")
+    if weights is None:
+        return losses.mean()
+    return (losses * weights.to(device=losses.device, dtype=losses.dtype)).mean()
 
 
 def steer_examples(examples: Sequence[Example], spec: Any) -> list[Example]:
@@ -238,6 +263,10 @@ def collate(examples: Sequence[Example], feedback: str, pad_id: int, *, packing:
         labels = torch.tensor([bool(ex.label) for ex in examples], dtype=torch.bool)
     lengths = torch.tensor([sum(row["completion_mask"]) for row in rows], dtype=torch.long)
     extras: dict[str, Any] = {}
+    if any(ex.weight != 1.0 for ex in examples):
+        extras["example_weights"] = torch.tensor([ex.weight for ex in examples], dtype=torch.float32)
+    if feedback == "pair":
+        extras["ties"] = torch.tensor([ex.tie for ex in examples], dtype=torch.bool)
     if examples and all(ex.steer_weights is not None for ex in examples):
         extras["steer_weights"] = torch.tensor([ex.steer_weights for ex in examples], dtype=torch.float64)
         plain = [ex.plain_prompt for ex in examples]

@@ -69,6 +69,7 @@ def discordant_pairs(
                     objective=objective,
                     id=stable_id("discordant", up.id, down.id),
                     source=f"{up.source or up.id}|{down.source or down.id}",
+                    weight=(up.weight * down.weight) ** 0.5,  # geometric mean of the two rows' weights
                 )
             )
     return pairs

@@ -2,9 +2,15 @@
 
 Each reader yields ``(location, row, problem)``: ``row`` is a dict of column -> value and
 ``problem`` is None, or ``row`` is None and ``problem`` is a :class:`Rejection` for a row that
-could not even be read (invalid JSON, non-UTF-8 bytes, a line over the size limit). Problems
-with the whole file (empty, unreadable) are yielded with the bare file name as location.
-Blank lines in JSONL and CSV are skipped and are not rows.
+could not even be read (invalid JSON, duplicate keys, deep nesting, lone surrogates, non-UTF-8
+bytes, a line over the size limit). Problems with the whole file (empty, unreadable, a JSON
+array saved as JSON Lines, a damaged compressed stream) are yielded with the bare file name
+as location. Blank lines in JSONL and CSV are skipped and are not rows.
+
+Readers never raise on data: :func:`guarded` turns any error while reading (permissions, a
+truncated gzip stream, a damaged Parquet page) into a located problem, so one bad file never
+stops the reading of others. ``.gz``, ``.bz2``, ``.xz`` (and ``.zst`` when the ``zstandard``
+package is installed) are decompressed on the fly.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from feedalign.data.errors import Rejection
+from feedalign.data.jsonsafe import decode_row, raw_decode
 
 Item = tuple[str, "dict[str, Any] | None", "Rejection | None"]
 
@@ -27,10 +34,51 @@ RAW_PREVIEW_BYTES = 1024  # how much of an unreadable line is kept in the quaran
 JSON_CELL_FIELDS = ("messages", "labels", "scores")  # CSV cells holding JSON
 
 
+def open_binary(path: Path):
+    """A binary file object, decompressing ``.gz``/``.bz2``/``.xz``/``.zst`` by suffix."""
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        import gzip
+
+        return gzip.open(path, "rb")
+    if suffix == ".bz2":
+        import bz2
+
+        return bz2.open(path, "rb")
+    if suffix == ".xz":
+        import lzma
+
+        return lzma.open(path, "rb")
+    if suffix == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise OSError("reading .zst files needs the 'zstandard' package (pip install zstandard)") from None
+        return zstandard.open(path, "rb")
+    return open(path, "rb")
+
+
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+
+
+def read_bytes(path: Path) -> bytes:
+    with open_binary(path) as handle:
+        return handle.read()
+
+
+def guarded(items: Iterator[Item], name: str) -> Iterator[Item]:
+    """Yield ``items``; an error while reading ends the file with one located problem."""
+    try:
+        yield from items
+    except Exception as exc:  # noqa: BLE001 - any failure of the file is reported, none escapes
+        reason = f"could not read the file (rows after this point are lost): {type(exc).__name__}: {exc}"
+        yield name, None, Rejection(name, None, reason)
+
+
 def read_jsonl(path: Path, name: str, max_line_bytes: int) -> Iterator[Item]:
     """JSON Lines: one object per line; location ``name:line`` (1-based)."""
-    with open(path, "rb") as handle:
-        lineno = 0
+    with open_binary(path) as handle:
+        lineno, started = 0, False
         while True:
             chunk = handle.readline(max_line_bytes + 1)
             if not chunk:
@@ -46,6 +94,14 @@ def read_jsonl(path: Path, name: str, max_line_bytes: int) -> Iterator[Item]:
                 chunk = chunk[3:]
             if not chunk.strip():
                 continue
+            if not started and chunk.lstrip().startswith(b"["):
+                reason = (
+                    "expected JSON Lines (one object per line), found a JSON array; "
+                    "save it as .json or write one object per line; no rows read"
+                )
+                yield name, None, Rejection(loc, None, reason, _preview(chunk))
+                return
+            started = True
             yield _parse_json_line(chunk.rstrip(b"\r\n"), loc)
 
 
@@ -64,17 +120,18 @@ def _parse_json_line(data: bytes, loc: str) -> Item:
     except UnicodeDecodeError as exc:
         reason = f"not valid UTF-8: byte 0x{data[exc.start]:02x} at column {exc.start + 1}"
         return loc, None, Rejection(loc, None, reason, _preview(data))
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return loc, None, Rejection(loc, None, f"invalid JSON: {exc.msg} at column {exc.colno}", text)
-    return loc, row, None
+    row, reason = decode_row(text)
+    if reason is None:
+        return loc, row, None
+    if "\r" in text.strip() and reason.startswith("invalid JSON"):
+        reason = "lines end with CR only (old Mac line endings); expected LF or CRLF line ends"
+    return loc, None, Rejection(loc, None, reason, text[:RAW_PREVIEW_BYTES])
 
 
 def read_json(path: Path, name: str, max_line_bytes: int) -> Iterator[Item]:
     """A JSON list of objects; location ``name:line (item k)``. A ``.json`` file that does not
     start with ``[`` is read as JSON Lines (one object per line)."""
-    data = path.read_bytes()
+    data = read_bytes(path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -90,19 +147,23 @@ def read_json(path: Path, name: str, max_line_bytes: int) -> Iterator[Item]:
 
 
 def _iter_json_list(text: str, name: str, max_line_bytes: int) -> Iterator[Item]:
-    decoder = json.JSONDecoder()
     pos, count, line, line_pos = _skip_ws(text, text.index("[") + 1), 0, 1, 0
     while pos < len(text) and text[pos] != "]":
         line += text.count("\n", line_pos, pos)
         line_pos = pos
         loc = f"{name}:{line} (item {count})"
         try:
-            row, end = decoder.raw_decode(text, pos)
+            row, end, problem = raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             reason = f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; later items not read"
             yield loc, None, Rejection(loc, None, reason, text[pos : pos + RAW_PREVIEW_BYTES])
             return
-        if end - pos > max_line_bytes // 4 and len(text[pos:end].encode("utf-8")) > max_line_bytes:
+        if problem is not None and end == pos:  # the item could not be decoded at all
+            yield loc, None, Rejection(loc, None, f"{problem}; later items not read", text[pos : pos + RAW_PREVIEW_BYTES])
+            return
+        if problem is not None:
+            yield loc, None, Rejection(loc, None, problem, text[pos : pos + RAW_PREVIEW_BYTES])
+        elif end - pos > max_line_bytes // 4 and len(text[pos:end].encode("utf-8")) > max_line_bytes:
             reason = f"item is over the limit of {max_line_bytes} bytes (raise max_line_bytes)"
             yield loc, None, Rejection(loc, None, reason, text[pos : pos + RAW_PREVIEW_BYTES])
         else:
@@ -133,7 +194,7 @@ def read_csv(path: Path, name: str, max_line_bytes: int) -> Iterator[Item]:
     """CSV with a header row; location ``name:line`` (1-based physical line where the record
     starts). Empty cells are missing values; ``messages``/``labels``/``scores`` cells hold JSON;
     a ``score`` cell is parsed as a number."""
-    text = path.read_bytes().decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    text = read_bytes(path).decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
     old_limit = csv.field_size_limit()
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # we apply max_line_bytes ourselves
     try:
@@ -189,11 +250,11 @@ def _csv_row(cells: list[str], header: list[str], loc: str, max_line_bytes: int)
         row[column] = None if cell == "" else cell
     for column in JSON_CELL_FIELDS:
         if row.get(column) is not None:
-            try:
-                row[column] = json.loads(row[column])
-            except json.JSONDecodeError as exc:
-                reason = f"expected JSON in this CSV cell, got invalid JSON: {exc.msg} at column {exc.colno}"
+            value, problem = decode_row(row[column])
+            if problem is not None:
+                reason = f"expected JSON in this CSV cell, got {problem}"
                 return loc, None, Rejection(loc, column, reason, dict(zip(header, cells, strict=True)))
+            row[column] = value
     if row.get("score") is not None:
         try:
             row["score"] = float(row["score"])
@@ -215,17 +276,28 @@ def _preview(data: bytes) -> str:
 
 
 def read_parquet(path: Path, name: str, max_line_bytes: int) -> Iterator[Item]:
-    """Parquet; location ``name[row]`` (0-based row index)."""
+    """Parquet; location ``name[row]`` (0-based row index). A damaged row group is one problem
+    (its rows are not read) and the next row groups are still read."""
     import pyarrow.parquet as pq
 
     try:
         handle = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        groups = handle.metadata.num_row_groups
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a corrupt file
         yield name, None, Rejection(name, None, f"not a readable Parquet file: {exc}")
         return
     index = 0
-    for batch in handle.iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
+    for group in range(groups):
+        size = handle.metadata.row_group(group).num_rows
+        try:
+            rows = handle.read_row_group(group).to_pylist()
+        except Exception as exc:  # noqa: BLE001
+            loc = f"{name}[{index}]"
+            reason = f"row group {group} (rows {index}-{index + size - 1}) is damaged and was not read: {exc}"
+            yield loc, None, Rejection(loc, None, reason)
+            index += size
+            continue
+        for row in rows:
             yield f"{name}[{index}]", row, None
             index += 1
 
@@ -236,14 +308,17 @@ def read_rows(rows: Any, name: str) -> Iterator[Item]:
         yield f"{name}[{index}]", row, None
 
 
-def jsonable(value: Any) -> Any:
-    """A JSON-safe copy of a raw row for the quarantine file (non-finite floats as strings)."""
+def jsonable(value: Any, _depth: int = 0) -> Any:
+    """A JSON-safe copy of a raw row for the quarantine file (non-finite floats as strings;
+    nesting past 100 levels replaced by a marker)."""
+    if _depth > 100:
+        return "<nested deeper than 100 levels>"
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v, _depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+        return [jsonable(v, _depth + 1) for v in value]
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return repr(value)

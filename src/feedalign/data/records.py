@@ -9,6 +9,11 @@ Kinds of feedback:
   * ``LabeledRecord``  - prompt, completion, label (True = thumbs up / desirable).
     A set holding only True labels is positive-only, only False labels negative-only.
   * ``ScoredRecord``   - prompt, completion, a score per objective.
+
+``weight`` (default 1) multiplies the record's loss (importance weights, annotator
+confidence); it is not part of the id. A ``PairRecord`` with ``tie=True`` says the two
+completions were judged equally good (an arena tie, equal scores): it is kept only when ties
+are asked for, and only tie-aware losses use it.
 """
 
 from __future__ import annotations
@@ -42,12 +47,13 @@ class PairRecord:
     objective: str | None = None
     id: str = ""
     source: str = ""
+    weight: float = 1.0
+    tie: bool = False
 
     def __post_init__(self) -> None:
         if not self.id:
-            object.__setattr__(
-                self, "id", stable_id("pair", self.prompt, self.chosen, self.rejected, self.objective)
-            )
+            parts = ("pair", self.prompt, self.chosen, self.rejected, self.objective)
+            object.__setattr__(self, "id", stable_id(*parts, "tie") if self.tie else stable_id(*parts))
 
     @property
     def kind(self) -> FeedbackKind:
@@ -62,6 +68,7 @@ class LabeledRecord:
     objective: str | None = None
     id: str = ""
     source: str = ""
+    weight: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -83,6 +90,7 @@ class ScoredRecord:
     scores: Mapping[str, float] = field(default_factory=dict)
     id: str = ""
     source: str = ""
+    weight: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scores", dict(self.scores))

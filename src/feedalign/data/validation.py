@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import numbers
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from feedalign.data.errors import RowError
@@ -23,14 +23,17 @@ from feedalign.data.messages import (
     split_conversation,
     split_last_assistant,
 )
+from feedalign.data.conflicts import Conflict, find_conflicts  # noqa: F401 (re-exported)
 from feedalign.data.records import FeedbackKind, LabeledRecord, PairRecord, Record, ScoredRecord
 
 # Scores given as a bare ``score`` with no ``objective`` are stored under this key; like a
 # record whose objective is None it means "the single, unnamed objective".
 SCORE_KEY = "score"
 
-TRUE_FORMS = frozenset({"true", "1", "up", "yes", "thumbs_up", "good"})
-FALSE_FORMS = frozenset({"false", "0", "down", "no", "thumbs_down", "bad"})
+TRUE_FORMS = frozenset({"true", "1", "+1", "up", "yes", "thumbs_up", "good"})
+FALSE_FORMS = frozenset({"false", "0", "-1", "down", "no", "thumbs_down", "bad"})
+# Columns whose values are feedback; a layout that would ignore one is an error, not a guess.
+FEEDBACK_VALUE_COLUMNS = ("rating", "label", "labels", "feedback", "thumbs", "vote", "winner", "score", "scores")
 
 ACCEPTED_LAYOUTS = (
     "pairs: prompt + chosen + rejected (strings, or lists of messages; with message lists and no "
@@ -38,7 +41,7 @@ ACCEPTED_LAYOUTS = (
     "labeled: prompt + completion + label, or messages + label; "
     "multi-objective labeled: ... + labels {objective: label}; "
     "scored: ... + scores {objective: number} or score; "
-    "optional columns: id, objective"
+    "optional columns: id, objective, weight; other layouts: pass format: (see docs/data.md)"
 )
 FEEDBACK_FIELDS = (
     "prompt",
@@ -66,12 +69,12 @@ def normalize_kind(kind: str | FeedbackKind | None) -> str | None:
 
 
 def parse_label(value: Any, field: str = "label") -> bool:
-    """A thumbs label: bool, 0/1, or (any case) true/false, 1/0, up/down, yes/no,
-    thumbs_up/thumbs_down, good/bad. Anything else is an error."""
+    """A thumbs label: bool, 1/0/-1 (-1 and 0 are down), or (any case) true/false, 1/0/-1,
+    up/down, yes/no, thumbs_up/thumbs_down, good/bad. Anything else is an error."""
     if isinstance(value, bool):
         return value
-    if isinstance(value, numbers.Integral) and value in (0, 1):
-        return bool(value)
+    if isinstance(value, numbers.Integral) and value in (0, 1, -1):
+        return value == 1
     if isinstance(value, str):
         form = value.strip().lower()
         if form in TRUE_FORMS:
@@ -81,7 +84,8 @@ def parse_label(value: Any, field: str = "label") -> bool:
     shown = repr(value) if isinstance(value, (str, numbers.Number)) else describe_value(value)
     raise RowError(
         field,
-        f"expected a bool or one of true/false, 1/0, up/down, yes/no, thumbs_up/thumbs_down, good/bad, got {shown}",
+        f"expected a bool or one of true/false, 1/0/-1, up/down, yes/no, thumbs_up/thumbs_down, good/bad "
+        f"(or set label_values:), got {shown}",
     )
 
 
@@ -90,7 +94,10 @@ def parse_score(value: Any, field: str = "score") -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         shown = f"str {value!r}" if isinstance(value, str) else describe_value(value)
         raise RowError(field, f"expected a finite number, got {shown}")
-    score = float(value)
+    try:
+        score = float(value)
+    except OverflowError:
+        raise RowError(field, "expected a finite number, got an integer too large for a float") from None
     if not math.isfinite(score):
         raise RowError(field, f"expected a finite number, got {score}")
     return score
@@ -125,9 +132,14 @@ def check_id(value: Any) -> str:
 
 
 def row_to_records(
-    row: Mapping[str, Any], *, kind: str | None = None, objectives: frozenset[str] | None = None
+    row: Mapping[str, Any],
+    *,
+    kind: str | None = None,
+    objectives: frozenset[str] | None = None,
+    label_values: Any = None,
 ) -> list[Record]:
-    """Convert one row. ``kind`` (normalised) forces a layout; ``objectives`` restricts names."""
+    """Convert one row. ``kind`` (normalised) forces a layout; ``objectives`` restricts names;
+    ``label_values`` (a :class:`~feedalign.data.mapping.LabelValues`) replaces the label forms."""
     if not isinstance(row, Mapping):
         raise RowError(None, f"expected an object (one row of named columns), got {describe_value(row)}")
     if all(value is None for value in row.values()):
@@ -144,7 +156,7 @@ def row_to_records(
     if kind in _SINGLE_KINDS or (kind is None and has_single and not has_pair):
         if not has_single:
             raise RowError("completion", f"missing; kind={kind!r} expects prompt + completion (or messages)")
-        return _single(row, kind, objectives)
+        return _single(row, kind, objectives, label_values)
     if has_pair and has_single:
         raise RowError(
             None, "ambiguous row: has both chosen/rejected and completion/messages; pass kind= to choose"
@@ -228,7 +240,7 @@ def _prompt_completion(row: Mapping[str, Any]) -> tuple[str, str]:
     return check_text(prompt, "prompt"), check_text(completion, "completion")
 
 
-def _single(row: Mapping[str, Any], kind: str | None, objectives: frozenset[str] | None) -> list[Record]:
+def _single(row: Mapping[str, Any], kind: str | None, objectives: frozenset[str] | None, label_values: Any = None) -> list[Record]:
     prompt, completion = _prompt_completion(row)
     rid = check_id(row.get("id"))
     has = {k for k in ("label", "labels", "score", "scores") if row.get(k) is not None}
@@ -238,17 +250,25 @@ def _single(row: Mapping[str, Any], kind: str | None, objectives: frozenset[str]
         raise RowError(
             None, "ambiguous row: has both a label and a score; pass kind='labeled' or kind='scored'"
         )
+    held = [c for c in row if c not in FEEDBACK_FIELDS and looks_like_feedback(c) and row.get(c) is not None]
+    if kind in ("positive", "negative") and held:
+        side = "up" if kind == "positive" else "down"
+        raise RowError(
+            held[0],
+            f"holds feedback, and kind={kind!r} would mark every row {side}; drop kind (the thumbs "
+            f"preset reads rating 1/-1 and thumbs_up/thumbs_down) or map it: columns: {{label: {held[0]}}}",
+        )
     if not has & {"label", "labels"}:
         if kind in ("positive", "negative"):  # positive-/negative-only sets may omit the label
             return [
                 LabeledRecord(prompt, completion, kind == "positive", _objective(row, objectives), id=rid)
             ]
-        raise RowError(
-            "label",
-            "missing: expected 'label', 'labels', 'score' or 'scores' (pass kind='positive' or "
-            "kind='negative' for prompt/completion rows without labels)",
-        )
-    records = _labeled(row, prompt, completion, rid, objectives)
+        if held:
+            fix = f"map it, e.g. columns: {{label: {held[0]}}} (with label_values: if its values are not 1/-1, up/down, ...)"
+        else:
+            fix = "pass kind='positive' or kind='negative' for prompt/completion rows without labels"
+        raise RowError("label", f"missing: expected 'label', 'labels', 'score' or 'scores' ({fix})")
+    records = _labeled(row, prompt, completion, rid, objectives, label_values)
     if kind in ("positive", "negative"):
         for rec in records:
             if rec.label != (kind == "positive"):
@@ -260,16 +280,22 @@ def _objective(row: Mapping[str, Any], objectives: frozenset[str] | None) -> str
     return check_objective(row.get("objective"), "objective", objectives)
 
 
-def _labeled(row, prompt, completion, rid, objectives) -> list[LabeledRecord]:
+def looks_like_feedback(column: str) -> bool:
+    """A column name that holds feedback values (rating, label, feedback, winner, score_x ...)."""
+    name = str(column).lower()
+    return name in FEEDBACK_VALUE_COLUMNS or name.startswith(("score", "rating", "winner"))
+
+
+def _labeled(row, prompt, completion, rid, objectives, label_values=None) -> list[LabeledRecord]:
     if row.get("labels") is None:
-        label = parse_label(row["label"], "label")
+        label = label_values.parse(row["label"], "label") if label_values else parse_label(row["label"], "label")
         return [LabeledRecord(prompt, completion, label, _objective(row, objectives), id=rid)]
     for other in ("label", "objective"):
         if row.get(other) is not None:
             raise RowError(
                 other, "ambiguous: give either 'labels' {objective: label} or 'label' (+ 'objective')"
             )
-    labels = _objective_map(row["labels"], "labels", objectives, parse_label)
+    labels = _objective_map(row["labels"], "labels", objectives, label_values.parse if label_values else parse_label)
     return [
         LabeledRecord(prompt, completion, label, obj, id=f"{rid}/{obj}" if rid else "")
         for obj, label in labels.items()
@@ -331,58 +357,3 @@ class IdRegistry:
             n = self._hash_count[rec.id]
             out.append(replace(rec, id=rec.id if n == 1 else f"{rec.id}-{n}", source=source))
         return out
-
-
-@dataclass(frozen=True)
-class Conflict:
-    """Contradictory feedback on the same item.
-
-    kind "label": one (prompt, completion, objective) labeled up at ``first_sources`` and down
-    at ``second_sources``. kind "pair": for one (prompt, objective), ``completions[0]`` was
-    preferred to ``completions[1]`` at ``first_sources`` and the reverse at ``second_sources``.
-    """
-
-    kind: str
-    prompt: str
-    objective: str | None
-    completions: tuple[str, ...]
-    first_sources: tuple[str, ...]
-    second_sources: tuple[str, ...]
-
-    @property
-    def sources(self) -> tuple[str, ...]:
-        return self.first_sources + self.second_sources
-
-    def message(self) -> str:
-        obj = f" (objective {self.objective!r})" if self.objective else ""
-        first, second = ", ".join(self.first_sources), ", ".join(self.second_sources)
-        if self.kind == "label":
-            return f"conflicting labels{obj}: same completion labeled up at {first} and down at {second}"
-        return f"conflicting pairs{obj}: same two completions preferred one way at {first} and the other way at {second}"
-
-
-def find_conflicts(records: Iterable[Record]) -> list[Conflict]:
-    """Contradictory labels or pair orders, in order of first appearance.
-
-    Conflicts are reported, not removed: noisy annotators legitimately disagree, and losses such
-    as cDPO/rDPO or a BCE reward model are built for it. Exact duplicates are not conflicts.
-    """
-    labels: dict[tuple, dict[bool, list[str]]] = {}
-    pairs: dict[tuple, dict[bool, list[str]]] = {}
-    for rec in records:
-        if isinstance(rec, LabeledRecord):
-            key = (rec.prompt, rec.completion, rec.objective)
-            labels.setdefault(key, {True: [], False: []})[rec.label].append(rec.source or rec.id)
-        elif isinstance(rec, PairRecord):
-            a, b = sorted((rec.chosen, rec.rejected))
-            key = (rec.prompt, a, b, rec.objective)
-            pairs.setdefault(key, {True: [], False: []})[rec.chosen == a].append(rec.source or rec.id)
-    out = []
-    for table, kind in ((labels, "label"), (pairs, "pair")):
-        for key, seen in table.items():
-            if seen[True] and seen[False]:
-                completions = key[1:2] if kind == "label" else key[1:3]
-                out.append(
-                    Conflict(kind, key[0], key[-1], tuple(completions), tuple(seen[True]), tuple(seen[False]))
-                )
-    return out

@@ -55,7 +55,7 @@ FEEDBACK_INPUTS: dict[str, tuple[str, ...]] = {
     "reward_unpaired": ("rewards", "labels"),
 }
 FEEDBACK_KINDS = tuple(FEEDBACK_INPUTS)
-OPTIONAL_INPUTS = ("lengths", "chosen_lengths", "rejected_lengths", "kl")
+OPTIONAL_INPUTS = ("lengths", "chosen_lengths", "rejected_lengths", "kl", "ties")
 
 Verdict = Callable[[Mapping[str, Any]], tuple[Any, Any]]
 
@@ -236,4 +236,4 @@ def list_losses() -> list[str]:
 
 def _ensure_loaded() -> None:
     # Importing the modules runs their @register_loss decorators.
-    from feedalign.losses import multiobjective, pairwise, reward, unpaired  # noqa: F401
+    from feedalign.losses import multiobjective, pairwise, pairwise_ties, reward, unpaired  # noqa: F401

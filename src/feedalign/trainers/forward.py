@@ -128,6 +128,12 @@ class SourceOutput:
     margins: Tensor | None  # [B] reward margins beta*(D_w - D_l), pairs only
 
 
+def _ties(batch: Batch, device: torch.device) -> Tensor | None:
+    """[B] bool: pairs judged equally good (sources with ``ties: keep``), or None."""
+    ties = batch.extras.get("ties")
+    return None if ties is None else ties.to(device)
+
+
 def _steer_hparams(source: Source, batch: Batch, device: torch.device) -> dict[str, Tensor]:
     """A steered source's per-example ``weight`` [B] and ``margin_weights`` [B, m-1], from
     each example's own weight vector; they replace the static hyperparameters."""
@@ -155,7 +161,7 @@ def source_forward(runtime: Runtime, source: Source, batch: Batch, *, training: 
     out = call_loss(
         source.spec, policy=policy, reference=reference, labels=labels, lengths=batch.lengths.to(device),
         hparams={**source.hparams, **_steer_hparams(source, batch, device)},
-        state=state_inputs(source.providers, ctx), extra={"kl": kl},
+        state=state_inputs(source.providers, ctx), extra={"kl": kl, "ties": _ties(batch, device)},
     )
     metrics = out.metrics
     if kl is not None and "kl" not in metrics:

@@ -36,6 +36,7 @@ import torch
 from feedalign.config.checks import check_config
 from feedalign.config.loader import config_from_dict, config_to_dict, dump_config, load_config
 from feedalign.config.schema import Config
+from feedalign.data.batching import weighted_mean
 from feedalign.trainers import checkpoint as ckpt
 from feedalign.trainers.forward import SourceOutput, evaluate, reward_sums, source_forward
 from feedalign.trainers.logging import MetricsAverager, MetricsLogger, format_metrics
@@ -164,7 +165,7 @@ def _micro_step(run: Run) -> tuple[torch.Tensor, list[SourceOutput]]:
         batch = source.next_batch(mb, run.runtime.pad_id)
         out = source_forward(run.runtime, source, batch, training=True)
         outputs.append(out)
-        total = total + source.weight * out.losses.mean()
+        total = total + source.weight * weighted_mean(out.losses, out.batch)
     return total, outputs
 
 

@@ -83,9 +83,12 @@ def _route(records: Sequence[Any], tag: str | None, where: str) -> tuple[list[An
     out, dropped = [], 0
     for r in records:
         if not isinstance(r, (PairRecord, LabeledRecord)):
-            raise ValueError(
-                f"{r.source or where}: reward-model training takes pairs and thumbs, got a "
-                f"{type(r).__name__} (turn scores into pairs or labels first)"
+            from feedalign.data.errors import FeedbackDataError
+
+            raise FeedbackDataError(
+                r.source or where,
+                f"reward-model training takes pairs and thumbs, got a {type(r).__name__} "
+                "(set the source's scores: to pairs or labels)",
             )
         if tag is not None and r.objective not in (None, tag):
             dropped += 1
@@ -102,6 +105,7 @@ def _retag(record: Any, objective: str) -> Any:
 
 def _load_sources(config: RewardModelConfig, records: Mapping[str, Sequence[Any]] | None) -> tuple[dict[str, list[Any]], dict[str, int]]:
     from feedalign.data.loaders import load_many
+    from feedalign.data.options import load_options
 
     loaded, dropped = {}, {}
     for i, (name, source) in enumerate(zip(config.source_names, config.data)):
@@ -109,7 +113,7 @@ def _load_sources(config: RewardModelConfig, records: Mapping[str, Sequence[Any]
             raw = list(records[name])
         elif source.path is not None:
             paths = [source.path] if isinstance(source.path, str) else list(source.path)
-            raw = load_many(paths).records
+            raw = load_many(paths, **load_options(source)).records
         else:
             raise ConfigError(f"source '{name}' has no path and no in-memory records", key=f"data.{i}.path")
         loaded[name], dropped[name] = _route(raw, source.objective, name)
@@ -225,6 +229,16 @@ def _texts(group: _Group, idx: Sequence[int]) -> list[tuple[str, str]]:
     return [(r.prompt, r.completion) for r in recs]
 
 
+def _weighted_mean(losses: torch.Tensor, group: _Group, idx: Sequence[int]) -> torch.Tensor:
+    """mean_i(w_i / mean(w) * loss_i) with the records' row weights (docs/data.md, weights)."""
+    weights = [group.records[i].weight for i in idx]
+    if all(w == 1.0 for w in weights):
+        return losses.mean()
+    mean = sum(r.weight for r in group.records) / len(group.records)
+    w = torch.tensor(weights, dtype=losses.dtype, device=losses.device) / mean
+    return (losses * w).mean()
+
+
 def _group_losses(scores: torch.Tensor, group: _Group, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-example losses, per-example correctness) of ``group[idx]`` given their rows'
     scores ``[rows, m]``: each row's score on its head, through the kind's reward loss."""
@@ -280,7 +294,7 @@ def train_reward_model(
             n_rows = len(idx) * (2 if g.kind == "pair" else 1)
             losses, _ = _group_losses(scores[row : row + n_rows], g, idx)
             row += n_rows
-            total = total + g.weight * losses.mean()
+            total = total + g.weight * _weighted_mean(losses, g, idx)
             entry[f"loss/{g.name}"] = float(losses.detach().mean())
         optimizer.zero_grad(set_to_none=True)
         total.backward()

@@ -31,17 +31,29 @@ class RMModelConfig:
 
 @dataclass(frozen=True)
 class RMSourceConfig:
-    """One data source: ``path`` (None when records are passed in memory under ``name``)."""
+    """One data source: ``path`` (None when records are passed in memory under ``name``);
+    ``format``, ``columns``, ``label_values``, ``split``, ``scores``, ``ties`` as for
+    ``feedalign train`` sources (docs/data.md)."""
 
     path: str | tuple[str, ...] | None = None
     objective: str | None = None
     name: str | None = None
     weight: float = 1.0
     hparams: dict[str, Any] = field(default_factory=dict)
+    format: str | None = None
+    columns: dict[str, str] | None = None
+    label_values: dict[str, Any] | None = None
+    split: str | None = None
+    scores: Any = None
+    ties: str = "drop"
 
     def __post_init__(self) -> None:
         if self.weight < 0:
             raise ConfigError(f"must be >= 0, got {self.weight}", key="weight")
+        from feedalign.data.options import source_option_errors
+
+        for key, detail in source_option_errors(self):
+            raise ConfigError(detail, key=key)
 
 
 @dataclass(frozen=True)

@@ -162,17 +162,19 @@ def check_grad_accum(accelerator: Any, train: TrainConfig) -> None:
 
 def _load_source_records(config: Config, index: int, name: str, given: Any) -> list[Any]:
     from feedalign.data.loaders import load_many, load_records
+    from feedalign.data.options import load_options
 
     source = config.data[index]
     on_invalid = config.train.on_invalid
     quarantine = Path(config.train.output_dir) / "quarantine" / f"{name}.quarantine.jsonl"
+    options = load_options(source)
     if given is not None:
         if isinstance(given, Sequence) and all(isinstance(r, _RECORD_TYPES) for r in given):
             return list(given)
-        result = load_records(given, on_invalid=on_invalid, quarantine_path=quarantine, kind=source.kind)
+        result = load_records(given, on_invalid=on_invalid, quarantine_path=quarantine, kind=source.kind, **options)
     else:
         result = load_many(
-            list(source.paths), on_invalid=on_invalid, quarantine_path=quarantine, kind=source.kind
+            list(source.paths), on_invalid=on_invalid, quarantine_path=quarantine, kind=source.kind, **options
         )
     if result.rejected:
         logger.warning("source %s: %d rows rejected, written to %s", name, len(result.rejected), quarantine)
@@ -218,6 +220,7 @@ def build_sources(
         if not examples:
             detail = f"source '{item.name}' gives no examples for a '{item.spec.feedback}' loss"
             raise FeedbackDataError(where, detail)
+        check_ties(examples, item.spec, item.name)
         if item.steer is not None:
             examples = steer_examples(examples, item.steer)
             prepare_steer_tokenizer(item.steer, tokenizer, f"data.{index}.steer")
@@ -253,6 +256,17 @@ def build_sources(
             f", {len(kl_samples.examples)} reference samples for kl" if kl_samples is not None else "",
         )
     return sources
+
+
+def check_ties(examples: Sequence[Example], spec: Any, name: str) -> None:
+    """Tie records (``ties: keep``) only feed a pair loss that takes a ``ties`` input."""
+    tie = next((ex for ex in examples if ex.tie), None)
+    if tie is not None and not spec.takes("ties"):
+        raise FeedbackDataError(
+            tie.where or name,
+            f"source '{name}' keeps ties (ties: keep) but its loss takes no `ties` input; use a tie-aware "
+            "pair loss or ties: drop",
+        )
 
 
 def prepare_steer_tokenizer(spec: Any, tokenizer: Any, key: str) -> None:

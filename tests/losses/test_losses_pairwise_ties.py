@@ -1,0 +1,88 @@
+"""DPO-RK (Rao-Kupper ties): hand-worked values, the outcome probabilities, the symmetry of a
+tie, reduction to DPO, and the closed-form optimum of the expected loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from feedalign.losses import get_loss
+from feedalign.losses.pairwise_ties import dpo_rk_loss, rao_kupper_optimum, rao_kupper_probabilities
+
+
+def test_registered_with_the_registry_decorator():
+    spec = get_loss("dpo_rk")
+    assert spec.feedback == "pair" and spec.needs_reference
+    assert spec.hparams == {"beta": 0.1, "tie_log_theta": 1.0}
+
+
+def test_hand_worked_values():
+    # beta = 1, policy log-ratios: chosen 1.0, rejected 0.0 -> d = 1; nu = 1
+    pc, pr = torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0])
+    zeros = torch.zeros(2)
+    losses, metrics = dpo_rk_loss(pc, pr, zeros, zeros, ties=torch.tensor([False, True]), beta=1.0, tie_log_theta=1.0)
+    win = math.log1p(math.exp(0.0))  # softplus(nu - d) = softplus(0)
+    tie = win + math.log1p(math.exp(2.0)) - math.log(math.expm1(2.0))
+    assert losses.tolist() == pytest.approx([win, tie])
+    assert float(metrics["ties/fraction"]) == 0.5
+
+
+@pytest.mark.parametrize("nu", [0.1, 0.7, 2.0])
+def test_probabilities_sum_to_one_and_match_the_loss(nu):
+    d = torch.linspace(-4, 4, 17, dtype=torch.float64)
+    win, tie, lose = rao_kupper_probabilities(d, nu)
+    assert torch.allclose(win + tie + lose, torch.ones_like(d))
+    zeros = torch.zeros_like(d)
+    no_tie, _ = dpo_rk_loss(d, zeros, zeros, zeros, ties=torch.zeros_like(d, dtype=torch.bool), beta=1.0, tie_log_theta=nu)
+    all_tie, _ = dpo_rk_loss(d, zeros, zeros, zeros, ties=torch.ones_like(d, dtype=torch.bool), beta=1.0, tie_log_theta=nu)
+    assert torch.allclose(no_tie, -torch.log(win)) and torch.allclose(all_tie, -torch.log(tie))
+    # at d = 0 the tie probability is (theta - 1) / (theta + 1)
+    theta = math.exp(nu)
+    assert float(tie[8]) == pytest.approx((theta - 1) / (theta + 1))
+
+
+def test_tie_is_symmetric_and_its_gradient_pulls_the_margin_to_zero():
+    pc = torch.tensor([0.8], requires_grad=True)
+    pr = torch.tensor([0.1], requires_grad=True)
+    ref = torch.zeros(1)
+    ties = torch.tensor([True])
+    forward, _ = dpo_rk_loss(pc, pr, ref, ref, ties=ties, beta=0.5)
+    swapped, _ = dpo_rk_loss(pr, pc, ref, ref, ties=ties, beta=0.5)
+    assert float(forward.detach()) == pytest.approx(float(swapped.detach()))
+    forward.sum().backward()
+    assert float(pc.grad) > 0 > float(pr.grad)  # descent lowers the larger side: the margin shrinks
+
+
+def test_without_ties_it_is_dpo_when_nu_goes_to_zero():
+    pc, pr, rc, rr = (torch.randn(6, generator=torch.Generator().manual_seed(s)) for s in range(4))
+    dpo, _ = get_loss("dpo").fn(pc, pr, rc, rr, beta=0.3)
+    rk, _ = dpo_rk_loss(pc, pr, rc, rr, ties=None, beta=0.3, tie_log_theta=1e-9)
+    assert torch.allclose(dpo, rk, atol=1e-6)
+
+
+@pytest.mark.parametrize(("wins", "losses", "ties"), [(0.6, 0.1, 0.3), (0.2, 0.5, 0.3), (0.45, 0.45, 0.1)])
+def test_expected_loss_minimum_is_the_closed_form(wins, losses, ties):
+    nu = 0.8
+    d = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([d], lr=1.0, max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14)
+    zero = torch.zeros(1, dtype=torch.float64)
+
+    def expected() -> torch.Tensor:
+        win, _ = dpo_rk_loss(d, zero, zero, zero, ties=torch.tensor([False]), beta=1.0, tie_log_theta=nu)
+        lose, _ = dpo_rk_loss(zero, d, zero, zero, ties=torch.tensor([False]), beta=1.0, tie_log_theta=nu)
+        tie, _ = dpo_rk_loss(d, zero, zero, zero, ties=torch.tensor([True]), beta=1.0, tie_log_theta=nu)
+        return (wins * win + losses * lose + ties * tie).sum()
+
+    def closure():
+        opt.zero_grad()
+        value = expected()
+        value.backward()
+        return value
+
+    opt.step(closure)
+    found = float(d.detach())
+    assert found == pytest.approx(rao_kupper_optimum(wins, losses, ties, nu), abs=1e-6)
+    if wins == losses:
+        assert found == pytest.approx(0.0, abs=1e-6)
