@@ -69,6 +69,13 @@ class OutputDirLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        try:
+            self._acquire()
+        except OSError as exc:
+            raise ConfigError(f"cannot create or lock '{self.path}': {exc.strerror or exc}",
+                              key="train.output_dir") from None
+
+    def _acquire(self) -> None:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)

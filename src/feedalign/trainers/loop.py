@@ -123,6 +123,22 @@ def train(
     started = time.perf_counter()
     resume = resume or resume_or_start
     config = _as_config(config, overrides)
+    out = Path(config.train.output_dir).expanduser()
+    # One run per output_dir, checked first: a second run names the holder, whatever else
+    # it would find there. The main process (RANK 0 of a launch) holds the lock.
+    lock = OutputDirLock(out) if int(os.environ.get("RANK", "0")) == 0 else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _train_locked(config, model, tokenizer, records, callbacks, resume, resume_or_start,
+                             allow_changed_data, started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(config: Config, model: Any, tokenizer: Any, records: Any, callbacks: Any,
+                  resume: bool, resume_or_start: bool, allow_changed_data: bool, started: float) -> TrainResult:
     checked = check_config(
         config,
         resume=resume,
@@ -133,10 +149,6 @@ def train(
     for index, item in enumerate(checked):
         check_state(item.spec, item.config, config.train, f"data.{index}")
     out = Path(config.train.output_dir).expanduser()
-    # One run per output_dir: the main process (RANK 0 of a launch) holds the lock.
-    lock = OutputDirLock(out) if int(os.environ.get("RANK", "0")) == 0 else None
-    if lock is not None:
-        lock.acquire()
     try:
         accelerator = make_accelerator(config.train)
         if config.train.overwrite_output_dir and not resume:
@@ -168,8 +180,6 @@ def train(
         )
     finally:
         release_accelerator()
-        if lock is not None:
-            lock.release()
 
 
 def _as_config(config: Config | Mapping[str, Any] | str | Path, overrides: Sequence[str] | None) -> Config:
