@@ -86,13 +86,15 @@ def test_train_ends_with_a_summary_table(env, tmp_path, capsys):
     assert f"final model: {tmp_path / 'out' / 'final'}" in out
 
 
-def test_failures_are_one_line_exit_2_and_debug_shows_the_traceback(env, tmp_path, capsys):
-    rows = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "a", "completion": "b"}])
-    argv = ["rm", "score", str(tmp_path / "no_such_rm"), "--input", str(rows), "--output", str(tmp_path / "o.jsonl")]
-    assert main(argv) == 2
+def test_failures_are_one_line_exit_2_and_debug_shows_the_traceback(env, tmp_path, capsys, monkeypatch):
+    def broken(config):
+        raise RuntimeError("something\nunexpected")
+
+    monkeypatch.setattr("feedalign.config.describe.describe_config", broken)
+    assert main(["config", "show"]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and "--debug" in err
-    with pytest.raises(Exception):
-        main(["--debug", *argv])
+    assert err == "error: RuntimeError: something unexpected (run with --debug for the traceback)\n"
+    with pytest.raises(RuntimeError, match="unexpected"):
+        main(["config", "show", "--debug"])
     assert main(["train", str(_cfg(env, tmp_path)), "--allow-changed-data"]) == 2
     assert "--resume" in capsys.readouterr().err

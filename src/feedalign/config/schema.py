@@ -21,6 +21,9 @@ OPTIMIZERS = ("adamw",)
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 ON_INVALID = ("error", "quarantine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# One vocabulary for number formats: model.dtype and train.precision take either spelling.
+_DTYPE_OF_PRECISION = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_PRECISION_OF_DTYPE = {v: k for k, v in _DTYPE_OF_PRECISION.items()}
 
 
 def _require(ok: bool, key: str, detail: str) -> None:
@@ -62,7 +65,7 @@ class ModelConfig:
     Attributes:
         path: the policy's model directory or hub id (a local directory when offline).
         tokenizer: tokenizer directory or hub id; null: the model's own (``path``).
-        dtype: weight dtype when loading: auto, float32, bfloat16 or float16.
+        dtype: weight dtype when loading: auto, float32, bfloat16 or float16 (fp32, bf16, fp16 also accepted).
         lora: LoRA adapter settings; null trains every parameter.
         gradient_checkpointing: recompute activations in backward (less memory, slower steps).
         attn_implementation: attention kernel passed to transformers (sdpa, eager, ...); null: default.
@@ -76,7 +79,8 @@ class ModelConfig:
     attn_implementation: str | None = None
 
     def __post_init__(self) -> None:
-        _choice(self.dtype, DTYPES, "dtype")
+        object.__setattr__(self, "dtype", _DTYPE_OF_PRECISION.get(self.dtype, self.dtype))
+        _choice(self.dtype, DTYPES + tuple(_DTYPE_OF_PRECISION), "dtype")
 
 
 @dataclass(frozen=True)
@@ -261,7 +265,7 @@ class TrainConfig:
         log_every: write metrics every N steps.
         log_with: trackers to log to as well: tensorboard, wandb, mlflow.
         on_invalid: an invalid data row: error (stop) or quarantine (skip and record it).
-        precision: compute precision: auto, fp32, bf16 or fp16.
+        precision: compute precision: auto, fp32, bf16 or fp16 (float32, bfloat16, float16 also accepted).
         logps_chunk_size: tokens per chunk when computing log-probs (memory vs speed).
         cpu: train on the CPU even when an accelerator is present.
         overwrite_output_dir: start over in an output_dir that holds an earlier run's checkpoints.
@@ -335,7 +339,8 @@ class TrainConfig:
         for tracker in self.log_with:
             _choice(tracker, TRACKERS, "log_with")
         _choice(self.on_invalid, ON_INVALID, "on_invalid")
-        _choice(self.precision, PRECISIONS, "precision")
+        object.__setattr__(self, "precision", _PRECISION_OF_DTYPE.get(self.precision, self.precision))
+        _choice(self.precision, PRECISIONS + tuple(_PRECISION_OF_DTYPE), "precision")
         _require(isinstance(self.compile, bool), "compile", f"must be true or false, got {self.compile!r}")
         _require(isinstance(self.packing, bool), "packing", f"must be true or false, got {self.packing!r}")
 

@@ -114,6 +114,7 @@ def prepare_run(
     sources = build_sources(config, checked, tokenizer, records, rank=rank, world=world)
     if model is None:
         model = load_policy(config)
+        check_lora_targets(config, model)
     prepare_steer_model(sources, model, tokenizer)
     if sharding(accelerator) == "none":
         model.to(accelerator.device)  # FSDP / DeepSpeed place the shards themselves
@@ -153,6 +154,24 @@ def prepare_run(
         restore_run(run, resumed_from, allow_changed_data=allow_changed_data)
     precompute_reference(run)
     return run, resumed_from
+
+
+def check_lora_targets(config: Config, model: Any) -> None:
+    """Every ``model.lora.target_modules`` entry must name a module of the model: peft
+    silently skips an entry that matches nothing as long as another one matches."""
+    lora = config.model.lora
+    if lora is None or not lora.target_modules:
+        return
+    modules = [(name, m) for name, m in model.named_modules() if "lora_" not in name]
+    names = [name for name, _ in modules]
+    unmatched = [t for t in lora.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in modules if n and type(m).__name__ in _ADAPTABLE})
+        raise ConfigError(f"{unmatched} match no module of the model, so they would be ignored; its adaptable "
+                          f"modules are {linear[:30]}", key="model.lora.target_modules")
+
+
+_ADAPTABLE = ("Linear", "Conv1D", "Embedding")  # module types LoRA adapts (peft's own names for them too)
 
 
 def _resume_checkpoint(out: Path, resume: bool, resume_or_start: bool) -> Path | None:
