@@ -31,3 +31,18 @@ def test_a_lora_target_that_matches_no_module_is_an_error(env, tmp_path):
     assert info.value.key == "model.lora.target_modules" and "q_proj" in str(info.value)
     cfg["model"]["lora"] = {"r": 2, "target_modules": ["q_proj", "v_proj"]}
     assert train(cfg).steps == 1
+
+
+def test_pairs_fed_to_an_unpaired_loss_are_split_and_said_so(caplog):
+    from feedalign.data.batching import examples_from_records
+    from feedalign.data.records import PairRecord
+
+    pairs = [PairRecord("p", "good", "bad", id="a"), PairRecord("q", "fine", "poor", id="b")]
+    with caplog.at_level("WARNING", logger="feedalign.data"):
+        examples = examples_from_records(pairs, "unpaired", source="kto", pairing=None, seed=0)
+    assert [(e.id, e.label) for e in examples] == [("a/chosen", True), ("a/rejected", False),
+                                                   ("b/chosen", True), ("b/rejected", False)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "source kto: 2 pairs are split into 4 thumbs-up (chosen) and thumbs-down (rejected) examples for an "
+        "unpaired loss"
+    ]

@@ -212,8 +212,12 @@ def precompute_reference(run: Run) -> int:
     reference = run.runtime.reference
     if not isinstance(reference, CachedReference) or not isinstance(reference.inner, CopyReference):
         return 0
+    from tqdm.auto import tqdm
+
     device = run.accelerator.device
-    batches = ((move_to(tensors, device), row_ids) for tensors, row_ids in _reference_rows(run))
+    batches = tqdm(((move_to(tensors, device), row_ids) for tensors, row_ids in _reference_rows(run)),
+                   desc="reference cache", unit="batch", leave=False,
+                   disable=not run.accelerator.is_local_main_process)
     with run.accelerator.autocast():
         computed = reference.precompute(batches)
     reference.drop_inner()
