@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from timeouts import subprocess_timeout
 from trainer_fixtures import assert_states_equal, base_config, final_state, labeled_rows, pair_rows, save_tiny_model, write_jsonl
 
 from feedalign.config import ConfigError
@@ -20,7 +21,7 @@ from feedalign.trainers import train
 from feedalign.trainers.lock import LOCK_FILE, OutputDirLock
 
 STEPS = 40
-WAIT_S = 600  # generous: a busy 2-core machine may be 10x slower than an idle one
+WAIT_S = subprocess_timeout(120)  # scaled by the load at the start of the session
 
 
 @pytest.fixture(scope="module")
