@@ -21,6 +21,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("config", help="YAML config file")
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
+    resume = train.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint in output_dir/checkpoints (train.save_every)")
+    resume.add_argument("--resume-or-start", action="store_true",
+                        help="like --resume, but train from scratch when there is no usable checkpoint")
+    train.add_argument("--allow-changed-data", action="store_true",
+                       help="with --resume: continue even if the data differs from the checkpoint's")
     train.set_defaults(func=_train)
     score = sub.add_parser(
         "score",
@@ -42,10 +49,21 @@ def _train(args: argparse.Namespace) -> int:
     from feedalign.data.errors import FeedbackDataError
     from feedalign.trainers.reward_model import accuracy_summary, load_rm_config, train_reward_model
 
+    import logging
+
+    from feedalign.trainers.checkpoint import CheckpointWriteError
+    from feedalign.trainers.lock import OutputDirLock
+
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+
     try:
         config = load_rm_config(args.config, args.overrides)
-        result = train_reward_model(config, verbose=not args.quiet)
-    except (ConfigError, FeedbackDataError) as exc:
+        with OutputDirLock(config.train.output_dir):
+            result = train_reward_model(config, verbose=not args.quiet, resume=args.resume,
+                                        resume_or_start=args.resume_or_start,
+                                        allow_changed_data=args.allow_changed_data)
+    except (ConfigError, FeedbackDataError, CheckpointWriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(accuracy_summary(result.metrics))

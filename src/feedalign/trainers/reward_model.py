@@ -86,6 +86,8 @@ class RMTrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     log_every: int = 50
+    save_every: int = 0  # checkpoint every N steps and at the end (0: none); see trainers.rm_resume
+    keep_checkpoints: int = 2
     normalization: str = "train"
     reference_samples: str | None = None
     normalization_samples: int = 4096
@@ -348,7 +350,8 @@ def _group_losses(scores: torch.Tensor, group: _Group, idx: Sequence[int]) -> tu
 
 
 def train_reward_model(
-    config: RewardModelConfig, *, records: Mapping[str, Sequence[Any]] | None = None, verbose: bool = False
+    config: RewardModelConfig, *, records: Mapping[str, Sequence[Any]] | None = None, verbose: bool = False,
+    resume: bool = False, resume_or_start: bool = False, allow_changed_data: bool = False,
 ) -> RewardModelResult:
     """Train, evaluate, normalise and save a multi-objective reward model.
 
@@ -356,7 +359,11 @@ def train_reward_model(
         config: the run (see the module docstring).
         records: in-memory records per source name (overrides that source's ``path``).
         verbose: print a line every ``train.log_every`` steps.
+        resume, resume_or_start, allow_changed_data: continue from the newest checkpoint
+            (``train.save_every``), as :mod:`feedalign.trainers.rm_resume` describes.
     """
+    from feedalign.trainers.rm_resume import RMCheckpoints
+
     cfg = config.train
     loaded, dropped = _load_sources(config, records)
     objectives = _objectives(config, loaded)
@@ -370,8 +377,11 @@ def train_reward_model(
     tokens = _TokenCache(tokenizer, cfg.max_length)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     samplers = [EpochSampler(len(g.records), seed=cfg.seed * 1009 + i) for i, g in enumerate(train_groups)]
-    history, start = [], time.perf_counter()
-    for step in range(1, cfg.steps + 1):
+    checkpoints = RMCheckpoints(config, train_groups, eval_groups, resume=resume, resume_or_start=resume_or_start,
+                                allow_changed_data=allow_changed_data)
+    done, history = checkpoints.restore(model, optimizer, samplers)
+    start = time.perf_counter()
+    for step in range(done + 1, cfg.steps + 1):
         picks = [s.next_indices(min(cfg.batch_size, len(g.records))) for s, g in zip(samplers, train_groups)]
         texts = [t for g, idx in zip(train_groups, picks) for t in _texts(g, idx)]
         scores = model(**tokens.batch(texts, device))
@@ -391,6 +401,7 @@ def train_reward_model(
         history.append(entry)
         if verbose and (step % cfg.log_every == 0 or step == cfg.steps):
             print(f"rm step {step}/{cfg.steps} loss {entry['loss']:.4f}", flush=True)
+        checkpoints.step_done(step, model, optimizer, samplers, history)
     metrics = evaluate_reward_model(model, tokens, eval_groups, objectives, device, cfg.eval_batch_size)
     metrics.update(train_seconds=time.perf_counter() - start, steps=cfg.steps, dropped_records=dropped,
                    n_train={g.name: len(g.records) for g in train_groups},
