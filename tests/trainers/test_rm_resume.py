@@ -91,3 +91,20 @@ def test_rm_resume_refuses_other_data_and_no_checkpoint(setup):
     empty = _rm([str(config(root / "empty", 3)), "--resume"])
     assert empty.returncode == 2 and "--resume-or-start" in empty.stderr
     assert _rm([str(config(root / "empty", 3)), "--resume-or-start"]).returncode == 0
+
+
+def test_rm_config_takes_the_trainer_vocabulary_and_warns_on_old_spellings(tmp_path):
+    from feedalign.config import ConfigError
+
+    path = tmp_path / "rm.yaml"
+    base = {"model": {"builder": "text_task"}, "data": [{"path": "x.jsonl"}]}
+    path.write_text(yaml.safe_dump({**base, "train": {"output_dir": "o", "max_steps": 7, "micro_batch_size": 3}}))
+    config = load_rm_config(path)
+    assert (config.train.steps, config.train.batch_size) == (7, 3)
+    assert load_rm_config(path, ["train.max_steps=9"]).train.steps == 9
+    path.write_text(yaml.safe_dump({**base, "train": {"output_dir": "o", "steps": 7}}))
+    with pytest.warns(FutureWarning, match="train.steps is deprecated .* use train.max_steps"):
+        assert load_rm_config(path).train.steps == 7
+    path.write_text(yaml.safe_dump({**base, "train": {"output_dir": "o", "steps": 7, "max_steps": 8}}))
+    with pytest.raises(ConfigError, match="both 'max_steps' and its old spelling 'steps'"):
+        load_rm_config(path)

@@ -18,7 +18,7 @@ Config (YAML, see ``examples/rm_text_task.yaml``)::
     data:
       - {path: pairs.jsonl, objective: helpful}          # objective: tag for untagged rows,
       - {path: thumbs.jsonl, objective: concise}         #   and a filter for tagged ones
-    train: {output_dir: runs/rm, lr: 1e-3, steps: 300, batch_size: 16, eval_fraction: 0.2,
+    train: {output_dir: runs/rm, lr: 1e-3, max_steps: 300, micro_batch_size: 16, eval_fraction: 0.2,
             normalization: train | reference | none, reference_samples: samples.jsonl}
 """
 
@@ -130,11 +130,15 @@ class RewardModelConfig:
 
 def load_rm_config(path: str | Path, overrides: Sequence[str] = ()) -> RewardModelConfig:
     """Read ``feedalign rm train`` YAML with ``key.sub=value`` overrides."""
-    return load_dataclass_yaml(RewardModelConfig, path, overrides)
+    from feedalign.config.vocabulary import normalize_rm_config
+
+    return load_dataclass_yaml(RewardModelConfig, path, overrides, normalize=normalize_rm_config)
 
 
-def load_dataclass_yaml(cls: type, path: str | Path, overrides: Sequence[str] = ()) -> Any:
-    """YAML file -> frozen dataclass ``cls`` with the config loader's key/type checks."""
+def load_dataclass_yaml(cls: type, path: str | Path, overrides: Sequence[str] = (),
+                        normalize: Any = None) -> Any:
+    """YAML file -> frozen dataclass ``cls`` with the config loader's key/type checks
+    (``normalize(raw)``, if given, runs on the raw mapping after the overrides)."""
     import yaml
 
     from feedalign.config.loader import apply_override, build
@@ -149,6 +153,8 @@ def load_dataclass_yaml(cls: type, path: str | Path, overrides: Sequence[str] = 
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
+    if normalize is not None:
+        normalize(raw)
     try:
         return build(cls, raw, "")
     except ConfigError as exc:
