@@ -98,3 +98,16 @@ def test_failures_are_one_line_exit_2_and_debug_shows_the_traceback(env, tmp_pat
         main(["config", "show", "--debug"])
     assert main(["train", str(_cfg(env, tmp_path)), "--allow-changed-data"]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_generate_in_batches_under_a_progress_bar_gives_the_same_completions(env):
+    from argparse import Namespace
+
+    from feedalign.cli.train_cmd import _generate_with_progress
+    from feedalign.policies.hf import generate, load_causal_lm, load_tokenizer
+
+    model, tokenizer = load_causal_lm(env["model"]), load_tokenizer(env["model"])
+    prompts = [f"ab{'c' * (i % 4)}" for i in range(19)]
+    args = Namespace(max_new_tokens=3, temperature=1.0, top_p=1.0, seed=5)
+    whole = generate(model, tokenizer, prompts, max_new_tokens=3, temperature=1.0, seed=5)
+    assert _generate_with_progress(generate, model, tokenizer, prompts, args) == whole

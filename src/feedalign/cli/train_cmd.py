@@ -185,13 +185,28 @@ def run_generate(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    completions = generate(
-        model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_p=args.top_p, seed=args.seed,
-    )
+    completions = _generate_with_progress(generate, model, tokenizer, prompts, args)
     for prompt, completion in zip(prompts, completions):
         if args.json:
             print(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False))
         else:
             print(f"### prompt\n{prompt}\n### completion\n{completion}\n")
     return 0
+
+
+GENERATE_BATCH = 8  # generate()'s batch; each batch is seeded with seed + its first index
+
+
+def _generate_with_progress(generate: Any, model: Any, tokenizer: Any, prompts: list[str],
+                            args: argparse.Namespace) -> list[str]:
+    """generate() one batch at a time under a progress bar. Each batch keeps the seed
+    generate() itself gives it (seed + index of its first prompt): the same completions."""
+    from tqdm.auto import tqdm
+
+    out: list[str] = []
+    starts = range(0, len(prompts), GENERATE_BATCH)
+    for start in tqdm(starts, desc="generate", unit="batch", disable=len(starts) <= 1):
+        out += generate(model, tokenizer, prompts[start:start + GENERATE_BATCH], max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, top_p=args.top_p, seed=args.seed + start,
+                        batch_size=GENERATE_BATCH)
+    return out
