@@ -195,8 +195,25 @@ def run_front_config(cfg: FrontConfig, *, weights: str | None = None) -> Any:
         raise ConfigError(f"the scorer gives {scorer_objectives} but the policy steers {policy.objectives}", key="scorer")
     if policy.objectives != scorer_objectives[: len(policy.objectives)]:
         defaults = {}  # bounds/ideal front of the built-in scorer are in its own objective order
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(ws), desc="front: weights sampled", unit="weight")
+
+    def generate_one(w: Any, prompts: list[str]) -> list[str]:
+        out = policy.generate(w, prompts)
+        bar.update(1)
+        return out
+
+    try:
+        return _run(run_front, cfg, policy, generate_one, score, ws, defaults)
+    finally:
+        bar.close()
+
+
+def _run(run_front: Any, cfg: FrontConfig, policy: Any, generate: Any, score: Any, ws: Any,
+         defaults: dict[str, Any]) -> Any:
     return run_front(
-        policy.generate, score, weights=ws, prompts=_prompts(cfg.prompts), objectives=policy.objectives,
+        generate, score, weights=ws, prompts=_prompts(cfg.prompts), objectives=policy.objectives,
         output_dir=cfg.output_dir, samples_per_prompt=cfg.samples_per_prompt,
         ref=cfg.ref if cfg.ref is not None else defaults.get("ref"),
         lower=cfg.lower if cfg.lower is not None else defaults.get("lower"),

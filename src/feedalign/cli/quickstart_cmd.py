@@ -65,7 +65,10 @@ def run_quickstart_cmd(args: argparse.Namespace) -> int:
     from feedalign.quickstart.report import REPORT_JSON, REPORT_MD, summary_table
 
     _quiet_libraries()
-    ctx = run_quickstart(settings, args.out, log=lambda line: print(line, flush=True))
+    from tqdm.auto import tqdm
+
+    # tqdm.write: stage lines go above a progress bar instead of through it.
+    ctx = run_quickstart(settings, args.out, log=lambda line: tqdm.write(line))
     report = ctx.report
     print(f"\n== done in {ctx.timings['total']:.0f} s")
     print(summary_table(report))

@@ -52,6 +52,7 @@ def dry_run(config: Config | Mapping[str, Any] | str | Path, *, overrides: Seque
     from feedalign.config.checks import check_config
     from feedalign.policies.hf import load_tokenizer
     from feedalign.trainers.loop import _as_config
+    from feedalign.trainers.run import check_lora_targets
     from feedalign.trainers.setup import build_sources, load_policy, prepare_steer_model, total_steps
     from feedalign.trainers.state import check_state
 
@@ -63,6 +64,7 @@ def dry_run(config: Config | Mapping[str, Any] | str | Path, *, overrides: Seque
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
     sources = build_sources(config, checked, tokenizer, None, rank=0, world=1)
     model = load_policy(config)
+    check_lora_targets(config, model)
     prepare_steer_model(sources, model, tokenizer)
     total, per_epoch = total_steps(config.train, sources, 1)
     report = DryRunReport(total_steps=total, steps_per_epoch=per_epoch, model=str(config.model.path))
