@@ -52,7 +52,7 @@ def dry_run(config: Config | Mapping[str, Any] | str | Path, *, overrides: Seque
     from feedalign.config.checks import check_config
     from feedalign.policies.hf import load_tokenizer
     from feedalign.trainers.loop import _as_config
-    from feedalign.trainers.run import check_lora_targets
+    from feedalign.trainers.model_checks import check_lora_targets
     from feedalign.trainers.setup import build_sources, load_policy, prepare_steer_model, total_steps
     from feedalign.trainers.state import check_state
 

@@ -17,6 +17,7 @@ from feedalign.trainers import checkpoint as ckpt
 from feedalign.trainers import resume as resume_checks
 from feedalign.data.batching import Batch, collate, collate_texts, concat_rows, move_to, reference_tensors
 from feedalign.trainers.forward import Runtime, Source
+from feedalign.trainers.model_checks import check_lora_targets
 from feedalign.trainers.parallel import (
     LogpsModule,
     bind_reference,
@@ -114,7 +115,7 @@ def prepare_run(
     sources = build_sources(config, checked, tokenizer, records, rank=rank, world=world)
     if model is None:
         model = load_policy(config)
-        check_lora_targets(config, model)
+        check_lora_targets(config, model)  # peft skips unmatched names silently
     prepare_steer_model(sources, model, tokenizer)
     if sharding(accelerator) == "none":
         model.to(accelerator.device)  # FSDP / DeepSpeed place the shards themselves
@@ -145,33 +146,22 @@ def prepare_run(
     out = Path(train_cfg.output_dir).expanduser()
     run = Run(config, accelerator, runtime, sources, optimizer, scheduler, trainable, total, per_epoch, out,
               callbacks or ())
-    run.fingerprints = {s.name: resume_checks.source_fingerprint(s.train_examples + s.eval_examples) for s in sources}
-    resumed_from = _resume_checkpoint(out, resume, resume_or_start)
-    if accelerator.is_main_process:
-        ckpt.remove_incomplete(out)
-    accelerator.wait_for_everyone()
-    if resumed_from is not None:
-        restore_run(run, resumed_from, allow_changed_data=allow_changed_data)
+    resumed_from = _resume(run, resume, resume_or_start, allow_changed_data)
     precompute_reference(run)
     return run, resumed_from
 
 
-def check_lora_targets(config: Config, model: Any) -> None:
-    """Every ``model.lora.target_modules`` entry must name a module of the model: peft
-    silently skips an entry that matches nothing as long as another one matches."""
-    lora = config.model.lora
-    if lora is None or not lora.target_modules:
-        return
-    modules = [(name, m) for name, m in model.named_modules() if "lora_" not in name]
-    names = [name for name, _ in modules]
-    unmatched = [t for t in lora.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
-    if unmatched:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in modules if n and type(m).__name__ in _ADAPTABLE})
-        raise ConfigError(f"{unmatched} match no module of the model, so they would be ignored; its adaptable "
-                          f"modules are {linear[:30]}", key="model.lora.target_modules")
-
-
-_ADAPTABLE = ("Linear", "Conv1D", "Embedding")  # module types LoRA adapts (peft's own names for them too)
+def _resume(run: Run, resume: bool, resume_or_start: bool, allow_changed_data: bool) -> Path | None:
+    """Fingerprint the data, drop leftovers of interrupted saves, restore the checkpoint."""
+    run.fingerprints = {s.name: resume_checks.source_fingerprint(s.train_examples + s.eval_examples)
+                        for s in run.sources}
+    resumed_from = _resume_checkpoint(run.out, resume, resume_or_start)
+    if run.accelerator.is_main_process:
+        ckpt.remove_incomplete(run.out)
+    run.accelerator.wait_for_everyone()
+    if resumed_from is not None:
+        restore_run(run, resumed_from, allow_changed_data=allow_changed_data)
+    return resumed_from
 
 
 def _resume_checkpoint(out: Path, resume: bool, resume_or_start: bool) -> Path | None:
