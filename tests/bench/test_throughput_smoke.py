@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from timeouts import subprocess_timeout
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
@@ -77,7 +78,7 @@ def test_tiny_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "result.json"
     command = [sys.executable, str(BENCH / "throughput.py"), "--size", "tiny", "--steps", "3", "--warmup", "1",
                "--levers", "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=subprocess_timeout(300))
     assert done.returncode == 0, done.stderr[-4000:]
     assert "tokens/s" in done.stdout
     report = json.loads(out.read_text())

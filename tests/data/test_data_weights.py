@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from feedalign.data import LabeledRecord, PairRecord, fingerprint, load_records
+from feedalign.data import LabeledRecord, PairRecord, fingerprint_records, load_records
 from feedalign.data.batching import collate, examples_from_records, weighted_mean
 from feedalign.data.errors import FeedbackDataError
 
@@ -64,7 +64,7 @@ def test_weight_column_reaches_records_and_is_validated(tmp_path):
     assert load_records(csv_path).records[0].weight == 0.25
     # the weight is not part of the id, but it is part of the content fingerprint
     assert records[0].id == load_records([{k: v for k, v in _rows(1, 0)[0].items() if k != "weight"}]).records[0].id
-    assert fingerprint(records) != fingerprint([records[0].__class__(**{**vars(records[0]), "weight": 1.0}), *records[1:]])
+    assert fingerprint_records(records) != fingerprint_records([records[0].__class__(**{**vars(records[0]), "weight": 1.0}), *records[1:]])
 
 
 def test_weighted_mean_normalises_by_the_source_mean():

@@ -121,6 +121,25 @@ def test_markdown_plots_and_front(quick_run):
     assert (out / "front" / "front.json").is_file() and (out / "front" / "front.png").is_file()
 
 
+@pytest.mark.slow
+def test_report_has_samples_versions_commit_and_plain_file_modes(quick_run):
+    import stat
+
+    _, out, report = quick_run
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "## Sample completions (first three held-out prompts)" in md
+    for name, m in report["methods"].items():
+        assert len(m["examples"]) == 3
+        assert sum(line.startswith(f"| {name} | ") for line in md.split("## Sample completions")[1].splitlines()) == 3
+    env = report["environment"]
+    import torch
+
+    assert env["libraries"]["torch"] == torch.__version__.split("+")[0] or env["libraries"]["torch"] == torch.__version__
+    assert env["git_commit"] and f"feedalign commit: `{env['git_commit']}`" in md
+    for path in [out / "report.md", out / "report.json", *map(Path, report["files"]["plots"])]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044, path  # readable by group and others
+
+
 def test_settings_validation_and_presets():
     with pytest.raises(ValueError, match="unknown methods"):
         QuickstartSettings(methods=("dpo", "ppo"))

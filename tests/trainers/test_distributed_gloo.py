@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from timeouts import subprocess_timeout
 import torch
 import yaml
 from trainer_fixtures import final_state, pair_rows, save_tiny_model, write_jsonl
@@ -83,7 +84,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "-m", "feedalign", "train", str(config),
         f"train.output_dir={two}", "train.micro_batch_size=4", "--quiet",
     ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=subprocess_timeout(240))
     assert done.returncode == 0, done.stderr[-4000:]
     return {"one": one, "two": two, "initial": tmp / "model"}
 

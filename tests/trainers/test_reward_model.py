@@ -196,7 +196,7 @@ def test_example_config_parses():
     from feedalign.trainers.reward_model import load_rm_config
 
     example = Path(__file__).resolve().parents[2] / "examples" / "rm_text_task.yaml"
-    config = load_rm_config(example, ["train.steps=5"])
+    config = load_rm_config(example, ["train.max_steps=5"])
     assert config.objectives == OBJECTIVES and config.train.steps == 5
     assert [s.objective for s in config.data] == ["helpful", "concise", None]
     from feedalign.config.errors import ConfigError

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from timeouts import subprocess_timeout
 import yaml
 from trainer_fixtures import (
     assert_states_equal,
@@ -198,7 +199,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(env, tmp_path):
     env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = _run_cli(["train", str(cfg_path), "--quiet"], env_vars)
     latest = tmp_path / "killed" / "latest"
-    deadline = time.time() + 120
+    deadline = time.time() + subprocess_timeout(120)
     while not latest.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     still_running = proc.poll() is None
@@ -207,7 +208,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(env, tmp_path):
     assert still_running, "training finished before it could be killed; raise max_steps"
     assert not (tmp_path / "killed" / "final").exists()
     resumed = _run_cli(["train", str(cfg_path), "--resume"], env_vars)
-    out, err = resumed.communicate(timeout=300)
+    out, err = resumed.communicate(timeout=subprocess_timeout(300))
     assert resumed.returncode == 0, err
     assert "resumed from" in err and f"step-{steps:08d}" not in err.split("resumed from")[1].splitlines()[0]
     # The uninterrupted run, in this process (also single-threaded).

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from timeouts import subprocess_timeout
 import torch
 import yaml
 from trainer_fixtures import assert_states_equal, final_state, pair_rows, save_tiny_model, write_jsonl
@@ -69,7 +70,7 @@ def _launch(root: Path, launch_config: Path, output_dir: Path, *extra: str) -> N
             "train", str(root / "cfg.yaml"), f"train.output_dir={output_dir}", "train.overwrite_output_dir=true",
             *extra, "--quiet",
         ]
-        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=subprocess_timeout(240))
 
     done = run()
     if done.returncode != 0 and "SIGABRT" in done.stderr:

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from timeouts import subprocess_timeout
 import torch
 import yaml
 from trainer_fixtures import (
@@ -250,7 +251,7 @@ def _launch(root: Path, launch_args: list[str], target: list[str], train_args: l
         sys.executable, "-m", "accelerate.commands.launch", *launch_args, "--num_processes", "2",
         "--main_process_port", str(_free_port()), *target, "train", str(root / "cfg.yaml"), *train_args, "--quiet",
     ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=subprocess_timeout(240))
     assert done.returncode == 0, done.stderr[-4000:]
 
 

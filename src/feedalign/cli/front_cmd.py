@@ -1,4 +1,4 @@
-"""`feedalign front CONFIG --weights 0,0.25,0.5,0.75,1` and `feedalign steer MODEL_DIR --weights 0.3,0.7`.
+"""`feedalign front CONFIG --sweep 0,0.25,0.5,0.75,1` and `feedalign steer MODEL_DIR --weights 0.3,0.7`.
 
 ``front`` sweeps preference weights over a steerable model (or a rewarded soup of
 per-objective adapters), scores the samples and writes front.json / front.png / front.md
@@ -184,15 +184,36 @@ def run_front_config(cfg: FrontConfig, *, weights: str | None = None) -> Any:
     if cfg.policy.kind == "soups":  # weight order: the config's, else the scorer's, else the adapters'
         known = [o for o in scorer_objectives if o in cfg.policy.adapters]
         order = list(cfg.objectives or (known if len(known) == len(cfg.policy.adapters) else cfg.policy.adapters))
+    # The weights are checked before any model is loaded: a typo fails in a second.
+    from feedalign.multiobjective.steering import load_spec
+
+    count = len(order) if order is not None else load_spec(cfg.policy.path).m
+    ws = parse_weight_list(weights or cfg.weights, count)
     policy = _SweepPolicy(cfg, device, order)
     missing = [o for o in policy.objectives if o not in scorer_objectives]
     if missing:
         raise ConfigError(f"the scorer gives {scorer_objectives} but the policy steers {policy.objectives}", key="scorer")
     if policy.objectives != scorer_objectives[: len(policy.objectives)]:
         defaults = {}  # bounds/ideal front of the built-in scorer are in its own objective order
-    ws = parse_weight_list(weights or cfg.weights, len(policy.objectives))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(ws), desc="front: weights sampled", unit="weight")
+
+    def generate_one(w: Any, prompts: list[str]) -> list[str]:
+        out = policy.generate(w, prompts)
+        bar.update(1)
+        return out
+
+    try:
+        return _run(run_front, cfg, policy, generate_one, score, ws, defaults)
+    finally:
+        bar.close()
+
+
+def _run(run_front: Any, cfg: FrontConfig, policy: Any, generate: Any, score: Any, ws: Any,
+         defaults: dict[str, Any]) -> Any:
     return run_front(
-        policy.generate, score, weights=ws, prompts=_prompts(cfg.prompts), objectives=policy.objectives,
+        generate, score, weights=ws, prompts=_prompts(cfg.prompts), objectives=policy.objectives,
         output_dir=cfg.output_dir, samples_per_prompt=cfg.samples_per_prompt,
         ref=cfg.ref if cfg.ref is not None else defaults.get("ref"),
         lower=cfg.lower if cfg.lower is not None else defaults.get("lower"),
@@ -214,7 +235,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     front.add_argument("config", help="YAML config file")
     front.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    front.add_argument("--weights", help="w1 values for 2 objectives ('0,0.25,0.5,0.75,1') or rows 'a,b,c;d,e,f'")
+    front.add_argument("--sweep", help="the weight vectors to sweep: w1 values for 2 objectives "
+                       "('0,0.25,0.5,0.75,1') or full rows 'a,b,c;d,e,f' (default: the config's `weights`)")
+    front.add_argument("--weights", dest="old_weights", help=argparse.SUPPRESS)  # deprecated spelling of --sweep
     front.add_argument("--output-dir", help="overrides output_dir")
     front.set_defaults(func=_front)
     steer = subparsers.add_parser("steer", help="sample a steerable model for one weight vector")
@@ -229,9 +252,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _front(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+    sweep = args.sweep
+    if args.old_weights is not None:
+        print("warning: `front --weights` is deprecated (in `steer`, --weights is ONE vector); use --sweep",
+              file=sys.stderr)
+        sweep = sweep or args.old_weights
     try:
         cfg = load_front_config(args.config, overrides)
-        result = run_front_config(cfg, weights=args.weights)
+        result = run_front_config(cfg, weights=sweep)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "feedalign.cli.bench_cmd",  # bench exact
     "feedalign.cli.rm_cmd",  # rm train, rm score
     "feedalign.cli.front_cmd",  # front
+    "feedalign.cli.config_cmd",  # config show
 )
 
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Learn from pairs, thumbs, positive-only, negative-only and multi-objective feedback.",
     )
     parser.add_argument("--version", action="version", version=f"feedalign {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (accepted anywhere on the line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -40,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. Every failure is one line on stderr and exit 2 (``--debug``, anywhere
+    on the command line, shows the traceback instead)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -48,8 +55,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted (nothing saved)", file=sys.stderr)
         return 130
+    except Exception as exc:  # the last resort: anything a command did not turn into a message
+        if debug:
+            raise
+        print(f"error: {describe_error(exc)} (run with --debug for the traceback)", file=sys.stderr)
+        return 2
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line: the exception's message, prefixed by its type unless the message says it."""
+    text = " ".join(str(exc).split()) or repr(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror}" + (f": '{exc.filename}'" if exc.filename else "")
+    kind = type(exc).__name__
+    return text if kind in ("ConfigError", "FeedbackDataError") else f"{kind}: {text}"
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """`feedalign quickstart --out DIR`: the whole offline pipeline on a built-in task.
 
     feedalign quickstart --out DIR [--seed N] [--quick] [--methods dpo,kto,bco,pmpo]
-                         [--no-plots] [--no-front] [--threads N] [--strict]
+                         [--no-plots] [--no-front] [--threads N] [--strict] [--overwrite]
 
 Exit codes: 0 the pipeline completed (margins are reported, pass or fail); 1 with --strict
-when a method missed its margin; 2 bad arguments.
+when a method missed its margin; 2 bad arguments or a non-empty DIR without --overwrite.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-front", action="store_true", help="skip the multi-objective front stage")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1: fastest for this model size)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any method misses its margin")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier quickstart run in DIR (a non-empty DIR is refused without it)")
     parser.set_defaults(func=run_quickstart_cmd)
 
 
@@ -51,16 +53,22 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def run_quickstart_cmd(args: argparse.Namespace) -> int:
+    from feedalign.quickstart import pipeline
+
     try:
         settings = _settings(args)
-    except ValueError as exc:
+        pipeline.prepare_output_dir(args.out, overwrite=args.overwrite)
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from feedalign.quickstart.pipeline import run_quickstart
+    run_quickstart = pipeline.run_quickstart
     from feedalign.quickstart.report import REPORT_JSON, REPORT_MD, summary_table
 
     _quiet_libraries()
-    ctx = run_quickstart(settings, args.out, log=lambda line: print(line, flush=True))
+    from tqdm.auto import tqdm
+
+    # tqdm.write: stage lines go above a progress bar instead of through it.
+    ctx = run_quickstart(settings, args.out, log=lambda line: tqdm.write(line))
     report = ctx.report
     print(f"\n== done in {ctx.timings['total']:.0f} s")
     print(summary_table(report))

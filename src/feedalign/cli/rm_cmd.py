@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("config", help="YAML config file")
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
+    resume = train.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint in output_dir/checkpoints (train.save_every)")
+    resume.add_argument("--resume-or-start", action="store_true",
+                        help="like --resume, but train from scratch when there is no usable checkpoint")
+    train.add_argument("--allow-changed-data", action="store_true",
+                       help="with --resume: continue even if the data differs from the checkpoint's")
     train.set_defaults(func=_train)
     score = sub.add_parser(
         "score",
@@ -41,10 +49,21 @@ def _train(args: argparse.Namespace) -> int:
     from feedalign.data.errors import FeedbackDataError
     from feedalign.trainers.reward_model import accuracy_summary, load_rm_config, train_reward_model
 
+    import logging
+
+    from feedalign.trainers.checkpoint import CheckpointWriteError
+    from feedalign.trainers.lock import OutputDirLock
+
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+
     try:
         config = load_rm_config(args.config, args.overrides)
-        result = train_reward_model(config, verbose=not args.quiet)
-    except (ConfigError, FeedbackDataError) as exc:
+        with OutputDirLock(config.train.output_dir):
+            result = train_reward_model(config, verbose=not args.quiet, resume=args.resume,
+                                        resume_or_start=args.resume_or_start,
+                                        allow_changed_data=args.allow_changed_data)
+    except (ConfigError, FeedbackDataError, CheckpointWriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(accuracy_summary(result.metrics))
@@ -69,21 +88,44 @@ def _read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def _check_output(path: Path) -> None:
+    """Fail before any model is loaded when ``--output`` cannot be written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if path.is_dir():
+        raise ValueError(f"--output '{path}' is a directory")
+    if not probe.is_dir():
+        raise ValueError(f"--output '{path}' cannot be written: '{probe}' is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"--output '{path}' cannot be written (permission denied in '{probe}')")
+
+
 def _score(args: argparse.Namespace) -> int:
     import torch
+    from tqdm.auto import tqdm
 
     from feedalign.policies.reward_model import load_reward_model
 
-    try:
-        rows = _read_rows(Path(args.input))
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_reward_model(args.rm_dir, device=device)
-    scores = model.score(tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows],
-                         normalize=not args.raw, batch_size=args.batch_size, max_length=args.max_length)
     out = Path(args.output)
+    try:
+        if not Path(args.rm_dir).is_dir():
+            raise ValueError(f"reward model directory '{args.rm_dir}' does not exist")
+        rows = _read_rows(Path(args.input))
+        _check_output(out)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, tokenizer = load_reward_model(args.rm_dir, device=device)
+    except (OSError, ValueError, ImportError, KeyError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    chunk = max(1, args.batch_size) * 8  # scores are per row: chunking only feeds the progress bar
+    parts = []
+    for start in tqdm(range(0, len(rows), chunk), desc="rm score", unit="chunk", disable=len(rows) <= chunk):
+        part = rows[start:start + chunk]
+        parts.append(model.score(tokenizer, [r["prompt"] for r in part], [r["completion"] for r in part],
+                                 normalize=not args.raw, batch_size=args.batch_size, max_length=args.max_length))
+    scores = torch.cat(parts) if parts else torch.zeros(0, len(model.objectives))
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as fh:
         for row, values in zip(rows, scores.cpu().tolist()):

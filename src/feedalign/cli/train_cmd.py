@@ -1,11 +1,14 @@
 """`feedalign train` and `feedalign generate`.
 
-    feedalign train CONFIG [key.sub=value ...] [--resume] [--on-invalid error|quarantine]
+    feedalign train CONFIG [key.sub=value ...] [--resume | --resume-or-start] [--allow-changed-data]
+                    [--dry-run] [--on-invalid error|quarantine]
     feedalign generate CHECKPOINT_OR_DIR (--prompt TEXT ... | --prompts-file FILE)
                        [--max-new-tokens N] [--temperature T] [--seed S]
 
-Exit codes: 0 success, 2 bad config or data (one line on stderr, nothing trained),
-3 non-finite loss (the batch is saved to output_dir/nonfinite_batch.json).
+Exit codes: 0 success, 2 bad config or data, output_dir in use, nothing to resume, or a
+checkpoint that could not be written (one line on stderr), 3 non-finite loss (the batch is
+saved to output_dir/nonfinite_batch.json), 130 / 143 stopped by SIGINT / SIGTERM after saving
+a checkpoint (the line names it and the command that resumes).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,15 @@ def register(subparsers: Any) -> None:
     train.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     train.add_argument("--set", dest="more_overrides", action="append", default=[], metavar="key.sub=value",
                        help="a config override (repeatable; may follow other options)")
-    train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    resume = train.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
+                        help="continue from the newest complete checkpoint (an error if there is none)")
+    resume.add_argument("--resume-or-start", action="store_true",
+                        help="like --resume, but train from scratch when there is no usable checkpoint")
+    train.add_argument("--allow-changed-data", action="store_true",
+                       help="with --resume: continue even if a source's data differs from the checkpoint's")
+    train.add_argument("--dry-run", action="store_true",
+                       help="check config, data (counts per source) and model, then stop without training")
     train.add_argument("--on-invalid", choices=("error", "quarantine"), default=None,
                        help="what an invalid data row does (default: the config's train.on_invalid)")
     train.add_argument("--quiet", action="store_true", help="only warnings and errors on the console")
@@ -64,6 +76,8 @@ def _setup_console(quiet: bool) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from feedalign.config import ConfigError
     from feedalign.data.errors import FeedbackDataError
 
@@ -71,17 +85,40 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + list(args.more_overrides)
     if args.on_invalid is not None:
         overrides.append(f"train.on_invalid={args.on_invalid}")
+    if args.allow_changed_data and not (args.resume or args.resume_or_start):
+        print("error: --allow-changed-data only applies with --resume or --resume-or-start", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
+        from feedalign.trainers.checkpoint import CheckpointWriteError
         from feedalign.trainers.loop import NonFiniteLossError, train
+        from feedalign.trainers.signals import TrainingInterrupted
 
-        result = train(Path(args.config), overrides=overrides, resume=args.resume)
-    except (ConfigError, FeedbackDataError) as exc:
+        if args.dry_run:
+            return _dry_run(args, overrides)
+        with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+            result = train(Path(args.config), overrides=overrides, resume=args.resume,
+                           resume_or_start=args.resume_or_start, allow_changed_data=args.allow_changed_data)
+    except (ConfigError, FeedbackDataError, CheckpointWriteError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except NonFiniteLossError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_NONFINITE
-    print(f"trained {result.steps} steps; final model in {result.final_dir}")
+    except TrainingInterrupted as exc:
+        again = shlex.join(["feedalign", "train", args.config, *overrides, "--resume"])
+        print(f"{exc}; resume with: {again}", file=sys.stderr)
+        return exc.exit_code
+    from feedalign.trainers.summary import format_summary
+
+    print(format_summary(result, result.source_names))
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, overrides: list[str]) -> int:
+    from feedalign.trainers.dryrun import dry_run, format_report
+
+    report = dry_run(Path(args.config), overrides=overrides, resume=args.resume or args.resume_or_start)
+    print(format_report(report))
     return 0
 
 
@@ -148,13 +185,28 @@ def run_generate(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    completions = generate(
-        model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_p=args.top_p, seed=args.seed,
-    )
+    completions = _generate_with_progress(generate, model, tokenizer, prompts, args)
     for prompt, completion in zip(prompts, completions):
         if args.json:
             print(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False))
         else:
             print(f"### prompt\n{prompt}\n### completion\n{completion}\n")
     return 0
+
+
+GENERATE_BATCH = 8  # generate()'s batch; each batch is seeded with seed + its first index
+
+
+def _generate_with_progress(generate: Any, model: Any, tokenizer: Any, prompts: list[str],
+                            args: argparse.Namespace) -> list[str]:
+    """generate() one batch at a time under a progress bar. Each batch keeps the seed
+    generate() itself gives it (seed + index of its first prompt): the same completions."""
+    from tqdm.auto import tqdm
+
+    out: list[str] = []
+    starts = range(0, len(prompts), GENERATE_BATCH)
+    for start in tqdm(starts, desc="generate", unit="batch", disable=len(starts) <= 1):
+        out += generate(model, tokenizer, prompts[start:start + GENERATE_BATCH], max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, top_p=args.top_p, seed=args.seed + start,
+                        batch_size=GENERATE_BATCH)
+    return out

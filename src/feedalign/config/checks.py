@@ -203,6 +203,12 @@ def check_loss(source: DataSourceConfig, prefix: str) -> tuple[Any, dict[str, An
             f"'{spec.feedback}' feedback",
             key=f"{prefix}.pairing",
         )
+    if source.margins is not None and "margins" not in spec.state:
+        raise ConfigError(
+            f"loss '{spec.name}' uses no margin rewards, so `margins` would be ignored; remove it "
+            "(margins feed losses with margin state, such as modpo)",
+            key=f"{prefix}.margins",
+        )
     return spec, check_hparams(spec, source.hparams, f"{prefix}.hparams")
 
 

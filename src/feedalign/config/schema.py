@@ -21,6 +21,9 @@ OPTIMIZERS = ("adamw",)
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 ON_INVALID = ("error", "quarantine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# One vocabulary for number formats: model.dtype and train.precision take either spelling.
+_DTYPE_OF_PRECISION = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_PRECISION_OF_DTYPE = {v: k for k, v in _DTYPE_OF_PRECISION.items()}
 
 
 def _require(ok: bool, key: str, detail: str) -> None:
@@ -34,7 +37,14 @@ def _choice(value: Any, choices: tuple[str, ...], key: str) -> None:
 
 @dataclass(frozen=True)
 class LoraConfig:
-    """LoRA adapter settings (peft). ``target_modules`` None lets peft pick per architecture."""
+    """LoRA adapter settings (peft). ``target_modules`` None lets peft pick per architecture.
+
+    Attributes:
+        r: rank of the adapter matrices.
+        alpha: LoRA scaling numerator (the update is scaled by alpha / r).
+        dropout: dropout on the adapter's input, in [0, 1).
+        target_modules: module names to adapt (e.g. [q_proj, v_proj]); null: peft's default for the architecture.
+    """
 
     r: int = 8
     alpha: float = 16.0
@@ -50,7 +60,16 @@ class LoraConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """The policy to train. ``path`` is a local directory or a hub id; ``tokenizer`` defaults
-    to ``path``."""
+    to ``path``.
+
+    Attributes:
+        path: the policy's model directory or hub id (a local directory when offline).
+        tokenizer: tokenizer directory or hub id; null: the model's own (``path``).
+        dtype: weight dtype when loading: auto, float32, bfloat16 or float16 (fp32, bf16, fp16 also accepted).
+        lora: LoRA adapter settings; null trains every parameter.
+        gradient_checkpointing: recompute activations in backward (less memory, slower steps).
+        attn_implementation: attention kernel passed to transformers (sdpa, eager, ...); null: default.
+    """
 
     path: str | None = None
     tokenizer: str | None = None
@@ -60,14 +79,20 @@ class ModelConfig:
     attn_implementation: str | None = None
 
     def __post_init__(self) -> None:
-        _choice(self.dtype, DTYPES, "dtype")
+        object.__setattr__(self, "dtype", _DTYPE_OF_PRECISION.get(self.dtype, self.dtype))
+        _choice(self.dtype, DTYPES + tuple(_DTYPE_OF_PRECISION), "dtype")
 
 
 @dataclass(frozen=True)
 class ReferenceConfig:
     """Where reference log-probs come from: a frozen ``copy`` of the initial policy, the
     policy with its LoRA ``adapter`` disabled, a ``cached`` precomputation in ``cache_dir``,
-    or ``none`` (only for losses that need no reference)."""
+    or ``none`` (only for losses that need no reference).
+
+    Attributes:
+        strategy: where reference log-probs come from: copy, adapter, cached or none.
+        cache_dir: directory of the reference log-prob cache (required for cached).
+    """
 
     strategy: str = "copy"
     cache_dir: str | None = None
@@ -84,6 +109,11 @@ class MarginsConfig:
 
     ``kind`` selects a margin source; ``callable`` imports ``target`` ("module:function"),
     a function ``(prompts, completions) -> Tensor [B, m-1]``. ``options`` go to the source.
+
+    Attributes:
+        kind: the margin source; callable imports ``target``.
+        target: "package.module:function" returning margins [B, m-1] for (prompts, completions).
+        options: keyword arguments passed to the margin source.
     """
 
     kind: str = "callable"
@@ -126,6 +156,27 @@ class DataSourceConfig:
     argilla, openwebui; default: recognised from the columns), ``columns`` / ``label_values``
     (a mapping for other exports), ``split``, ``scores`` (what scored rows become; default
     pairs) and ``ties`` (drop | keep) go to the loader; see docs/data.md.
+
+    Attributes:
+        loss: the registered loss this source trains with (dpo, kto, bco, pmpo, modpo, ...).
+        path: data file or dataset directory, or a list of them; null for in-memory records.
+        name: the source's name in metrics and checkpoints; null: the loss name.
+        weight: weight of this source's mean loss in the total loss (>= 0).
+        objective: keep only records of this objective (records without one join it).
+        hparams: the loss's hyperparameters (e.g. beta); see docs/ALGORITHMS.md for each loss.
+        pairing: discordant turns thumbs into pairs for pair losses; null: none.
+        kind: force the row layout: pair, labeled, positive or negative; null: detect per row.
+        max_length: maximum tokens of prompt + completion (longer examples are truncated).
+        margins: margin rewards of the other objectives (MODPO); null: none.
+        kl_samples: file(s) of reference-policy samples for a loss's optional kl input.
+        kl_batch_size: kl_samples drawn per micro-step; null: train.micro_batch_size.
+        steer: train one steerable model: objectives, grid, seed, render, min_weight.
+        format: the row layout preset (trl, thumbs, hh-rlhf, ultrafeedback, pku-saferlhf, ...); null: detect.
+        columns: map the preset's field names to this file's columns, e.g. {prompt: question}.
+        label_values: which raw values mean up and down, e.g. {up: [thumbs_up, 1], down: [-1]}.
+        split: the split of a dataset directory or hub dataset to read (e.g. train).
+        scores: what scored rows become (pairs or labels, with options); null: pairs.
+        ties: drop (default) or keep equally judged pairs (for a tie-aware loss such as dpo_rk).
     """
 
     loss: str
@@ -209,6 +260,38 @@ class TrainConfig:
     elsewhere); ``sdpa``/``eager`` derive a block-diagonal mask from the position ids
     (correct, S^2 memory) and flash-attention implementations use the sequence boundaries.
     Losses and gradients equal the padded path's up to floating-point summation order.
+
+    Attributes:
+        output_dir: directory for checkpoints, metrics.jsonl, final/ and the run's lock file.
+        run_name: label of the progress bar; null: the last component of output_dir.
+        seed: seed of sampling, evaluation split and initialisation noise.
+        lr: peak learning rate.
+        optimizer: the optimizer (adamw).
+        weight_decay: AdamW decoupled weight decay.
+        adam_betas: AdamW (beta1, beta2).
+        adam_eps: AdamW epsilon.
+        scheduler: learning-rate schedule after warmup: constant, linear or cosine.
+        warmup_steps: linear warmup steps (wins over warmup_ratio when > 0).
+        warmup_ratio: warmup as a fraction of the total steps.
+        micro_batch_size: examples drawn from EVERY source per micro-step (per process).
+        grad_accum: micro-steps per optimizer step.
+        max_steps: optimizer steps to train; null: epochs decides.
+        epochs: passes over the largest source when max_steps is null.
+        max_grad_norm: clip the gradient norm to this; null: no clipping.
+        eval_fraction: fraction of each source held out for evaluation, in [0, 1).
+        eval_every: evaluate every N steps (0: only at the end).
+        eval_batch_size: evaluation batch size; null: micro_batch_size.
+        save_every: checkpoint every N steps and at the end (0: no checkpoints).
+        keep_checkpoints: newest checkpoints kept (0: all).
+        log_every: write metrics every N steps.
+        log_with: trackers to log to as well: tensorboard, wandb, mlflow.
+        on_invalid: an invalid data row: error (stop) or quarantine (skip and record it).
+        precision: compute precision: auto, fp32, bf16 or fp16 (float32, bfloat16, float16 also accepted).
+        logps_chunk_size: tokens per chunk when computing log-probs (memory vs speed).
+        cpu: train on the CPU even when an accelerator is present.
+        overwrite_output_dir: start over in an output_dir that holds an earlier run's checkpoints.
+        compile: run the decoder under torch.compile (pays on long runs only).
+        packing: padding-free micro-batches (sequences back to back).
     """
 
     output_dir: str
@@ -277,14 +360,22 @@ class TrainConfig:
         for tracker in self.log_with:
             _choice(tracker, TRACKERS, "log_with")
         _choice(self.on_invalid, ON_INVALID, "on_invalid")
-        _choice(self.precision, PRECISIONS, "precision")
+        object.__setattr__(self, "precision", _PRECISION_OF_DTYPE.get(self.precision, self.precision))
+        _choice(self.precision, PRECISIONS + tuple(_PRECISION_OF_DTYPE), "precision")
         _require(isinstance(self.compile, bool), "compile", f"must be true or false, got {self.compile!r}")
         _require(isinstance(self.packing, bool), "packing", f"must be true or false, got {self.packing!r}")
 
 
 @dataclass(frozen=True)
 class Config:
-    """A whole training run: ``model``, ``reference``, ``data`` sources and ``train``."""
+    """A whole training run: ``model``, ``reference``, ``data`` sources and ``train``.
+
+    Attributes:
+        model: the policy to train.
+        data: the data sources, each with its loss and weight.
+        train: optimisation, evaluation, checkpointing and logging.
+        reference: where reference log-probs come from.
+    """
 
     model: ModelConfig
     data: tuple[DataSourceConfig, ...]

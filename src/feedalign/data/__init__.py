@@ -6,7 +6,7 @@ inside the loaders that need them).
 
 from feedalign.data.discordant import discordant_pairs
 from feedalign.data.errors import FeedbackDataError, Rejection
-from feedalign.data.fingerprint import fingerprint
+from feedalign.data.fingerprint import fingerprint_records
 from feedalign.data.loaders import LoadResult, SourceStats, load_many, load_records, record_to_row, save_jsonl
 from feedalign.data.messages import render_messages
 from feedalign.data.records import (
@@ -33,7 +33,7 @@ __all__ = [
     "ScoredRecord",
     "discordant_pairs",
     "find_conflicts",
-    "fingerprint",
+    "fingerprint_records",
     "load_many",
     "load_records",
     "parse_label",

@@ -11,6 +11,7 @@ checkpoint, so a resumed run sees exactly the batches the uninterrupted run woul
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,6 +21,8 @@ import torch
 
 from feedalign.data.errors import FeedbackDataError
 from feedalign.data.records import LabeledRecord, PairRecord
+
+logger = logging.getLogger("feedalign.data")
 
 
 @dataclass(frozen=True)
@@ -101,11 +104,18 @@ def _examples(pairs, labeled, feedback: str, *, pairing: str | None, seed: int, 
         return [_pair_example(r) for r in pairs]
     if feedback == "unpaired":
         out = [_labeled_example(r) for r in labeled]
+        if pairs:  # legitimate (KTO's paper does it), but said: the loss never sees the pairing
+            logger.warning("source %s: %d pairs are split into %d thumbs-up (chosen) and thumbs-down (rejected) "
+                           "examples for an unpaired loss", source, len(pairs), 2 * len(pairs))
         for r in pairs:
             out.append(Example(f"{r.id}/chosen", r.prompt, r.chosen, r.objective, True, where=r.source, weight=r.weight))
             out.append(Example(f"{r.id}/rejected", r.prompt, r.rejected, r.objective, False, where=r.source, weight=r.weight))
         return out
     if feedback == "sequence":
+        dropped = len(pairs) + sum(1 for r in labeled if not r.label)
+        if dropped:
+            logger.warning("source %s: a sequence loss trains on desirable completions only; %d rejected "
+                           "completions and thumbs-down rows are not used", source, dropped)
         out = [_labeled_example(r) for r in labeled if r.label]
         out += [Example(r.id, r.prompt, r.chosen, r.objective, where=r.source, weight=r.weight) for r in pairs]
         return [replace(ex, label=None) for ex in out]

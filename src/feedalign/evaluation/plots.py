@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_front", "plot_bars", "plot_curves"]
+__all__ = ["plot_front", "plot_bars", "plot_curves", "plot_panels"]
 
 
 def _new_figure(size: tuple[float, float]) -> Any:
@@ -47,6 +47,7 @@ def plot_front(
     exact: Any = None,
     objectives: tuple[str, str] = ("objective 1", "objective 2"),
     title: str | None = None,
+    weight_names: Sequence[str] | None = None,
 ) -> Path:
     """Scatter the objective vectors each method reached, labelled by their weight.
 
@@ -57,6 +58,8 @@ def plot_front(
         exact: optional ``[M, 2]`` exact front, drawn as a line.
         objectives: axis names.
         title: figure title.
+        weight_names: the objective each weight component weighs (default: ``objectives``);
+            the legend names what an annotation's number is.
 
     Returns:
         ``path`` as a ``Path``.
@@ -84,15 +87,25 @@ def plot_front(
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    annotated = any(weights is not None for _, weights in learned.values())
-    ax.legend(fontsize=8, title="labels: weight w1" if annotated else None, title_fontsize=8)
+    annotated = [np.asarray(w) for _, w in learned.values() if w is not None]
+    ax.legend(fontsize=8, title=_weight_legend(annotated, list(weight_names or objectives)) if annotated else None,
+              title_fontsize=8)
     return _save(fig, path)
+
+
+def _weight_legend(weights: list[np.ndarray], names: list[str]) -> str:
+    """What the numbers next to the points are, in words."""
+    if all(w.ndim <= 1 or w.shape[-1] <= 2 for w in weights):
+        other = f"; w2 = 1 - w1 on {names[1]}" if len(names) > 1 else ""
+        return f"labels: w1 = weight on {names[0]}{other}"
+    return "labels: weights (" + ", ".join(names) + ")"
 
 
 def plot_bars(
     path: str | os.PathLike,
     before_after: Mapping[str, Mapping[str, tuple[float, float]]],
     title: str | None = "improvement over the starting policy",
+    errors: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Path:
     """Grouped bars of ``after - before`` per method (groups) and objective (bars).
 
@@ -100,6 +113,8 @@ def plot_bars(
         path: PNG file to write.
         before_after: ``method -> {objective: (before, after)}``.
         title: figure title.
+        errors: ``method -> {objective: standard error of after - before}``, drawn as
+            error bars (+- 1 SE); missing entries get none.
     """
     methods = list(before_after)
     objectives = list(dict.fromkeys(o for m in methods for o in before_after[m]))
@@ -114,11 +129,15 @@ def plot_bars(
             (before_after[m][obj][1] - before_after[m][obj][0]) if obj in before_after[m] else np.nan
             for m in methods
         ]
-        bars = ax.bar(x + (j - (len(objectives) - 1) / 2) * width, deltas, width, label=obj)
+        yerr = None
+        if errors is not None:
+            yerr = [errors.get(m, {}).get(obj, np.nan) for m in methods]
+        bars = ax.bar(x + (j - (len(objectives) - 1) / 2) * width, deltas, width, label=obj, yerr=yerr,
+                      capsize=3 if yerr is not None else 0)
         ax.bar_label(bars, fmt="%.3g", fontsize=7)
     ax.axhline(0.0, color="k", lw=0.8)
     ax.set_xticks(x, methods, rotation=20, ha="right")
-    ax.set_ylabel("after - before")
+    ax.set_ylabel("after - before" + (" (bars: +- 1 standard error)" if errors is not None else ""))
     if title:
         ax.set_title(title)
     ax.legend(fontsize=8)
@@ -155,4 +174,36 @@ def plot_curves(
     ax.grid(alpha=0.3)
     if series:
         ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_panels(
+    path: str | os.PathLike,
+    panels: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]],
+    title: str | None = None,
+    xlabel: str = "step",
+) -> Path:
+    """Training curves side by side, one panel per quantity (e.g. loss, reward margins,
+    reward accuracies).
+
+    Args:
+        path: PNG file to write.
+        panels: ``panel title -> {series name -> [(step, value), ...]}``; empty panels are skipped.
+        title: figure title.
+    """
+    shown = {name: series for name, series in panels.items() if any(len(v) for v in series.values())}
+    if not shown:
+        raise ValueError("plot_panels: nothing to plot (every panel is empty)")
+    fig = _new_figure((4.2 * len(shown), 4.0))
+    for i, (name, series) in enumerate(shown.items(), start=1):
+        ax = fig.add_subplot(1, len(shown), i)
+        for label, pairs in series.items():
+            arr = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+            ax.plot(arr[:, 0], arr[:, 1], lw=1.1, label=label)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)

@@ -214,11 +214,43 @@ def default_stages(settings: QuickstartSettings) -> list[Stage]:
     return [st for st in stages if settings.front or st.name != "front"]
 
 
+MARKER = ".feedalign-quickstart"  # written first into every quickstart output directory
+
+
+def prepare_output_dir(out: str | Path, *, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` unless ``overwrite``; then clear it, but only if an earlier
+    quickstart wrote it (its marker file is there): a directory of other files is never
+    emptied. Raises ValueError with the reason."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out '{out}' exists and is not a directory")
+    entries = list(out.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        raise ValueError(f"--out '{out}' is not empty (an earlier run?); pass --overwrite to replace it, "
+                         "or pick another directory")
+    if not (out / MARKER).is_file():
+        raise ValueError(f"--out '{out}' holds files that no quickstart wrote; refusing to clear it "
+                         "even with --overwrite (pick an empty or new directory)")
+    import shutil
+
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def run_quickstart(settings: QuickstartSettings, out: str | Path, *, stages: Sequence[Stage] | None = None,
                    log: Callable[[str], None] = print) -> Context:
     """Run every stage in order; returns the context (``ctx.report`` is what report.json holds)."""
     ctx = Context(settings=settings, out=Path(out), log=log)
     ctx.out.mkdir(parents=True, exist_ok=True)
+    (ctx.out / MARKER).write_text("written by feedalign quickstart; --overwrite may clear this directory\n",
+                                  encoding="utf-8")
     stages = list(stages) if stages is not None else default_stages(settings)
     start = time.perf_counter()
     for i, stage in enumerate(stages, start=1):

@@ -31,7 +31,8 @@ def build_report(ctx: Any) -> dict[str, Any]:
     report.update(
         version=__version__, seed=s.seed, quick=s.quick, objectives=list(OBJECTIVES),
         settings=asdict(s), margin={"absolute": s.margin, "z": s.z, "rule": _margin_rule(s)},
-        environment={"python": platform.python_version(), "threads": s.threads},
+        environment={"python": platform.python_version(), "threads": s.threads, "libraries": library_versions(),
+                     "git_commit": git_commit()},
     )
     report.setdefault("reference", {})["eval"] = policy_summary(before, OBJECTIVES)
     report["evaluation"] = {"split": "test", "prompts": len(ctx.eval_prompts), "samples_per_prompt": 1,
@@ -65,16 +66,39 @@ def build_report(ctx: Any) -> dict[str, Any]:
     return report
 
 
+LIBRARIES = ("feedalign", "torch", "transformers", "peft", "accelerate", "numpy", "moocore", "matplotlib")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries a run depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit() -> str:
+    """The commit of the feedalign source that ran (``+ local changes`` if the tree is dirty),
+    or why it is unknown (an installed wheel has no git history)."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", str(here.parent)],
+                               capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return head + (" + local changes" if dirty else "")
+
+
 # --------------------------------------------------------------------------- plots
-
-
-def _training_series(metrics_file: Path, key: str = "loss") -> list[tuple[float, float]]:
-    import math
-
-    from feedalign.trainers.logging import read_metrics
-
-    rows = read_metrics(metrics_file.parent) if metrics_file.exists() else []
-    return [(r["step"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
 
 
 def _moving_average(series: list[tuple[float, float]], window: int) -> list[tuple[float, float]]:
@@ -86,26 +110,48 @@ def _moving_average(series: list[tuple[float, float]], window: int) -> list[tupl
     return out
 
 
+def _smoothed(raw: list[tuple[float, float]], name: str) -> dict[str, list[tuple[float, float]]]:
+    window = max(1, len(raw) // 20)
+    return {name: raw, f"moving average ({window} steps)": _moving_average(raw, window)}
+
+
+def _training_panels(metrics_file: Path) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """Loss, reward margins and reward accuracies of a run (panels it has no metric for are left out):
+    a loss alone can look like noise while the margins grow."""
+    import math
+
+    from feedalign.trainers.logging import read_metrics
+
+    rows = read_metrics(metrics_file.parent) if metrics_file.exists() else []
+    keys = list(dict.fromkeys(k for r in rows for k in r if not k.startswith("eval/")))
+    panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for panel, suffix in (("loss", None), ("reward margins", "/rewards/margins"), ("reward accuracies", "/rewards/accuracies")):
+        chosen = ["loss"] if suffix is None else [k for k in keys if k.endswith(suffix)]
+        for key in chosen:
+            raw = [(r["step"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
+            if raw:
+                panels.setdefault(panel, {}).update(_smoothed(raw, key))
+    return panels
+
+
 def write_plots(ctx: Any) -> list[Path]:
-    from feedalign.evaluation.plots import plot_bars, plot_curves, plot_front
+    from feedalign.evaluation.plots import plot_bars, plot_front, plot_panels
 
     report, plots = ctx.report, ctx.path("plots")
     methods = report["methods"]
     for stale in plots.glob("training_*.png"):  # from an earlier run with other methods
         stale.unlink()
+    labels = {n: f"{n} ({m['target_objective']})" for n, m in methods.items()}
     paths = [plot_bars(plots / "improvement.png",
-                       {f"{n} ({m['target_objective']})": {o: (m["before"][o], m["after"][o]) for o in OBJECTIVES}
-                        for n, m in methods.items()},
-                       title="held-out mean score: after - reference")]
+                       {labels[n]: {o: (m["before"][o], m["after"][o]) for o in OBJECTIVES} for n, m in methods.items()},
+                       title="held-out mean score: after - reference",
+                       errors={labels[n]: dict(m["improvement_se"]) for n, m in methods.items()})]
     runs = {"sft": Path(ctx.runs["sft"]["dir"]) / "metrics.jsonl"}
     runs.update({n: Path(m["metrics_file"]) for n, m in methods.items()})
     for name, metrics_file in runs.items():
-        raw = _training_series(metrics_file)
-        if raw:
-            window = max(1, len(raw) // 20)
-            series = {"loss": raw, f"moving average ({window} steps)": _moving_average(raw, window)}
-            paths.append(plot_curves(plots / f"training_{name}.png", series, title=f"{name}: training loss",
-                                     ylabel="loss"))
+        panels = _training_panels(metrics_file)
+        if panels:
+            paths.append(plot_panels(plots / f"training_{name}.png", panels, title=f"{name}: training"))
     points = {"reference": ([[report["reference"]["eval"][o]["mean"] for o in OBJECTIVES]], None)}
     for n, m in methods.items():
         points[n] = ([[m["after"][o] for o in OBJECTIVES]], None)
@@ -116,7 +162,8 @@ def write_plots(ctx: Any) -> list[Path]:
     from feedalign.multiobjective.front import text_task_ideal_front
 
     paths.append(plot_front(plots / "front.png", points, exact=text_task_ideal_front(ctx.task),
-                            objectives=OBJECTIVES, title="held-out scores (ideal front dashed)"))
+                            objectives=OBJECTIVES, title="held-out scores (ideal front dashed)",
+                            weight_names=OBJECTIVES))
     return paths
 
 
@@ -179,6 +226,22 @@ def _front_section(report: dict[str, Any]) -> tuple[str, Any]:
     return "Front (two objectives)", text
 
 
+def _sample_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name, m in report["methods"].items():
+        for example in m.get("examples", [])[:3]:
+            rows.append({"method": name, "prompt": example["prompt"], "reference (SFT)": example["reference"],
+                         "after": example["completion"]})
+    return rows or [{"method": "-", "prompt": "(no samples)"}]
+
+
+def _environment_text(report: dict[str, Any]) -> str:
+    env = report.get("environment", {})
+    libraries = ", ".join(f"{k} {v}" for k, v in env.get("libraries", {}).items())
+    return (f"Python {env.get('python', '?')}, {env.get('threads', '?')} torch thread(s); {libraries}.\n\n"
+            f"feedalign commit: `{env.get('git_commit', 'unknown')}`.")
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     from feedalign.evaluation.report import markdown_table
 
@@ -199,6 +262,8 @@ def write_markdown(ctx: Any, images: list[Path]) -> Path:
         ("Feedback (simulated on samples of the reference)", _feedback_rows(report)),
         ("Training", _training_rows(report)),
         _front_section(report),
+        ("Sample completions (first three held-out prompts)", _sample_rows(report)),
+        ("Environment", _environment_text(report)),
         ("Timing (seconds)", [{"stage": k, "seconds": round(v, 1)} for k, v in report["timing"]["stages_seconds"].items()]),
     ]
     return write_markdown_report(ctx.path(REPORT_MD), "feedalign quickstart", sections, images=images)

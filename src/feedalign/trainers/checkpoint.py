@@ -27,6 +27,7 @@ complete; resume verifies the manifest and falls back to the newest checkpoint t
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -48,6 +49,51 @@ MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint (or the final model) could not be written: disk full or another OS error."""
+
+
+_NO_SPACE = ("no space left", "errno 28", "code: 28", "enospc", "disk quota")
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    """An OSError, or a library's RuntimeError wrapping one (torch.save, safetensors)."""
+    if isinstance(exc, OSError):
+        return True
+    text = str(exc).lower()
+    return any(word in text for word in ("write", "ioerror", "i/o", "os {", "file")) or _says_no_space(exc)
+
+
+def _says_no_space(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(word in str(exc).lower() for word in _NO_SPACE)
+
+
+def free_space(path: str | os.PathLike[str]) -> str:
+    """Free space on the disk holding ``path`` (the nearest existing parent), for messages."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return "unknown"
+    return f"{free / 2**20:.1f} MiB"
+
+
+def write_failure(exc: BaseException, out: Path, what: str, last_good: Path | None) -> CheckpointWriteError:
+    """One line: what could not be written, where, why, the free space, what is kept."""
+    if _says_no_space(exc):
+        reason = "disk full (no space left on device)"
+    elif isinstance(exc, OSError):
+        reason = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+    else:
+        reason = " ".join(str(exc).split())[:200]
+    kept = f"the last good checkpoint {last_good} is kept" if last_good is not None else "no earlier checkpoint"
+    return CheckpointWriteError(f"cannot write {what} in {out}: {reason}; free space there: {free_space(out)}; {kept}")
 
 
 def checkpoint_name(step: int) -> str:
@@ -216,14 +262,18 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> str | None:
         return "no manifest (incomplete write)"
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError) as exc:
+        files = dict(manifest["files"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"unreadable manifest: {exc}"
     for name, digest in files.items():
         file = path / name
         if not file.is_file():
             return f"missing file {name}"
-        if _sha256(file) != digest:
+        try:
+            actual = _sha256(file)
+        except OSError as exc:
+            return f"cannot read {name}: {exc.strerror or exc}"
+        if actual != digest:
             return f"checksum mismatch for {name}"
     return None
 
@@ -235,7 +285,11 @@ def find_resume_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
     candidates = list(reversed(list_checkpoints(out)))
     pointer = out / LATEST
     if pointer.is_file():
-        named = out / pointer.read_text(encoding="utf-8").strip()
+        try:
+            named = out / pointer.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            logger.warning("ignoring unreadable %s (%s); looking at every checkpoint", pointer, exc)
+            named = None
         if named in candidates:
             candidates.remove(named)
             candidates.insert(0, named)

@@ -25,30 +25,34 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from feedalign.config.checks import check_config
-from feedalign.config.loader import config_from_dict, config_to_dict, dump_config, load_config
+from feedalign.config.loader import config_from_dict, config_to_dict, load_config
 from feedalign.config.schema import Config
 from feedalign.data.batching import weighted_mean
 from feedalign.trainers import checkpoint as ckpt
 from feedalign.trainers.forward import SourceOutput, evaluate, reward_sums, source_forward
 from feedalign.trainers.logging import MetricsAverager, MetricsLogger, format_metrics
-from feedalign.trainers.parallel import full_state_dict, merge_sums, sharding
+from feedalign.trainers.final import FINAL_DIR, save_final
+from feedalign.trainers.parallel import merge_sums
+from feedalign.trainers.lock import OutputDirLock
 from feedalign.trainers.run import Run, TrainerCallback, prepare_run, release_accelerator, save_run
 from feedalign.trainers.setup import make_accelerator
+from feedalign.trainers.signals import StopRequest, TrainingInterrupted
 from feedalign.trainers.state import check_state
 
 logger = logging.getLogger("feedalign.train")
 
 NONFINITE_FILE = "nonfinite_batch.json"
-FINAL_DIR = "final"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -75,6 +79,10 @@ class TrainResult:
     tokenizer: Any
     checkpoint: Path | None = None
     resumed_from: Path | None = None
+    seconds: float = 0.0  # wall time of train(), loading included
+    loop_seconds: float = 0.0  # wall time of the training steps (evaluation and saves included)
+    start_step: int = 0  # the step the run started (or resumed) at
+    source_names: list[str] = field(default_factory=list)
 
 
 def train(
@@ -86,6 +94,8 @@ def train(
     records: Mapping[str, Any] | None = None,
     callbacks: Sequence[TrainerCallback] | None = None,
     resume: bool = False,
+    resume_or_start: bool = False,
+    allow_changed_data: bool = False,
 ) -> TrainResult:
     """Train a policy on every data source of ``config`` with its registered loss.
 
@@ -97,14 +107,39 @@ def train(
         records: in-memory data per source name (lists of records, a ``datasets.Dataset``
             or a list of row dicts); such sources need no ``path``.
         callbacks: :class:`TrainerCallback` objects.
-        resume: continue from the newest complete checkpoint in ``train.output_dir`` (a run
-            without one starts from scratch).
+        resume: continue from the newest complete checkpoint in ``train.output_dir``; without
+            a usable one this is a ConfigError. The checkpoint must have been trained on the
+            same data and settings that cannot change (see ``trainers.resume``).
+        resume_or_start: like ``resume``, but start from scratch when there is no usable
+            checkpoint.
+        allow_changed_data: resume even if a source's data fingerprint differs (a warning).
 
     Raises:
-        ConfigError, FeedbackDataError: before any training step.
+        ConfigError, FeedbackDataError: before any training step (also: ``output_dir`` is
+            locked by another live run).
         NonFiniteLossError: the loss became NaN/inf (batch saved to nonfinite_batch.json).
+        TrainingInterrupted: SIGTERM or SIGINT; a checkpoint of the last step was written.
+        CheckpointWriteError: a checkpoint or the final model could not be written.
     """
+    started = time.perf_counter()
+    resume = resume or resume_or_start
     config = _as_config(config, overrides)
+    out = Path(config.train.output_dir).expanduser()
+    # One run per output_dir, checked first: a second run names the holder, whatever else
+    # it would find there. The main process (RANK 0 of a launch) holds the lock.
+    lock = OutputDirLock(out) if int(os.environ.get("RANK", "0")) == 0 else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _train_locked(config, model, tokenizer, records, callbacks, resume, resume_or_start,
+                             allow_changed_data, started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(config: Config, model: Any, tokenizer: Any, records: Any, callbacks: Any,
+                  resume: bool, resume_or_start: bool, allow_changed_data: bool, started: float) -> TrainResult:
     checked = check_config(
         config,
         resume=resume,
@@ -122,10 +157,13 @@ def train(
                 _clear_output_dir(out)
             accelerator.wait_for_everyone()
         run, resumed_from = prepare_run(
-            config, checked, accelerator, model, tokenizer, records, callbacks, resume
+            config, checked, accelerator, model, tokenizer, records, callbacks, resume,
+            resume_or_start=resume_or_start, allow_changed_data=allow_changed_data,
         )
+        start_step, loop_started = run.step, time.perf_counter()
         metrics, eval_metrics = _train_loop(run, resumed=resumed_from is not None)
-        final_dir = _save_final(run)
+        loop_seconds = time.perf_counter() - loop_started
+        final_dir = save_final(run)
         return TrainResult(
             output_dir=out,
             final_dir=final_dir,
@@ -136,6 +174,10 @@ def train(
             tokenizer=run.runtime.tokenizer,
             checkpoint=run.last_checkpoint,
             resumed_from=resumed_from,
+            seconds=time.perf_counter() - started,
+            loop_seconds=loop_seconds,
+            start_step=start_step,
+            source_names=[s.name for s in run.sources],
         )
     finally:
         release_accelerator()
@@ -275,29 +317,54 @@ def _train_loop(run: Run, *, resumed: bool) -> tuple[dict[str, float], dict[str,
     desc = train_cfg.run_name or run.out.name or "train"
     bar = tqdm(total=run.total, initial=run.step, desc=desc, disable=not accelerator.is_local_main_process)
     try:
-        while run.step < run.total:
-            metrics = _optimizer_step(run)
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4g}")
-            for callback in run.callbacks:
-                callback.on_step_end(run.step, metrics)
-            last = run.step == run.total
-            if run.step % train_cfg.log_every == 0 or last:
-                metrics_logger.log(run.step, metrics)
-                logger.info("step %d/%d %s", run.step, run.total, format_metrics(metrics, _CONSOLE_KEYS))
-            if has_eval and ((train_cfg.eval_every and run.step % train_cfg.eval_every == 0) or last):
+        with StopRequest() as stop:
+            while run.step < run.total:
+                metrics = _optimizer_step(run)
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4g}")
+                for callback in run.callbacks:
+                    callback.on_step_end(run.step, metrics)
+                last = run.step == run.total
+                if run.step % train_cfg.log_every == 0 or last:
+                    metrics_logger.log(run.step, metrics)
+                    logger.info("step %d/%d %s", run.step, run.total, format_metrics(metrics, _CONSOLE_KEYS))
+                if has_eval and ((train_cfg.eval_every and run.step % train_cfg.eval_every == 0) or last):
+                    eval_metrics = _evaluate(run, metrics_logger, eval_bs)
+                if train_cfg.save_every and (run.step % train_cfg.save_every == 0 or last):
+                    save_run(run)
+                signum = _agreed_signal(run, stop.signum)
+                if signum and not last:
+                    _stop_on_signal(run, signum)
+            if has_eval and not eval_metrics:
                 eval_metrics = _evaluate(run, metrics_logger, eval_bs)
-            if train_cfg.save_every and (run.step % train_cfg.save_every == 0 or last):
-                save_run(run)
-        if has_eval and not eval_metrics:
-            eval_metrics = _evaluate(run, metrics_logger, eval_bs)
-        flush = getattr(run.runtime.reference, "flush", None)
-        if flush is not None:  # a cached reference writes what it computed
-            flush()
+            _flush_reference(run)
     finally:
         bar.close()
         metrics_logger.close()
     return metrics, eval_metrics
+
+
+def _flush_reference(run: Run) -> None:
+    flush = getattr(run.runtime.reference, "flush", None)
+    if flush is not None:  # a cached reference writes what it computed
+        flush()
+
+
+def _agreed_signal(run: Run, signum: int | None) -> int:
+    """The signal to stop on, the same on every process (the largest number any got)."""
+    if run.accelerator.num_processes == 1:
+        return signum or 0
+    flag = torch.tensor([float(signum or 0)], device=run.accelerator.device)
+    return int(run.accelerator.reduce(flag, reduction="max").item())
+
+
+def _stop_on_signal(run: Run, signum: int) -> None:
+    """Checkpoint the step just finished (unless it was just saved) and stop."""
+    logger.warning("received signal %d: saving a checkpoint after step %d and stopping", signum, run.step)
+    if run.last_checkpoint is None or run.last_checkpoint.name != ckpt.checkpoint_name(run.step):
+        save_run(run)
+    _flush_reference(run)
+    raise TrainingInterrupted(signum, run.step, run.last_checkpoint)
 
 
 _CONSOLE_KEYS = ("loss", "lr", "grad_norm")
@@ -310,42 +377,3 @@ def _evaluate(run: Run, metrics_logger: MetricsLogger, batch_size: int) -> dict[
     for callback in run.callbacks:
         callback.on_evaluate(run.step, eval_metrics)
     return eval_metrics
-
-
-def _save_steering_spec(run: Run, directory: Path) -> None:
-    """A steered run's SteeringSpec next to the model, for ``feedalign steer`` / ``front``."""
-    from feedalign.multiobjective.steering import save_spec
-
-    specs = [s.steer for s in run.sources if s.steer is not None]
-    if not specs:
-        return
-    if any(spec != specs[0] for spec in specs[1:]):
-        logger.warning("steered sources use different steering specs; final/ holds the first one's")
-    save_spec(specs[0], directory)
-
-
-def _save_final(run: Run) -> Path | None:
-    """``output_dir/final``: save_pretrained (the adapter for LoRA) + tokenizer + config.
-    Under FSDP/DeepSpeed the full weights are gathered first (every process takes part)."""
-    accelerator = run.accelerator
-    final = run.out / FINAL_DIR
-    accelerator.wait_for_everyone()
-    model = run.runtime.model
-    state = None
-    if sharding(accelerator) != "none":
-        state = full_state_dict(accelerator, run.runtime.policy, model)
-    if accelerator.is_main_process:
-        tmp = run.out / f"{FINAL_DIR}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        if state is None:
-            model.save_pretrained(str(tmp))
-        else:
-            model.save_pretrained(str(tmp), state_dict=state)
-        run.runtime.tokenizer.save_pretrained(str(tmp))
-        (tmp / "feedalign_config.yaml").write_text(dump_config(run.config), encoding="utf-8")
-        _save_steering_spec(run, tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    accelerator.wait_for_everyone()
-    return final

@@ -18,7 +18,7 @@ Config (YAML, see ``examples/rm_text_task.yaml``)::
     data:
       - {path: pairs.jsonl, objective: helpful}          # objective: tag for untagged rows,
       - {path: thumbs.jsonl, objective: concise}         #   and a filter for tagged ones
-    train: {output_dir: runs/rm, lr: 1e-3, steps: 300, batch_size: 16, eval_fraction: 0.2,
+    train: {output_dir: runs/rm, lr: 1e-3, max_steps: 300, micro_batch_size: 16, eval_fraction: 0.2,
             normalization: train | reference | none, reference_samples: samples.jsonl}
 """
 
@@ -262,7 +262,8 @@ _FEEDBACK = {"pair": "reward_pair", "label": "reward_unpaired"}
 
 
 def train_reward_model(
-    config: RewardModelConfig, *, records: Mapping[str, Sequence[Any]] | None = None, verbose: bool = False
+    config: RewardModelConfig, *, records: Mapping[str, Sequence[Any]] | None = None, verbose: bool = False,
+    resume: bool = False, resume_or_start: bool = False, allow_changed_data: bool = False,
 ) -> RewardModelResult:
     """Train, evaluate, normalise and save a multi-objective reward model.
 
@@ -270,7 +271,11 @@ def train_reward_model(
         config: the run (see the module docstring).
         records: in-memory records per source name (overrides that source's ``path``).
         verbose: print a line every ``train.log_every`` steps.
+        resume, resume_or_start, allow_changed_data: continue from the newest checkpoint
+            (``train.save_every``), as :mod:`feedalign.trainers.rm_resume` describes.
     """
+    from feedalign.trainers.rm_resume import RMCheckpoints
+
     cfg = config.train
     loaded, dropped = _load_sources(config, records)
     objectives = _objectives(config, loaded)
@@ -284,8 +289,11 @@ def train_reward_model(
     tokens = _TokenCache(tokenizer, cfg.max_length)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     samplers = [EpochSampler(len(g.records), seed=cfg.seed * 1009 + i) for i, g in enumerate(train_groups)]
-    history, start = [], time.perf_counter()
-    for step in range(1, cfg.steps + 1):
+    checkpoints = RMCheckpoints(config, train_groups, eval_groups, resume=resume, resume_or_start=resume_or_start,
+                                allow_changed_data=allow_changed_data)
+    done, history = checkpoints.restore(model, optimizer, samplers)
+    start = time.perf_counter()
+    for step in range(done + 1, cfg.steps + 1):
         picks = [s.next_indices(min(cfg.batch_size, len(g.records))) for s, g in zip(samplers, train_groups)]
         texts = [t for g, idx in zip(train_groups, picks) for t in _texts(g, idx)]
         scores = model(**tokens.batch(texts, device))
@@ -305,6 +313,7 @@ def train_reward_model(
         history.append(entry)
         if verbose and (step % cfg.log_every == 0 or step == cfg.steps):
             print(f"rm step {step}/{cfg.steps} loss {entry['loss']:.4f}", flush=True)
+        checkpoints.step_done(step, model, optimizer, samplers, history)
     metrics = evaluate_reward_model(model, tokens, eval_groups, objectives, device, cfg.eval_batch_size)
     metrics.update(train_seconds=time.perf_counter() - start, steps=cfg.steps, dropped_records=dropped,
                    n_train={g.name: len(g.records) for g in train_groups},

@@ -69,6 +69,8 @@ class RMTrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     log_every: int = 50
+    save_every: int = 0  # checkpoint every N steps and at the end (0: none); see trainers.rm_resume
+    keep_checkpoints: int = 2
     normalization: str = "train"
     reference_samples: str | None = None
     normalization_samples: int = 4096
@@ -111,11 +113,15 @@ class RewardModelConfig:
 
 def load_rm_config(path: str | Path, overrides: Sequence[str] = ()) -> RewardModelConfig:
     """Read ``feedalign rm train`` YAML with ``key.sub=value`` overrides."""
-    return load_dataclass_yaml(RewardModelConfig, path, overrides)
+    from feedalign.config.vocabulary import normalize_rm_config
+
+    return load_dataclass_yaml(RewardModelConfig, path, overrides, normalize=normalize_rm_config)
 
 
-def load_dataclass_yaml(cls: type, path: str | Path, overrides: Sequence[str] = ()) -> Any:
-    """YAML file -> frozen dataclass ``cls`` with the config loader's key/type checks."""
+def load_dataclass_yaml(cls: type, path: str | Path, overrides: Sequence[str] = (),
+                        normalize: Any = None) -> Any:
+    """YAML file -> frozen dataclass ``cls`` with the config loader's key/type checks
+    (``normalize(raw)``, if given, runs on the raw mapping after the overrides)."""
     import yaml
 
     from feedalign.config.loader import apply_override, build
@@ -130,6 +136,8 @@ def load_dataclass_yaml(cls: type, path: str | Path, overrides: Sequence[str] = 
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
+    if normalize is not None:
+        normalize(raw)
     try:
         return build(cls, raw, "")
     except ConfigError as exc:

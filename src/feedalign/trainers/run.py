@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,10 @@ from feedalign.config.errors import ConfigError
 from feedalign.config.loader import dump_config
 from feedalign.config.schema import Config
 from feedalign.trainers import checkpoint as ckpt
+from feedalign.trainers import resume as resume_checks
 from feedalign.data.batching import Batch, collate, collate_texts, move_to
 from feedalign.trainers.forward import Runtime, Source
+from feedalign.trainers.model_checks import check_lora_targets
 from feedalign.trainers.parallel import (
     LogpsModule,
     bind_reference,
@@ -71,6 +74,8 @@ class Run:
     callbacks: Sequence[TrainerCallback]
     step: int = 0
     last_checkpoint: Path | None = None
+    fingerprints: dict[str, str] = field(default_factory=dict)  # per source, see trainers.resume
+    config_history: list[dict[str, Any]] = field(default_factory=list)  # each resume's changed settings
 
 
 def release_accelerator() -> None:
@@ -91,9 +96,13 @@ def prepare_run(
     records: Any,
     callbacks: Sequence[TrainerCallback] | None,
     resume: bool,
+    *,
+    resume_or_start: bool = False,
+    allow_changed_data: bool = False,
 ) -> tuple[Run, Path | None]:
     """Tokenizer, data, policy, reference, optimizer and schedule; then the checkpoint to
-    resume from (if asked for and one is complete), restored into all of them."""
+    resume from (if asked for), restored into all of them. ``resume`` without a usable
+    checkpoint is a ConfigError unless ``resume_or_start``."""
     from accelerate.utils import set_seed
 
     from feedalign.policies.hf import load_tokenizer
@@ -106,6 +115,7 @@ def prepare_run(
     sources = build_sources(config, checked, tokenizer, records, rank=rank, world=world)
     if model is None:
         model = load_policy(config)
+        check_lora_targets(config, model)  # peft skips unmatched names silently
     prepare_steer_model(sources, model, tokenizer)
     if sharding(accelerator) == "none":
         model.to(accelerator.device)  # FSDP / DeepSpeed place the shards themselves
@@ -136,16 +146,38 @@ def prepare_run(
     out = Path(train_cfg.output_dir).expanduser()
     run = Run(config, accelerator, runtime, sources, optimizer, scheduler, trainable, total, per_epoch, out,
               callbacks or ())
-    resumed_from = ckpt.find_resume_checkpoint(out) if resume else None
-    if resume and resumed_from is None:
-        logger.warning("--resume: no complete checkpoint in %s; starting from scratch", out)
-    if accelerator.is_main_process:
-        ckpt.remove_incomplete(out)
-    accelerator.wait_for_everyone()
-    if resumed_from is not None:
-        restore_run(run, resumed_from)
+    resumed_from = _resume(run, resume, resume_or_start, allow_changed_data)
     precompute_reference(run)
     return run, resumed_from
+
+
+def _resume(run: Run, resume: bool, resume_or_start: bool, allow_changed_data: bool) -> Path | None:
+    """Fingerprint the data, drop leftovers of interrupted saves, restore the checkpoint."""
+    run.fingerprints = {s.name: resume_checks.source_fingerprint(s.train_examples + s.eval_examples)
+                        for s in run.sources}
+    resumed_from = _resume_checkpoint(run.out, resume, resume_or_start)
+    if run.accelerator.is_main_process:
+        ckpt.remove_incomplete(run.out)
+    run.accelerator.wait_for_everyone()
+    if resumed_from is not None:
+        restore_run(run, resumed_from, allow_changed_data=allow_changed_data)
+    return resumed_from
+
+
+def _resume_checkpoint(out: Path, resume: bool, resume_or_start: bool) -> Path | None:
+    if not (resume or resume_or_start):
+        return None
+    found = ckpt.find_resume_checkpoint(out)
+    if found is not None:
+        return found
+    existing = ckpt.list_checkpoints(out)
+    if not resume_or_start:
+        what = f"none of its {len(existing)} checkpoints is usable (see the warnings above)" if existing else (
+            "it holds no complete checkpoint")
+        raise ConfigError(f"--resume: {what}; pass --resume-or-start to train from scratch instead",
+                          key="train.output_dir")
+    logger.warning("--resume-or-start: no usable checkpoint in %s; starting from scratch", out)
+    return None
 
 
 def precompute_reference(run: Run) -> int:
@@ -170,8 +202,12 @@ def precompute_reference(run: Run) -> int:
     reference = run.runtime.reference
     if not isinstance(reference, CachedReference) or not isinstance(reference.inner, CopyReference):
         return 0
+    from tqdm.auto import tqdm
+
     device = run.accelerator.device
-    batches = ((move_to(tensors, device), row_ids) for tensors, row_ids in _reference_rows(run))
+    batches = tqdm(((move_to(tensors, device), row_ids) for tensors, row_ids in _reference_rows(run)),
+                   desc="reference cache", unit="batch", leave=False,
+                   disable=not run.accelerator.is_local_main_process)
     with run.accelerator.autocast():
         computed = reference.precompute(batches)
     reference.drop_inner()
@@ -213,15 +249,18 @@ def _batch_rows(run: Run, source: Source, batch: Batch, training: bool) -> Itera
         yield collate_texts(run.runtime.tokenizer, prompts, completions, source.max_length, run.runtime.pad_id), ids
 
 
-def restore_run(run: Run, path: Path) -> None:
+def restore_run(run: Run, path: Path, *, allow_changed_data: bool = False) -> None:
     """Load a checkpoint into the run (every process reads it). A checkpoint that does not
-    fit the run (other data, LoRA switched on or off, other sharding, ...) is a ConfigError
-    naming what differs."""
+    fit the run (other data, LoRA switched on or off, other sharding, settings that cannot
+    change, ...) is a ConfigError naming what differs; see ``trainers.resume``."""
     accelerator, runtime = run.accelerator, run.runtime
     payload = ckpt.load_checkpoint(path)
-    changed = config_changes(payload.config_yaml, dump_config(run.config))
-    if changed:
-        logger.warning("resuming with settings that differ from the checkpoint's: %s", ", ".join(changed[:10]))
+    diff = resume_checks.config_diff(payload.config_yaml, dump_config(run.config))
+    changed = sorted(diff)
+    resume_checks.check_changes(diff, path, step=payload.step, total=run.total)
+    saved_prints = payload.trainer_state.get("data_fingerprints")
+    resume_checks.check_fingerprints(saved_prints, run.fingerprints, allow=allow_changed_data, path=path,
+                                     changed=changed)
     try:
         load_trainable_weights(accelerator, runtime.policy, runtime.model, payload.weights)
         if sharding(accelerator) == "deepspeed":
@@ -247,13 +286,32 @@ def restore_run(run: Run, path: Path) -> None:
     ckpt.set_rng_state(own if own is not None else state["rng"])
     run.step = payload.step
     run.last_checkpoint = path
+    resume_checks.apply_changes(run, diff, payload.trainer_state.get("total_steps"))
+    run.config_history = list(payload.trainer_state.get("config_history", []))
+    if diff:
+        run.config_history.append({"step": run.step, "changed": {k: list(v) for k, v in diff.items()}})
     logger.info("resumed from %s (step %d)", path, payload.step)
 
 
 def save_run(run: Run) -> Path:
     """Write a checkpoint. Every process takes part: sharded weights and optimizer state are
     gathered, and each process saves its own RNG state (``rng_state_<rank>.pt``); the main
-    process writes the rest and makes the checkpoint complete."""
+    process writes the rest and makes the checkpoint complete.
+
+    Raises:
+        CheckpointWriteError: the disk is full or another OS error stopped the write; the
+            partial checkpoint is removed, the previous one (``latest``) is untouched.
+    """
+    try:
+        return _write_run(run)
+    except (OSError, RuntimeError) as exc:
+        if not ckpt.is_write_failure(exc):
+            raise
+        shutil.rmtree(ckpt.staging_dir(run.out, run.step), ignore_errors=True)
+        raise ckpt.write_failure(exc, run.out, ckpt.checkpoint_name(run.step), run.last_checkpoint) from exc
+
+
+def _write_run(run: Run) -> Path:
     accelerator, runtime = run.accelerator, run.runtime
     accelerator.wait_for_everyone()
     weights = trainable_weights(accelerator, runtime.policy, runtime.model, run.trainable)
@@ -285,6 +343,8 @@ def save_run(run: Run) -> Path:
             "samplers": samplers,
             "providers": providers,
             "kl_samplers": kl_samplers,
+            "data_fingerprints": run.fingerprints,
+            "config_history": run.config_history,
         }
         payload = ckpt.CheckpointPayload(
             step=run.step,
@@ -306,20 +366,4 @@ def save_run(run: Run) -> Path:
 
 def config_changes(saved_yaml: str, current_yaml: str) -> list[str]:
     """Dotted keys whose values differ between two dumped configs."""
-    import yaml
-
-    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(node, dict):
-            out: dict[str, Any] = {}
-            for key, value in node.items():
-                out.update(flat(value, f"{prefix}{key}."))
-            return out
-        if isinstance(node, list) and node and all(isinstance(v, dict) for v in node):
-            out = {}
-            for i, value in enumerate(node):
-                out.update(flat(value, f"{prefix}{i}."))
-            return out
-        return {prefix.rstrip("."): node}
-
-    saved, current = flat(yaml.safe_load(saved_yaml)), flat(yaml.safe_load(current_yaml))
-    return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    return sorted(resume_checks.config_diff(saved_yaml, current_yaml))

@@ -1,0 +1,61 @@
+"""SIGTERM and SIGINT during training: finish the optimizer step in flight, save, stop.
+
+While the loop runs, the first SIGTERM or SIGINT only sets a flag; the loop looks at it after
+each optimizer step, writes a checkpoint and raises :class:`TrainingInterrupted` (the CLI
+prints the checkpoint and the ``--resume`` command and exits 128 + signal number: 130 for
+SIGINT, 143 for SIGTERM). A second signal while that is under way stops at once
+(``KeyboardInterrupt``), without saving. Handlers can only be installed from the main
+thread; elsewhere (a run started from a worker thread) signals keep their defaults.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+HANDLED = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving ``checkpoint`` at ``step``."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+        self.signum = signum
+        self.step = step
+        self.checkpoint = checkpoint
+        self.exit_code = 128 + signum
+        where = f"checkpoint {checkpoint}" if checkpoint is not None else "no checkpoint (nothing trained yet)"
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; {where}")
+
+
+class StopRequest:
+    """Installs the handlers on enter and restores the previous ones on exit.
+
+    ``signum`` is the first signal received (None while there was none)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:  # a second signal: stop now
+            self._restore()
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped without saving")
+        self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in HANDLED:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()

@@ -1,0 +1,110 @@
+"""`feedalign rm train --resume` (real subprocesses): a run continued from its checkpoint
+gives the weights of an uninterrupted run; other data or settings are refused."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+from test_reward_model import OBJECTIVES, simulate, write_jsonl
+from timeouts import subprocess_timeout
+from trainer_fixtures import assert_states_equal
+
+from feedalign.envs.text_task import TextTask
+from feedalign.policies.reward_model import HEADS_FILE
+from feedalign.trainers.reward_model import load_rm_config, train_reward_model
+from feedalign.trainers.rm_resume import CHECKPOINT_DIR
+
+
+def _rm(args, quiet=True, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "feedalign", "rm", "train", *args] + (["--quiet"] if quiet else []),
+                          env=env,
+                          capture_output=True, text=True, timeout=subprocess_timeout(180), **kw)
+
+
+def _weights(directory):
+    from safetensors.torch import load_file as load
+
+    backbone = directory / "backbone" / "model.safetensors"
+    return {**load_file(str(directory / HEADS_FILE)), **{f"backbone.{k}": v for k, v in load(str(backbone)).items()}}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rm_resume")
+    pairs, thumbs = simulate(TextTask(), 60, seed=0)
+    write_jsonl(root / "pairs.jsonl", pairs)
+    write_jsonl(root / "thumbs.jsonl", thumbs)
+
+    def config(out, steps):
+        cfg = {
+            "model": {"builder": "text_task", "seed": 0},
+            "objectives": list(OBJECTIVES),
+            "data": [{"path": str(root / "pairs.jsonl"), "name": "pairs"},
+                     {"path": str(root / "thumbs.jsonl"), "name": "thumbs"}],
+            "train": {"output_dir": str(out), "lr": 3e-3, "steps": steps, "batch_size": 8, "max_length": 64,
+                      "device": "cpu", "save_every": 3, "keep_checkpoints": 0},
+        }
+        path = root / f"{out.name}_{steps}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    reference = root / "reference"
+    train_reward_model(load_rm_config(config(reference, 6)))
+    return root, config, reference
+
+
+def test_rm_resume_matches_an_uninterrupted_run(setup):
+    root, config, reference = setup
+    out = root / "cut"
+    first = _rm([str(config(out, 3))])  # stops after its step-3 checkpoint
+    assert first.returncode == 0, first.stderr
+    assert (out / CHECKPOINT_DIR / "step-00000003").is_dir()
+    again = _rm([str(config(out, 6))])
+    assert again.returncode == 2 and "--resume" in again.stderr
+    resumed = _rm([str(config(out, 6)), "--resume"], quiet=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr
+    assert_states_equal(_weights(out), _weights(reference))
+    assert load_file(str(out / CHECKPOINT_DIR / "step-00000006" / "weights.safetensors")).keys()
+
+
+def test_rm_resume_refuses_other_data_and_no_checkpoint(setup):
+    root, config, _ = setup
+    out = root / "changed"
+    assert _rm([str(config(out, 3))]).returncode == 0
+    lines = (root / "pairs.jsonl").read_text().splitlines()
+    edited = root / "edited_pairs.jsonl"
+    edited.write_text("\n".join(lines[1:] + lines[:1]) + "\n")  # same rows, other order
+    cfg = yaml.safe_load(config(out, 6).read_text())
+    cfg["data"][0]["path"] = str(edited)
+    path = root / "edited.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    refused = _rm([str(path), "--resume"])
+    assert refused.returncode == 2 and "'pairs/pair'" in refused.stderr and "--allow-changed-data" in refused.stderr
+    assert _rm([str(path), "--resume", "--allow-changed-data"]).returncode == 0
+    empty = _rm([str(config(root / "empty", 3)), "--resume"])
+    assert empty.returncode == 2 and "--resume-or-start" in empty.stderr
+    assert _rm([str(config(root / "empty", 3)), "--resume-or-start"]).returncode == 0
+
+
+def test_rm_config_takes_the_trainer_vocabulary_and_warns_on_old_spellings(tmp_path):
+    from feedalign.config import ConfigError
+
+    path = tmp_path / "rm.yaml"
+    base = {"model": {"builder": "text_task"}, "data": [{"path": "x.jsonl"}]}
+    path.write_text(yaml.safe_dump({**base, "train": {"output_dir": "o", "max_steps": 7, "micro_batch_size": 3}}))
+    config = load_rm_config(path)
+    assert (config.train.steps, config.train.batch_size) == (7, 3)
+    assert load_rm_config(path, ["train.max_steps=9"]).train.steps == 9
+    path.write_text(yaml.safe_dump({**base, "train": {"output_dir": "o", "steps": 7}}))
+    with pytest.warns(FutureWarning, match="train.steps is deprecated .* use train.max_steps"):
+        assert load_rm_config(path).train.steps == 7
+    path.write_text(yaml.safe_dump({**base, "train": {"output_dir": "o", "steps": 7, "max_steps": 8}}))
+    with pytest.raises(ConfigError, match="both 'max_steps' and its old spelling 'steps'"):
+        load_rm_config(path)
