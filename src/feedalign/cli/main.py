@@ -16,6 +16,8 @@ COMMAND_MODULES = (
     "feedalign.cli.bench_cmd",  # bench exact
     "feedalign.cli.rm_cmd",  # rm train, rm score
     "feedalign.cli.front_cmd",  # front
+    "feedalign.cli.serve_cmd",  # serve
+    "feedalign.cli.iterate_cmd",  # iterate
 )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from feedalign.config.errors import ConfigError
 from feedalign.config.schema import Config, DataSourceConfig
+from feedalign.data.db_source import is_database_url
 
 # "org/name" or "name" (letters, digits, - _ .); local paths are anything else.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
@@ -132,6 +133,8 @@ def check_data_paths(source: DataSourceConfig, prefix: str) -> None:
         )
     for i, path in enumerate(source.paths):
         key = f"{prefix}.path" if isinstance(source.path, str) else f"{prefix}.path.{i}"
+        if is_database_url(path):  # checked when read (feedalign.data.db_source)
+            continue
         if not Path(path).expanduser().exists():
             raise ConfigError(f"file not found: '{path}'", key=key)
 

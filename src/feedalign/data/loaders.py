@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from feedalign.data.db_source import is_database_url
 from feedalign.data.errors import FeedbackDataError, Rejection, RowError
 from feedalign.data.readers import (
     DEFAULT_MAX_LINE_BYTES,
@@ -246,6 +247,10 @@ def _consume(items: Iterator[Item], name: str, result: LoadResult, ids, kind, ob
 
 def open_source(source: Any, *, split: str | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES):
     """``(name, iterator of (location, row, problem))`` for any accepted source."""
+    if isinstance(source, str) and is_database_url(source):  # sqlite:///feedback.db?objective=...
+        from feedalign.data.db_source import open_database
+
+        return open_database(source)
     if isinstance(source, (str, os.PathLike)):
         path, name = Path(source), os.fspath(source)
         if not path.exists():
