@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 SCHEMES = ("sqlite", "postgresql", "postgres")
 FILTERS = ("objective", "round", "annotator", "kind")
@@ -54,18 +54,19 @@ class DatabaseQuery:
 
 def parse_database_url(source: str) -> DatabaseQuery:
     """Split the feedalign filters off a database URL; ValueError names a bad filter."""
-    parts = urlsplit(source)
+    base, _, query_string = source.partition("?")
     kept, filters = [], {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+    for key, value in parse_qsl(query_string, keep_blank_values=True):
         if key in FILTERS:
             filters[key] = [v.strip() for v in value.split(",") if v.strip()]
         else:
             kept.append((key, value))
-    url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment))
-    host = parts.netloc.rsplit("@", 1)[-1]
-    name = parts.path.lstrip("/") if parts.scheme.startswith("sqlite") else f"{parts.scheme}://{host}{parts.path}"
-    if parts.scheme.startswith("sqlite") and source.startswith("sqlite:////"):
-        name = parts.path
+    url = base + ("?" + urlencode(kept) if kept else "")
+    scheme, _, rest = base.partition("://")
+    if scheme.startswith("sqlite"):
+        name = rest[1:] if rest.startswith("/") else rest  # sqlite:///rel.db, sqlite:////abs.db
+    else:
+        name = f"{scheme}://{rest.rsplit('@', 1)[-1]}"  # no credentials in locations
     try:
         rounds = [int(r) for r in filters.get("round", [])]
     except ValueError:

@@ -31,8 +31,8 @@ kbd{border:1px solid #aaa;border-radius:3px;padding:0 .3em;font-size:.85em}
 <h1>__TITLE__</h1>
 <div id="login"><label>Annotator id <input id="annotator" autocomplete="off"></label>
 <button id="start">Start</button></div>
+<p id="header" hidden>Annotator <b id="who"></b> &middot; <span id="progress"></span></p>
 <div id="main" hidden>
-<p>Annotator <b id="who"></b> &middot; <span id="progress"></span></p>
 <h3>Prompt</h3><pre id="prompt"></pre>
 <div class="cols"><div><h3 id="left-title">Left</h3><pre id="left"></pre></div>
 <div id="right-col"><h3>Right</h3><pre id="right"></pre></div></div>
@@ -165,7 +165,7 @@ function start() {
   const value = $("annotator").value.trim() || annotator;
   if (!/^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$/.test(value)) { say("Enter an annotator id (letters, digits, _ . @ : -)."); return; }
   annotator = value; $("who").textContent = annotator;
-  $("login").hidden = true; $("main").hidden = false;
+  $("login").hidden = true; $("main").hidden = false; $("header").hidden = false;
   document.activeElement.blur();
   loadNext();
 }
