@@ -8,6 +8,9 @@ From the K scored samples of each prompt, for every judge objective ``o``:
     positives_<o>.jsonl  the best of the K samples (positive-only)
     negatives_<o>.jsonl  the worst of the K samples (negative-only)
 
+    ties_<o>.jsonl       with ``temperature: 0`` only: the pairs whose two scores are equal
+                         (a tie is not a preference; kept for the record, not for training)
+
 (:mod:`feedalign.envs.annotators` does the judging from the scores.) Samples with an empty
 completion are not judged (the loader rejects rows without one) and are counted as
 ``empty``. Every row is a canonical row (``feedalign.data.record_to_row``) plus provenance
@@ -45,7 +48,12 @@ def judged_sets(samples: Sequence[tuple[str, str]], scores: Mapping[str, np.ndar
     sets: dict[str, list[Any]] = {}
     for k, o in enumerate(objectives):
         s = [int(x) for x in seeds[4 * k:4 * k + 4]]
-        sets[f"pairs_{o}"] = ann.bt_pairs(judged, scorer, objective=o, temperature=temperature, seed=s[0])
+        pairs = ann.bt_pairs(judged, scorer, objective=o, temperature=temperature, seed=s[0])
+        if temperature == 0:  # "the higher score wins": equal scores are ties, not preferences
+            tied = [r for r in pairs if table[(r.prompt, r.chosen)][o] == table[(r.prompt, r.rejected)][o]]
+            pairs = [r for r in pairs if r not in tied]
+            sets[f"ties_{o}"] = tied
+        sets[f"pairs_{o}"] = pairs
         sets[f"thumbs_{o}"] = ann.logistic_thumbs(judged, scorer, objective=o, temperature=temperature, seed=s[1])
         sets[f"positives_{o}"] = ann.positive_only(judged, scorer, objective=o, top_k=1, seed=s[2])
         sets[f"negatives_{o}"] = ann.negative_only(judged, scorer, objective=o, bottom_k=1, seed=s[3])
@@ -85,9 +93,13 @@ def write_sets(sets: Mapping[str, list[Any]], directory: Path, *, round_: int, j
             for record in records:
                 row = provenance_row(record, round_=round_, judge=judge, time=time, raw_prompts=raw_prompts,
                                      scores=scores)
+                if name.startswith("ties_"):
+                    row["completions"] = [row.pop("chosen"), row.pop("rejected")]
+                    if "judge_scores" in row:
+                        row["judge_scores"] = [row["judge_scores"]["chosen"], row["judge_scores"]["rejected"]]
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         os.replace(tmp, path)
-        n = len(load_records(path).records) if records else 0
+        n = len(load_records(path).records) if records and not name.startswith("ties_") else len(records)
         if n != len(records):
             raise RuntimeError(f"{path}: wrote {len(records)} records but read back {n}")
         out[name] = {"path": str(path), "records": n}
