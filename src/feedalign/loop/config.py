@@ -145,6 +145,11 @@ class IterateConfig:
         _require(self.rounds >= 1, "rounds", f"must be >= 1, got {self.rounds}")
         _require(self.train.objective in self.judge.objectives, "train.objective",
                  f"{self.train.objective!r} is not among judge.objectives {list(self.judge.objectives)}")
+        if self.judge.kind == "human":
+            _require(not self.offline_baseline, "offline_baseline",
+                     "must be false with judge.kind 'human' (people would have to rate the baseline's samples too)")
+            _require(self.train.feedback in ("pairs", "thumbs"), "train.feedback",
+                     f"people give pairs and thumbs; got {self.train.feedback!r}")
         if self.initial.path is None:
             _require(self.prompts.source == "text_task", "initial.path",
                      "is required unless prompts come from the text task (which builds its own model)")

@@ -152,5 +152,10 @@ def judge_samples(loop: Loop, samples: list[tuple[str, str]], raw: dict, directo
 
 def training_file(loop: Loop, files: dict[str, dict[str, Any]]) -> tuple[str, int]:
     t = loop.config.train
-    entry = files[f"{t.feedback}_{t.objective}"]
+    key = f"{t.feedback}_{t.objective}"
+    if key not in files:
+        available = sorted(k for k in files if not k.startswith(("_", "ties_")))
+        raise ConfigError(f"the {loop.config.judge.kind} judge gives no {key} feedback; available: {available}",
+                          key="train.feedback")
+    entry = files[key]
     return entry["path"], entry["records"]
