@@ -47,8 +47,14 @@ def _fail(message: str) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from feedalign.serve.app import create_app, is_loopback, make_server
-    from feedalign.serve.storage import FeedbackStore
+    try:
+        import flask  # noqa: F401
+        import waitress  # noqa: F401
+
+        from feedalign.serve.app import create_app, is_loopback, make_server
+        from feedalign.serve.storage import FeedbackStore
+    except ImportError as exc:
+        return _fail(f"feedalign serve needs {exc.name}: pip install 'feedalign[serve]'")
 
     token = args.token or os.environ.get("FEEDALIGN_SERVE_TOKEN") or None
     if not is_loopback(args.host) and not token:

@@ -112,7 +112,10 @@ def rows_from_ratings(ratings, name: str, kind: str | None = None) -> DatabaseRo
 
 def read_database(source: str) -> tuple[DatabaseQuery, DatabaseRows]:
     """Every rating of the database named by ``source`` (a URL with optional filters)."""
-    from feedalign.serve.storage import FeedbackStore
+    try:
+        from feedalign.serve.storage import FeedbackStore
+    except ImportError as exc:
+        raise ValueError(f"reading a feedback database needs {exc.name}: pip install 'feedalign[serve]'") from None
 
     query = parse_database_url(source)
     try:
