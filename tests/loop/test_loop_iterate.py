@@ -83,3 +83,40 @@ def test_config_errors_name_the_key(tmp_path, capsys):
 def test_example_config_loads():
     config = load_iterate_config(Path(__file__).parents[2] / "examples" / "iterate" / "config.yaml")
     assert config.rounds == 3 and config.offline_baseline and config.judge.kind == "text_task"
+
+
+@pytest.mark.slow
+def test_reference_initial_keeps_the_initial_weights_as_reference(tmp_path):
+    """reference: initial -> a LoRA adapter on the initial model carried across rounds; the
+    reference of every round is the initial model (adapter disabled)."""
+    import torch
+
+    from feedalign.loop.iterate import run_iterate
+    from feedalign.loop.rounds import Loop, round_policy
+
+    data = {**TINY, "offline_baseline": False, "plots": False,
+            "train": {**TINY["train"], "reference": "initial", "lora": {"r": 4, "alpha": 8}}}
+    config = load_iterate_config(_write(tmp_path, data))
+    out = tmp_path / "out"
+    report = run_iterate(config, out, log=lambda _m: None)
+    stages = [json.loads((out / f"round_{r}" / "stage.json").read_text()) for r in (1, 2)]
+    initial = report["initial"]["model_dir"]
+    assert [s["reference"] for s in stages] == [initial, initial]
+    assert stages[1]["started_from"] == stages[0]["model_dir"]
+    assert (Path(stages[1]["model_dir"]) / "adapter_config.json").is_file()
+    loop = Loop(config=config, out=out, initial_dir=initial)
+    policy = round_policy(loop, stages[1]["model_dir"])
+    base = round_policy(loop, initial)  # a fresh adapter: the initial model's outputs
+    ids = torch.tensor([[2, 5, 6, 7, 8]])
+    with torch.no_grad(), policy.disable_adapter():
+        disabled = policy(input_ids=ids).logits
+    with torch.no_grad():
+        trained, fresh = policy(input_ids=ids).logits, base(input_ids=ids).logits
+    assert torch.allclose(disabled, fresh, atol=1e-6)  # the reference is the initial model
+    assert not torch.allclose(trained, fresh, atol=1e-4)  # the adapter has learned across rounds
+
+
+def test_reference_initial_needs_lora(tmp_path):
+    data = {**TINY, "train": {**TINY["train"], "reference": "initial"}}
+    with pytest.raises(ConfigError, match="train.lora"):
+        load_iterate_config(_write(tmp_path, data))

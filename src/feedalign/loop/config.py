@@ -95,7 +95,13 @@ class JudgeConfig:
 
 @dataclass(frozen=True)
 class RoundTrainConfig:
-    """How each round trains: one data source of ``feedback`` on ``objective`` with ``loss``."""
+    """How each round trains: one data source of ``feedback`` on ``objective`` with ``loss``.
+
+    ``reference``: ``previous`` = each round's reference is the policy it starts from (the
+    previous round's; full fine-tuning); ``initial`` = the initial policy stays the reference
+    in every round: the policy is then the initial model plus a LoRA adapter (``lora``: r,
+    alpha, dropout) carried from round to round, and the reference is that model with the
+    adapter disabled, i.e. exactly the initial weights."""
 
     loss: str = "dpo"
     feedback: str = "pairs"
@@ -106,8 +112,14 @@ class RoundTrainConfig:
     batch_size: int = 32
     max_length: int = 64
     reference: str = "previous"
+    lora: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.reference == "initial":
+            _require(bool(self.lora), "lora", "reference 'initial' trains a LoRA adapter on the initial model; "
+                     "give lora: {r: 8, alpha: 16}")
+        else:
+            _require(self.lora is None, "lora", "is used with reference 'initial' only")
         _require(self.feedback in FEEDBACK_KINDS, "feedback", f"must be one of {FEEDBACK_KINDS}, got {self.feedback!r}")
         _require(self.reference in REFERENCES, "reference", f"must be one of {REFERENCES}, got {self.reference!r}")
         _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")

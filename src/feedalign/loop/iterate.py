@@ -19,6 +19,7 @@ from feedalign.loop.rounds import (
     evaluate,
     judge_samples,
     load_policy,
+    round_policy,
     sample,
     train_policy,
     training_file,
@@ -99,7 +100,7 @@ def stage_round(loop: Loop, round_: int, policy_dir: str) -> dict[str, Any]:
         return done
     start = time.perf_counter()
     prompts = round_prompts(loop, round_)
-    model = load_policy(policy_dir)
+    model = round_policy(loop, policy_dir)
     k = c.sampling.samples_per_prompt
     samples, raw = sample(loop, model, prompts, k, seed=c.seed + 100 * round_)
     if c.judge.kind == "human":
@@ -112,10 +113,12 @@ def stage_round(loop: Loop, round_: int, policy_dir: str) -> dict[str, Any]:
     if n == 0:
         raise RuntimeError(f"round {round_}: the judge gave no {c.train.feedback} feedback on "
                            f"'{c.train.objective}' ({path})")
-    result = train_policy(loop, f"round_{round_}", policy_dir, path, steps=c.train.steps, seed=c.seed + round_)
+    result = train_policy(loop, f"round_{round_}", policy_dir, path, steps=c.train.steps, seed=c.seed + round_,
+                          model=model)
     metrics = evaluate(loop, result.model)
+    reference = loop.initial_dir if c.train.reference == "initial" else policy_dir
     done = {"round": round_, "n_feedback": n, "metrics": metrics, "model_dir": str(result.final_dir),
-            "started_from": policy_dir, "reference": policy_dir, "prompts": len(prompts), "samples": len(samples),
+            "started_from": policy_dir, "reference": reference, "prompts": len(prompts), "samples": len(samples),
             "feedback_files": files, "train_steps": result.steps, "seconds": time.perf_counter() - start}
     _write_json(directory / "stage.json", done)
     return done
@@ -130,8 +133,8 @@ def stage_offline(loop: Loop, n_feedback: int) -> dict[str, Any]:
         return done
     start = time.perf_counter()
     prompts = [p for r in range(1, c.rounds + 1) for p in round_prompts(loop, r)]
-    samples, raw = sample(loop, load_policy(loop.initial_dir), prompts, c.sampling.samples_per_prompt,
-                          seed=c.seed + 99)
+    model = round_policy(loop, loop.initial_dir)
+    samples, raw = sample(loop, model, prompts, c.sampling.samples_per_prompt, seed=c.seed + 99)
     if c.judge.kind == "human":
         raise RuntimeError("the offline baseline needs a scoring judge; set offline_baseline: false for people")
     files = judge_samples(loop, samples, raw, directory / "feedback", 0, seed=c.seed + 99)
@@ -141,7 +144,7 @@ def stage_offline(loop: Loop, n_feedback: int) -> dict[str, Any]:
     matched = directory / "feedback" / "training_matched.jsonl"
     matched.write_text("".join(rows[i] + "\n" for i in keep), encoding="utf-8")
     steps = c.train.steps * c.rounds
-    result = train_policy(loop, "offline", loop.initial_dir, str(matched), steps=steps, seed=c.seed)
+    result = train_policy(loop, "offline", loop.initial_dir, str(matched), steps=steps, seed=c.seed, model=model)
     done = {"n_feedback": int(len(keep)), "n_available": available, "metrics": evaluate(loop, result.model),
             "model_dir": str(result.final_dir), "train_steps": result.steps, "feedback_files": files,
             "training_file": str(matched), "seconds": time.perf_counter() - start}

@@ -78,14 +78,17 @@ def check_state(config: IterateConfig, out: Path, restart: bool) -> None:
 # --------------------------------------------------------------------------- pieces
 
 
-def train_policy(loop: Loop, name: str, init_dir: str, data_path: str, *, steps: int, seed: int) -> Any:
-    """One run of the one trainer (``feedalign.trainers.train``) -> the TrainResult."""
+def train_policy(loop: Loop, name: str, init_dir: str, data_path: str, *, steps: int, seed: int,
+                 model: Any = None) -> Any:
+    """One run of the one trainer (``feedalign.trainers.train``) -> the TrainResult. With
+    ``reference: initial`` ``model`` is the LoRA policy and the reference its disabled adapter."""
     from feedalign.trainers import train
 
     t = loop.config.train
+    initial = t.reference == "initial"
     config = {
-        "model": {"path": init_dir},
-        "reference": {"strategy": "copy"},
+        "model": {"path": loop.initial_dir if initial else init_dir},
+        "reference": {"strategy": "adapter" if initial else "copy"},
         "data": [{"name": name, "loss": t.loss, "path": data_path, "max_length": t.max_length,
                   "hparams": dict(t.hparams)}],
         "train": {"output_dir": str(loop.out / name / "train"), "seed": seed, "lr": t.lr, "max_steps": steps,
@@ -93,13 +96,31 @@ def train_policy(loop: Loop, name: str, init_dir: str, data_path: str, *, steps:
                   "warmup_steps": min(10, steps // 10), "log_every": 1, "cpu": True,
                   "overwrite_output_dir": True},
     }
-    return train(config, tokenizer=loop.tokenizer)
+    if initial:  # the policy given is already wrapped; model.lora states what it is
+        config["model"]["lora"] = dict(t.lora)
+    return train(config, tokenizer=loop.tokenizer, model=model if initial else None)
 
 
 def load_policy(path: str) -> Any:
     from feedalign.policies.hf import load_causal_lm
 
     return load_causal_lm(path, dtype="float32").eval()
+
+
+def round_policy(loop: Loop, policy_dir: str) -> Any:
+    """The policy a round starts from: the model in ``policy_dir``; with ``reference:
+    initial`` the initial model plus the LoRA adapter saved in ``policy_dir`` (a fresh adapter
+    when ``policy_dir`` is the initial model)."""
+    t = loop.config.train
+    if t.reference != "initial":
+        return load_policy(policy_dir)
+    from feedalign.policies.hf import load_causal_lm
+
+    if policy_dir == loop.initial_dir:
+        return load_causal_lm(loop.initial_dir, dtype="float32", lora=dict(t.lora))
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_policy(loop.initial_dir), policy_dir, is_trainable=True)
 
 
 def sample(loop: Loop, model: Any, prompts: list[str], k: int, seed: int) -> tuple[list[tuple[str, str]], dict]:
