@@ -59,6 +59,10 @@ def register(subparsers) -> None:
     )
     inspect.set_defaults(func=_inspect)
 
+    from feedalign.cli.export_data import register_export
+
+    register_export(data_sub)
+
 
 def _print_help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()

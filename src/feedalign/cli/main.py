@@ -17,6 +17,8 @@ COMMAND_MODULES = (
     "feedalign.cli.rm_cmd",  # rm train, rm score
     "feedalign.cli.front_cmd",  # front
     "feedalign.cli.config_cmd",  # config show
+    "feedalign.cli.serve_cmd",  # serve
+    "feedalign.cli.iterate_cmd",  # iterate
 )
 
 

@@ -124,6 +124,8 @@ def check_model_path(path: str | None, key: str) -> None:
 
 
 def check_data_paths(source: DataSourceConfig, prefix: str) -> None:
+    from feedalign.data.db_source import is_database_url
+
     if not source.paths:
         raise ConfigError(
             "is required (a data file or dataset directory) unless the records are passed "
@@ -132,6 +134,8 @@ def check_data_paths(source: DataSourceConfig, prefix: str) -> None:
         )
     for i, path in enumerate(source.paths):
         key = f"{prefix}.path" if isinstance(source.path, str) else f"{prefix}.path.{i}"
+        if is_database_url(path):  # checked when read (feedalign.data.db_source)
+            continue
         if not Path(path).expanduser().exists():
             raise ConfigError(f"file not found: '{path}'", key=key)
 

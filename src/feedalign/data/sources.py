@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from feedalign.data.db_source import is_database_url
 from feedalign.data.errors import FeedbackDataError
 from feedalign.data.readers import (
     COMPRESSED,
@@ -67,6 +68,10 @@ def open_source(
     source: Any, *, split: str | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 ) -> tuple[str, Iterator[Item]]:
     """``(name, iterator of (location, row, problem))`` for any accepted source."""
+    if isinstance(source, str) and is_database_url(source):  # sqlite:///feedback.db?objective=...
+        from feedalign.data.db_source import open_database
+
+        return open_database(source)
     if isinstance(source, (str, os.PathLike)):
         return _open_path(os.fspath(source), split, max_line_bytes)
     if type(source).__module__.split(".")[0] == "datasets":
