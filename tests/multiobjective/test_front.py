@@ -177,3 +177,17 @@ def test_example_configs_parse(name):
     config = load_front_config(Path(__file__).resolve().parents[2] / "examples" / name)
     assert config.scorer == "builtin:text_task"
     assert parse_weight_list(config.weights).shape == (5, 2)
+
+
+def test_reversed_sweep_counts_as_significant_violations():
+    # Items fall as w_helpful rises: reversed end to end.
+    generate = items_policy({0.0: 4, 0.25: 3, 0.5: 2, 0.75: 1, 1.0: 0})
+    score, objectives, _ = make_scorer("builtin:text_task")
+    result = run_front(generate, score, weights=parse_weight_list("0,0.25,0.5,0.75,1"), prompts=PROMPTS,
+                       objectives=objectives, lower=[0, 0], upper=[1, 1], ref=[0, 0])
+    assert [t["status"] for t in result.trend] == ["reversed", "reversed"]
+    assert result.metrics["significant_violations"] == len(result.violations) + 2
+    ok = run_front(items_policy({0.0: 0, 0.5: 2, 1.0: 4}), score, weights=parse_weight_list("0,0.5,1"),
+                   prompts=PROMPTS, objectives=objectives, lower=[0, 0], upper=[1, 1], ref=[0, 0])
+    assert ok.metrics["significant_violations"] == 0
+    assert [t["status"] for t in ok.trend] == ["increasing", "increasing"]
