@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exact.add_argument("--json", type=Path, default=None, help="write the rows as a JSON list to this path")
     exact.add_argument("--quick", action="store_true", help="smaller problem and datasets (CI, < 1 min)")
     exact.add_argument("--seed", type=int, default=0, help="seed of the environment and all samples")
+    exact.add_argument("--objectives", type=int, default=2,
+                       help="number of objectives m (m >= 3: fronts scored against a dense exact front)")
+    exact.add_argument("--beta", type=float, default=None, help="KL coefficient of the targets (default 1.0)")
     exact.add_argument(
         "--groups",
         default="pairwise,unpaired,front",
@@ -35,7 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_exact(args: argparse.Namespace) -> int:
     from feedalign.bench.exact import ExactBenchConfig, format_table, run_exact_bench
 
+    from feedalign.bench.exact_front_many import config_for_objectives
+
     config = ExactBenchConfig.quick(seed=args.seed) if args.quick else ExactBenchConfig(seed=args.seed)
+    try:
+        config = config_for_objectives(config, args.objectives, beta=args.beta)
+    except ValueError as err:
+        print(str(err), file=sys.stderr)
+        return 2
     groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
     valid = ("pairwise", "unpaired", "front")
     unknown = [g for g in groups if g not in valid]
@@ -45,7 +55,7 @@ def run_exact(args: argparse.Namespace) -> int:
     rows = run_exact_bench(config, groups=groups, log=lambda msg: print(msg, file=sys.stderr))
     preset = "quick" if args.quick else "full"
     for row in rows:
-        row.update(preset=preset, seed=args.seed)
+        row.update(preset=preset, seed=args.seed, objectives=config.n_objectives, beta=config.beta)
     print(format_table(rows))
     failed = [f"{r['method']} -> {r['target']}" for r in rows if r.get("passed") is False]
     if args.json is not None:
