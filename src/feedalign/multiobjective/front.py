@@ -284,7 +284,8 @@ def run_front(
 
 
 def write_front(result: FrontResult, output_dir: str | Path, *, exact: Any = None, label: str = "learned", title: str | None = None) -> dict[str, str]:
-    """front.json, front.png (first two objectives) and front.md under ``output_dir``."""
+    """front.json, front.png (first two objectives) and front.md under ``output_dir``; with 3+
+    objectives also front_pairs.png (every pair) and front_parallel.png (parallel coordinates)."""
     from feedalign.evaluation.plots import plot_front
     from feedalign.evaluation.report import write_json, write_markdown_report
 
@@ -294,6 +295,16 @@ def write_front(result: FrontResult, output_dir: str | Path, *, exact: Any = Non
                      exact=None if exact is None else np.asarray(exact)[:, :2],
                      objectives=(result.objectives[0], result.objectives[1]), title=title or "front over w")
     result.paths = {"json": str(out / "front.json"), "png": str(png), "md": str(out / "front.md")}
+    images = [png]
+    if result.points.shape[1] >= 3:  # every pair of objectives, and all of them at once
+        from feedalign.evaluation.plots_many import plot_front_pairs, plot_front_parallel
+
+        pairs = plot_front_pairs(out / "front_pairs.png", {label: result.points}, result.objectives,
+                                 exact=exact, title=title or "front over w (pairwise projections)")
+        parallel = plot_front_parallel(out / "front_parallel.png", result.points, result.weights,
+                                       result.objectives, title=title or "front over w (parallel coordinates)")
+        result.paths.update(pairs_png=str(pairs), parallel_png=str(parallel))
+        images += [pairs, parallel]
     write_json(out / "front.json", result.to_dict())
     rows = []
     for i, w in enumerate(result.weights):
@@ -316,5 +327,5 @@ def write_front(result: FrontResult, output_dir: str | Path, *, exact: Any = Non
     sections = [("Points per weight", rows), ("Metrics (normalised objectives)", summary),
                 ("Monotonicity between neighbouring weights", viol),
                 ("End-to-end trend of each objective in its weight (slope ± s.e.)", trend)]
-    write_markdown_report(out / "front.md", title or "Learned front", sections, images=[png])
+    write_markdown_report(out / "front.md", title or "Learned front", sections, images=images)
     return result.paths
