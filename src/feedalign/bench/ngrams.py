@@ -7,11 +7,11 @@ The task is :mod:`feedalign.envs.ngrams` (Jain et al. 2023). The benchmark, end 
      alphabet otherwise, so that the objectives vary across samples;
   2. reference: a tiny causal LM (built locally, character tokenizer) fine-tuned on the prior
      data with the ``sft`` loss through the trainer;
-  3. feedback simulated on the task's objectives: Bradley-Terry pairs of prior sequences on
-     objective 0 (temperature ``pair_temperature``), the other objectives entering as MODPO
-     margins computed from the exact scores (``margin_function``);
-  4. ONE steerable MODPO run (``steer:``, weight tokens, ``draws`` weights per pair) from the
-     reference;
+  3. feedback simulated on the task's objectives: for every objective k, Bradley-Terry pairs
+     of prior sequences on objective k (temperature ``pair_temperature``), the other
+     objectives entering as MODPO margins computed from the exact scores (``margin_function``);
+  4. ONE steerable MODPO run (``steer:``, weight tokens, ``draws`` weights per pair; one
+     source per objective) from the reference;
   5. sampling at every weight of ``simplex_grid(m, sweep_per_axis)`` (``samples_per_weight``
      each, temperature 1), scoring, and the metrics: hypervolume of ALL sampled objective vectors
      (w.r.t. the origin) divided by the exact front's hypervolume, the same for the reference's
@@ -52,8 +52,9 @@ class NGramBenchConfig:
     pair_temperature: float = 0.02
     steer_steps: int = 400
     draws: int = 2
-    beta: float = 0.02
+    beta: float = 0.05
     lr: float = 3e-3
+    steer_lr: float = 1e-3
     batch_size: int = 16
     hidden: int = 64
     layers: int = 2
@@ -164,15 +165,22 @@ def run_ngrams_bench(config: NGramBenchConfig, output_dir: str | Path, *, log: C
     def scorer(prompt: str, completion: str) -> dict[str, float]:
         return dict(zip(names, task.score_many([completion])[0].tolist()))
 
-    pair_pool = prior_sequences(task, 2 * c.n_pairs, c.prior_focus, c.seed + 1)
-    pairs = bt_pairs([(PROMPT, s) for s in pair_pool], scorer, objective=names[0],
-                     temperature=c.pair_temperature, seed=c.seed + 2)
-    source = {"loss": "modpo", "objective": names[0], "hparams": {"beta": c.beta},
-              "margins": {"kind": "callable", "target": "feedalign.bench.ngrams:margin_function",
-                          "options": {"n_objectives": c.n_objectives, "kind": c.kind, "k": 0}},
-              "steer": {"objectives": names, "grid": 10, "render": "tokens", "draws": c.draws}}
+    # One steered MODPO source per objective k (its own BT pairs, the others' exact scores as
+    # margins): every source's population optimum is pi*_w at every w, and each objective's
+    # direction gets direct pair signal where its weight is large.
+    sources, records = [], {}
+    for k, name in enumerate(names):
+        pool = prior_sequences(task, 2 * c.n_pairs // task.m, c.prior_focus, c.seed + 1 + k)
+        records[f"pairs_{name}"] = bt_pairs([(PROMPT, s) for s in pool], scorer, objective=name,
+                                            temperature=c.pair_temperature, seed=c.seed + 20 + k)
+        sources.append({"name": f"pairs_{name}", "loss": "modpo", "objective": name, "hparams": {"beta": c.beta},
+                        "margins": {"kind": "callable", "target": "feedalign.bench.ngrams:margin_function",
+                                    "options": {"n_objectives": c.n_objectives, "kind": c.kind, "k": k}},
+                        "steer": {"objectives": names, "grid": 10, "render": "tokens", "draws": c.draws}})
+    cfg = _train_config(c, out, "steer", {}, c.steer_steps, c.steer_lr)
+    cfg["data"] = sources
     t0 = time.perf_counter()
-    steered = train(_train_config(c, out, "steer", source, c.steer_steps, c.lr), records={"steer": pairs})
+    steered = train(cfg, records=records)
     steer_seconds = time.perf_counter() - t0
     spec = load_spec(out / "steer" / "final")
     weights = c.weights
