@@ -297,3 +297,25 @@ class TextTask:
     def tokenizer(self) -> Any:
         """A fresh tokenizer (cheap to build; callers may change padding side freely)."""
         return build_tokenizer()
+
+
+def objective_margins(objectives: Sequence[str] = ("concise",), scale: float = 1.0, **task_options: Any) -> Any:
+    """A MODPO margin function ``(prompts, completions) -> [N, len(objectives)]`` of the task's
+    exact scores times ``scale`` (for ``margins: {kind: callable, options: ...}``).
+
+    Scale: a policy trained by DPO / MODPO on pairs labelled ``P(a > b) = sigma((u_a - u_b) / T)``
+    learns the reward ``u / T``; the other objectives' margins must be on that same scale, so
+    pass ``scale = 1 / T`` (the quickstart's pair temperature 0.1 gives 10). Unlike a word count
+    of the token stream, ``concise`` here is exactly the task's (punctuation is no word)."""
+    import torch
+
+    task = TextTask(**task_options)
+    unknown = [o for o in objectives if o not in task.OBJECTIVES]
+    if unknown:
+        raise ValueError(f"objective_margins: unknown objectives {unknown}; valid: {list(task.OBJECTIVES)}")
+
+    def margins(prompts: Sequence[str], completions: Sequence[str]) -> Any:
+        scores = task.score_many(list(prompts), list(completions))
+        return torch.as_tensor(np.stack([scores[o] for o in objectives], axis=1) * scale, dtype=torch.float32)
+
+    return margins
