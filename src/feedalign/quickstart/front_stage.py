@@ -205,3 +205,23 @@ def run_front_stage(ctx: Any) -> dict[str, Any]:
            "methods_plot": str(png)}
     out.pop("samples", None)
     return out
+
+
+def methods_markdown(front: dict[str, Any]) -> str:
+    """The methods side by side (markdown), for the quickstart report; empty without methods."""
+    from feedalign.evaluation.report import markdown_table
+
+    methods = front.get("methods") or []
+    if not methods:
+        return ""
+    rows = []
+    for e in methods:
+        ends = [e["points"][0]["means"], e["points"][-1]["means"]]
+        w_ends = f"{e['points'][0]['weights'][0]:g} / {e['points'][-1]['weights'][0]:g}"
+        rows.append({"method": e["name"], "hv": f"{e['hv']:.4f}", "EU_front": f"{e['eu']:.4f}",
+                     "EU_cond": f"{e['eu_cond']:.4f}", "significant violations": e["significant_violations"],
+                     "trend (z)": ", ".join(f"{t['objective']} {t['z']:.1f}" for t in e["trend"]),
+                     **{f"{o} at w_helpful {w_ends}": f"{ends[0][o]:.3f} / {ends[1][o]:.3f}" for o in OBJECTIVES},
+                     "train seconds": f"{e['train_seconds']:.1f}", "train steps": e.get("train_steps")})
+    return ("\n\nMethods over the same weights and prompts (plot: front/methods.png; training time measured "
+            "in this run):\n\n" + markdown_table(rows))
