@@ -18,9 +18,9 @@ def test_prior_and_margins():
     assert all(task.invalid_reason(s) is None for s in seqs)
     share = np.mean([c in "AVC" for s in seqs for c in s])
     assert 0.78 < share < 0.9  # 0.8 focused + 0.2 * 3/20 by chance
-    margins = margin_function(3, k=0)([">", ">"], ["AVCAVC" * 6, "Q" * 32])
+    margins = margin_function(3, k=0, scale=2.0)([">", ">"], ["AVCAVC" * 6, "Q" * 32])
     assert margins.shape == (2, 2)
-    np.testing.assert_allclose(margins.numpy(), [[12 / 18, 11 / 18], [0, 0]], rtol=1e-6)
+    np.testing.assert_allclose(margins.numpy(), [[24 / 18, 22 / 18], [0, 0]], rtol=1e-6)
 
 
 def test_cli_rejects_bad_variant(capsys):

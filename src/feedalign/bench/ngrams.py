@@ -9,7 +9,8 @@ The task is :mod:`feedalign.envs.ngrams` (Jain et al. 2023). The benchmark, end 
      data with the ``sft`` loss through the trainer;
   3. feedback simulated on the task's objectives: for every objective k, Bradley-Terry pairs
      of prior sequences on objective k (temperature ``pair_temperature``), the other
-     objectives entering as MODPO margins computed from the exact scores (``margin_function``);
+     objectives entering as MODPO margins computed from the exact scores on the pairs' reward
+     scale (``margin_function``, ``scale = 1 / pair_temperature``);
   4. ONE steerable MODPO run (``steer:``, weight tokens, ``draws`` weights per pair; one
      source per objective) from the reference;
   5. sampling at every weight of ``simplex_grid(m, sweep_per_axis)`` (``samples_per_weight``
@@ -49,10 +50,11 @@ class NGramBenchConfig:
     prior_focus: float = 0.8
     sft_steps: int = 300
     n_pairs: int = 4000
-    pair_temperature: float = 0.02
+    pair_temperature: float = 0.05
     steer_steps: int = 400
     draws: int = 2
-    beta: float = 0.05
+    # pi*_w ∝ pi_ref exp(w.u / (T beta)): 1 / (T beta) = 40, i.e. 2.2 nats per occurrence (1/18).
+    beta: float = 0.5
     lr: float = 3e-3
     steer_lr: float = 1e-3
     batch_size: int = 16
@@ -98,16 +100,21 @@ def prior_sequences(task: NGramTask, n: int, focus: float, seed: int) -> list[st
     return out
 
 
-def margin_function(n_objectives: int, kind: str = "bigram", k: int = 0) -> Callable[[list[str], list[str]], Any]:
-    """MODPO margins: the exact scores of every objective but ``k``, ``[N, m - 1]`` (a factory
-    for a ``margins: {kind: callable, options: ...}`` block)."""
+def margin_function(n_objectives: int, kind: str = "bigram", k: int = 0,
+                    scale: float = 1.0) -> Callable[[list[str], list[str]], Any]:
+    """MODPO margins: the exact scores of every objective but ``k`` times ``scale``,
+    ``[N, m - 1]`` (a factory for a ``margins: {kind: callable, options: ...}`` block).
+
+    Scale: pairs labelled ``P = sigma((u_a - u_b) / T)`` teach the reward ``u / T``, so the
+    other objectives' margins must be ``u / T`` too (``scale = 1 / T``); with scale 1 they
+    would weigh ``T`` times too little and the model would not trade off."""
     import torch
 
     task = ngram_task(n_objectives, kind)
     others = [j for j in range(task.m) if j != k]
 
     def margins(prompts: list[str], completions: list[str]) -> Any:
-        return torch.as_tensor(task.score_many(list(completions))[:, others], dtype=torch.float32)
+        return torch.as_tensor(task.score_many(list(completions))[:, others] * scale, dtype=torch.float32)
 
     return margins
 
@@ -173,9 +180,11 @@ def run_ngrams_bench(config: NGramBenchConfig, output_dir: str | Path, *, log: C
         pool = prior_sequences(task, 2 * c.n_pairs // task.m, c.prior_focus, c.seed + 1 + k)
         records[f"pairs_{name}"] = bt_pairs([(PROMPT, s) for s in pool], scorer, objective=name,
                                             temperature=c.pair_temperature, seed=c.seed + 20 + k)
-        sources.append({"name": f"pairs_{name}", "loss": "modpo", "objective": name, "hparams": {"beta": c.beta},
+        sources.append({"name": f"pairs_{name}", "loss": "modpo", "objective": name,
+                        "hparams": {"beta": c.beta, "scale_by_weight": True},
                         "margins": {"kind": "callable", "target": "feedalign.bench.ngrams:margin_function",
-                                    "options": {"n_objectives": c.n_objectives, "kind": c.kind, "k": k}},
+                                    "options": {"n_objectives": c.n_objectives, "kind": c.kind, "k": k,
+                                                "scale": 1.0 / c.pair_temperature}},
                         "steer": {"objectives": names, "grid": 10, "render": "tokens", "draws": c.draws}})
     cfg = _train_config(c, out, "steer", {}, c.steer_steps, c.steer_lr)
     cfg["data"] = sources

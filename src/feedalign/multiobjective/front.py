@@ -113,7 +113,9 @@ def make_scorer(spec: str, *, options: Mapping[str, Any] | None = None, device: 
         from feedalign.envs.text_task import TextTask
 
         task = TextTask(**opts)
-        defaults = {"lower": [0.0, 0.0], "upper": [1.0, 1.0], "ref": [0.0, 0.0], "exact": text_task_ideal_front(task)}
+        m = len(task.OBJECTIVES)
+        exact = text_task_ideal_front(task) if m == 2 else None  # the ideal front is drawn for 2 objectives
+        defaults = {"lower": [0.0] * m, "upper": [1.0] * m, "ref": [0.0] * m, "exact": exact}
         return task.score_many, list(task.OBJECTIVES), defaults
     if Path(spec).is_dir():
         from feedalign.policies.reward_model import load_reward_model
