@@ -298,3 +298,14 @@ def test_different_weights_reach_the_model_inside_a_chat_prompt():
         with torch.no_grad():
             last.append(torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], -1))
     assert (last[0] - last[2]).abs().max() > 1e-3 and (last[0] - last[1]).abs().max() > 1e-4
+
+
+def test_suffix_placement_ends_the_prompt_and_round_trips():
+    for render, tag in (("text", "<w 0.3 0.7>"), ("tokens", "<w:0.3> <w:0.7>")):
+        spec = SteeringSpec(("a", "b"), grid=10, render=render, placement="suffix")
+        out = spec.condition_prompt("write about fruit :", [0.3, 0.7])
+        assert out == "write about fruit : " + tag
+        w, plain = spec.parse_prompt(out)
+        assert plain == "write about fruit :" and w.tolist() == pytest.approx([0.3, 0.7])
+        msgs = spec.condition_prompt([{"role": "user", "content": "hi"}], [0.3, 0.7])
+        assert msgs == [{"role": "user", "content": "hi " + tag}]

@@ -14,7 +14,9 @@ Where the tag goes (``placement``). The model must read the weight where it read
     inserted first when there is none); the chat template then renders the conversation;
   * a rendered conversation (a string with a known user-turn header, e.g. ChatML's
     ``<|im_start|>user\n``): the tag goes right after the last such header, inside the turn;
-  * a plain prompt, or ``placement="prefix"``: the tag is put in front of the prompt.
+  * a plain prompt, or ``placement="prefix"``: the tag is put in front of the prompt;
+  * ``placement="suffix"``: the tag ends the prompt (a plain string, or the last user
+    message), right before the completion, where a small model attends to it most directly.
 :meth:`SteeringSpec.parse_prompt` finds the tag wherever it is and returns the original.
 
 Fresh weights per pass (``draws``). A training example's weight is a function of (seed, draw,
@@ -75,9 +77,9 @@ __all__ = [
 
 SPEC_FILE = "steering.json"
 RENDERS = ("text", "tokens")
-PLACEMENTS = ("user", "system", "prefix")
-_TEXT_PREFIX = re.compile(r"<w((?: [0-9.]+)+)> ")
-_TOKEN_PREFIX = re.compile(r"((?:<w:[0-9.]+> )+)")
+PLACEMENTS = ("user", "system", "prefix", "suffix")
+_TEXT_PREFIX = re.compile(r"<w((?: [0-9.]+)+)>(?: |$)")
+_TOKEN_PREFIX = re.compile(r"((?:<w:[0-9.]+>(?: |$))+)")
 # User-turn headers of rendered conversations: ChatML (Qwen, SmolLM), feedalign's own message
 # template (data/messages.py), Llama 3, and Llama 2 / Mistral instructions.
 USER_HEADERS = ("<|im_start|>user\n", "<|user|>\n", "<|start_header_id|>user<|end_header_id|>\n\n", "[INST] ")
@@ -103,7 +105,7 @@ class SteeringSpec:
         seed: seeds the per-example weight draws.
         render: ``"text"`` or ``"tokens"`` (see the module docstring).
         min_weight: lower bound on ``w_k`` for the trained objective (default ``1 / grid``).
-        placement: ``"user"``, ``"system"`` or ``"prefix"`` (see the module docstring).
+        placement: ``"user"``, ``"system"``, ``"prefix"`` or ``"suffix"`` (module docstring).
         draws: weights drawn per training example (>= 1, see :func:`redraw_examples`).
     """
 
@@ -214,6 +216,8 @@ class SteeringSpec:
         of ``w`` where the model reads the request (``placement``, module docstring)."""
         tag = self.prefix(w)
         if isinstance(prompt, str):
+            if self.placement == "suffix":  # right before the completion
+                return prompt + " " + tag.rstrip(" ")
             if self.placement != "prefix":
                 at = max((prompt.rfind(h) + len(h) for h in USER_HEADERS if h in prompt), default=-1)
                 if at >= 0:
@@ -233,7 +237,10 @@ class SteeringSpec:
                              "use placement 'system' or 'prefix'")
         if self.placement == "prefix":
             target = 0
-        messages[target]["content"] = tag + messages[target]["content"]
+        if self.placement == "suffix":
+            messages[target]["content"] = messages[target]["content"] + " " + tag.rstrip(" ")
+        else:
+            messages[target]["content"] = tag + messages[target]["content"]
         return messages
 
     def parse_prompt(self, prompt: str) -> tuple[np.ndarray | None, str]:
@@ -249,7 +256,10 @@ class SteeringSpec:
         if len(values) != self.m:
             raise ValueError(f"steering prefix {match.group(0)!r} has {len(values)} weights; expected {self.m}")
         levels = np.array([round(float(v) * self.grid) for v in values])
-        return levels / self.grid, prompt[:match.start()] + prompt[match.end():]
+        head, tail = prompt[:match.start()], prompt[match.end():]
+        if not tail and head.endswith(" ") and not match.group(0).endswith(" "):  # a suffix tag
+            head = head[:-1]
+        return levels / self.grid, head + tail
 
     def strip_prompt(self, prompt: str) -> str:
         return self.parse_prompt(prompt)[1]
