@@ -140,41 +140,37 @@ def _front_metrics(task: NGramTask, vectors: np.ndarray, exact_hv: float, weight
             "n_nondominated": int(nondominated(vectors).shape[0])}
 
 
-def run_ngrams_bench(config: NGramBenchConfig, output_dir: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run steps 1-5 of the module docstring under ``output_dir``; returns the JSON report."""
-    import torch
-
+def _train_reference(c: NGramBenchConfig, task: NGramTask, out: Path) -> tuple[Any, float]:
+    """Steps 1-2: a tiny LM saved to ``out/init``, fine-tuned on prior sequences (saved back
+    to ``out/init`` so the steerable run starts from it)."""
     from feedalign.data.records import LabeledRecord
-    from feedalign.envs.annotators import bt_pairs
-    from feedalign.evaluation.pareto import trend_test
-    from feedalign.multiobjective.steering import generate_steered, load_spec
     from feedalign.policies.tiny import build_char_tokenizer, build_tiny_causal_lm, save_tiny
     from feedalign.trainers.loop import train
 
-    c, task = config, config.task
-    out = Path(output_dir)
-    torch.manual_seed(c.seed)
-    start = time.perf_counter()
-    exact = task.exact_front()
-    exact_hv = task.exact_hypervolume()
     tokenizer = build_char_tokenizer(task.alphabet + PROMPT + " ")  # the space separates weight tokens
     model = build_tiny_causal_lm(len(tokenizer), hidden=c.hidden, layers=c.layers, heads=4, kv_heads=2,
                                  intermediate=2 * c.hidden, seed=c.seed, max_position_embeddings=64)
     save_tiny(model, tokenizer, out / "init")
-    prior = prior_sequences(task, c.n_prior, c.prior_focus, c.seed)
-    sft = [LabeledRecord(PROMPT, s, True) for s in prior]
+    sft = [LabeledRecord(PROMPT, s, True) for s in prior_sequences(task, c.n_prior, c.prior_focus, c.seed)]
     t0 = time.perf_counter()
     ref = train(_train_config(c, out, "sft", {"loss": "sft"}, c.sft_steps, c.lr), records={"sft": sft})
-    sft_seconds = time.perf_counter() - t0
-    save_tiny(ref.model, ref.tokenizer, out / "init")  # the steerable run starts from the reference
+    seconds = time.perf_counter() - t0
+    save_tiny(ref.model, ref.tokenizer, out / "init")
+    return ref, seconds
+
+
+def _train_steerable(c: NGramBenchConfig, task: NGramTask, out: Path) -> tuple[Any, float]:
+    """Steps 3-4. One steered MODPO source per objective k (its own BT pairs, the others' exact
+    scores as margins): every source's population optimum is pi*_w at every w, and each
+    objective's direction gets direct pair signal where its weight is large."""
+    from feedalign.envs.annotators import bt_pairs
+    from feedalign.trainers.loop import train
+
     names = task.objectives
 
     def scorer(prompt: str, completion: str) -> dict[str, float]:
         return dict(zip(names, task.score_many([completion])[0].tolist()))
 
-    # One steered MODPO source per objective k (its own BT pairs, the others' exact scores as
-    # margins): every source's population optimum is pi*_w at every w, and each objective's
-    # direction gets direct pair signal where its weight is large.
     sources, records = [], {}
     for k, name in enumerate(names):
         pool = prior_sequences(task, 2 * c.n_pairs // task.m, c.prior_focus, c.seed + 1 + k)
@@ -190,39 +186,65 @@ def run_ngrams_bench(config: NGramBenchConfig, output_dir: str | Path, *, log: C
     cfg["data"] = sources
     t0 = time.perf_counter()
     steered = train(cfg, records=records)
-    steer_seconds = time.perf_counter() - t0
-    spec = load_spec(out / "steer" / "final")
-    weights = c.weights
+    return steered, time.perf_counter() - t0
+
+
+def _sweep(c: NGramBenchConfig, task: NGramTask, steered: Any, spec: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Step 5's sampling: per-weight means and standard errors ``[K, m]``, all sampled
+    objective vectors ``[K * n, m]`` and the sequences."""
+    from feedalign.multiobjective.steering import generate_steered
+
     prompts = [PROMPT] * c.samples_per_weight
-    points, stderr, all_vectors, all_seqs = [], [], [], []
-    for i, w in enumerate(weights):
+    points, stderr, vectors, seqs_all = [], [], [], []
+    for i, w in enumerate(c.weights):
         seqs = generate_steered(steered.model, steered.tokenizer, spec, prompts, w,
                                 max_new_tokens=task.max_length + 1, temperature=1.0, seed=c.seed + 10 + i,
                                 batch_size=64)
         vals = task.score_many(seqs)
         points.append(vals.mean(0))
-        stderr.append(vals.std(0, ddof=1) / np.sqrt(len(seqs)))
-        all_vectors.append(vals)
-        all_seqs += seqs
-    vectors = np.concatenate(all_vectors)
-    ref_seqs = _sample(ref.model, ref.tokenizer, task, [PROMPT] * len(all_seqs), c.seed + 5)
-    ref_vectors = task.score_many(ref_seqs)
+        stderr.append(vals.std(0, ddof=1) / np.sqrt(len(seqs)) if len(seqs) > 1 else np.zeros(task.m))
+        vectors.append(vals)
+        seqs_all += seqs
+    return np.array(points), np.array(stderr), np.concatenate(vectors), seqs_all
+
+
+def _samples_summary(task: NGramTask, vectors: np.ndarray, seqs: list[str], exact_hv: float, weights: np.ndarray,
+                     seed: int) -> dict[str, Any]:
+    return {**_front_metrics(task, vectors, exact_hv, weights),
+            "valid_share": float(np.mean([task.invalid_reason(s) is None for s in seqs])),
+            "diversity": diversity(seqs, seed=seed)}
+
+
+def run_ngrams_bench(config: NGramBenchConfig, output_dir: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run steps 1-5 of the module docstring under ``output_dir``; returns the JSON report."""
+    import torch
+
+    from feedalign.evaluation.pareto import trend_test
+    from feedalign.multiobjective.steering import load_spec
+
+    c, task = config, config.task
+    out = Path(output_dir)
+    torch.manual_seed(c.seed)
+    start = time.perf_counter()
+    exact_hv = task.exact_hypervolume()
+    ref, sft_seconds = _train_reference(c, task, out)
+    steered, steer_seconds = _train_steerable(c, task, out)
+    weights = c.weights
+    points, stderr, vectors, seqs = _sweep(c, task, steered, load_spec(out / "steer" / "final"))
+    ref_seqs = _sample(ref.model, ref.tokenizer, task, [PROMPT] * len(seqs), c.seed + 5)
     report = {
         "task": {"ngrams": list(task.ngrams), "lengths": [task.min_length, task.max_length],
-                 "normalizer": task.normalizer, "alphabet": task.alphabet, "exact_front_points": int(len(exact)),
-                 "exact_hypervolume": exact_hv, "hv_reference_point": [0.0] * task.m},
+                 "normalizer": task.normalizer, "alphabet": task.alphabet,
+                 "exact_front_points": int(len(task.exact_front())), "exact_hypervolume": exact_hv,
+                 "hv_reference_point": [0.0] * task.m},
         "config": asdict(c),
-        "steerable": {**_front_metrics(task, vectors, exact_hv, weights),
-                      "valid_share": float(np.mean([task.invalid_reason(s) is None for s in all_seqs])),
-                      "diversity": diversity(all_seqs, seed=c.seed),
-                      "trend": trend_test(weights, np.array(points), np.array(stderr), names=names),
+        "steerable": {**_samples_summary(task, vectors, seqs, exact_hv, weights, c.seed),
+                      "trend": trend_test(weights, points, stderr, names=task.objectives),
                       "per_weight": [{"weights": w.tolist(), "means": p.tolist(), "stderr": s.tolist()}
                                      for w, p, s in zip(weights, points, stderr)]},
-        "reference": {**_front_metrics(task, ref_vectors, exact_hv, weights),
-                      "valid_share": float(np.mean([task.invalid_reason(s) is None for s in ref_seqs])),
-                      "diversity": diversity(ref_seqs, seed=c.seed)},
+        "reference": _samples_summary(task, task.score_many(ref_seqs), ref_seqs, exact_hv, weights, c.seed),
         "seconds": {"sft": sft_seconds, "steer": steer_seconds, "total": time.perf_counter() - start},
-        "examples": all_seqs[:: max(1, len(all_seqs) // 8)][:8],
+        "examples": seqs[:: max(1, len(seqs) // 8)][:8],
     }
     s = report["steerable"]
     log(f"ngrams m={task.m}: steerable hv_ratio {s['hv_ratio']:.3f} (reference {report['reference']['hv_ratio']:.3f}), "
