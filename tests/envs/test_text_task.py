@@ -236,3 +236,27 @@ def test_a_few_sft_steps_reduce_loss_and_generation_runs(task):
     assert len(texts) == 4
     for prompt, text in zip(prompts, texts):
         assert set(task.score(prompt, text)) == set(task.OBJECTIVES)
+
+
+def test_polite_third_objective_conflicts_with_concise():
+    from feedalign.envs.text_task import TextTask
+
+    task = TextTask(polite=True)
+    assert task.OBJECTIVES == ("helpful", "concise", "polite") and TextTask().OBJECTIVES == ("helpful", "concise")
+    prompt = "write about fruit with apple pear plum fig :"
+    plain = task.score(prompt, "apple , pear .")
+    polite = task.score(prompt, "i like apple , pear for you .")
+    half = task.score(prompt, "well , apple .")
+    assert plain["polite"] == 0.0 and polite["polite"] == 1.0 and half["polite"] == 0.5
+    assert polite["helpful"] == plain["helpful"] and polite["concise"] < plain["concise"]
+    assert "polite" not in TextTask().score(prompt, "apple .")
+    many = task.score_many([prompt] * 2, ["apple .", "here are apple too ."])
+    assert many["polite"].tolist() == [0.0, 1.0]
+
+
+def test_front_scorer_with_three_text_objectives():
+    from feedalign.multiobjective.front import make_scorer
+
+    score, objectives, defaults = make_scorer("builtin:text_task", options={"polite": True})
+    assert objectives == ["helpful", "concise", "polite"] and defaults["ref"] == [0.0] * 3
+    assert defaults["exact"] is None

@@ -299,3 +299,47 @@ def test_nondominated_across_blocks():
     order = rng.permutation(len(pts))
     mask = nondominated_mask(pts[order])
     np.testing.assert_array_equal(mask, order < 1100)
+
+
+def test_trend_test_catches_reversed_and_flat_sweeps_that_neighbours_miss():
+    from feedalign.evaluation.pareto import trend_test
+
+    w1 = np.linspace(0, 1, 11)
+    weights = np.stack([w1, 1 - w1], axis=1)
+    se = np.full((11, 2), 0.02)
+    # Reversed by 0.01 per step: every neighbouring step (0.01) is inside 1.96 * sqrt(2) * 0.02.
+    reversed_vals = np.stack([0.6 - 0.1 * w1, 0.5 + 0.1 * w1], axis=1)
+    found = monotonic_violations(w1, reversed_vals)
+    noise = 1.96 * np.hypot(0.02, 0.02)
+    assert all(abs(v["value_next"] - v["value_prev"]) < noise for v in found)  # none significant
+    out = trend_test(weights, reversed_vals, se, names=("helpful", "concise"))
+    assert [t["status"] for t in out] == ["reversed", "reversed"]
+    assert all(t["significant"] for t in out)
+    # slope of objective 1 in w_1 is -0.1 and of objective 2 in w_2 is -0.1; se = 0.02 / sqrt(sum (x - mean)^2)
+    sxx = np.sum((w1 - w1.mean()) ** 2)
+    assert out[0]["slope"] == pytest.approx(-0.1)
+    assert out[0]["se"] == pytest.approx(0.02 / np.sqrt(sxx))
+    # Flat (no steering, noise only): not significantly increasing.
+    rng = np.random.default_rng(0)
+    flat = 0.6 + rng.normal(0, 0.02, size=(11, 2))
+    assert {t["status"] for t in trend_test(weights, flat, se)} == {"flat"}
+    # A real trade-off passes.
+    good = np.stack([0.2 + 0.5 * w1, 0.9 - 0.4 * w1], axis=1) + rng.normal(0, 0.02, size=(11, 2))
+    assert [t["status"] for t in trend_test(weights, good, se)] == ["increasing", "increasing"]
+
+
+def test_trend_test_inflates_se_by_scatter_and_handles_three_objectives():
+    from feedalign.evaluation.pareto import trend_test
+    from feedalign.multiobjective.weights import simplex_grid
+
+    w1 = np.linspace(0, 1, 6)
+    weights = np.stack([w1, 1 - w1], axis=1)
+    zigzag = np.stack([0.1 * w1 + 0.3 * (np.arange(6) % 2), 1 - w1], axis=1)  # scatter >> stated se
+    tiny_se = np.full((6, 2), 1e-4)
+    out = trend_test(weights, zigzag, tiny_se)
+    assert out[0]["status"] == "flat"  # the reduced chi-square, not the 1e-4, sets the error
+    w3 = simplex_grid(3, 5)
+    vals = w3 * 0.8 + 0.1
+    res = trend_test(w3, vals, np.full_like(vals, 0.01))
+    assert [t["status"] for t in res] == ["increasing"] * 3
+    assert [t["slope"] for t in res] == pytest.approx([0.8] * 3)

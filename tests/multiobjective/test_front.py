@@ -177,3 +177,40 @@ def test_example_configs_parse(name):
     config = load_front_config(Path(__file__).resolve().parents[2] / "examples" / name)
     assert config.scorer == "builtin:text_task"
     assert parse_weight_list(config.weights).shape == (5, 2)
+
+
+def test_reversed_sweep_counts_as_significant_violations():
+    # Items fall as w_helpful rises: reversed end to end.
+    generate = items_policy({0.0: 4, 0.25: 3, 0.5: 2, 0.75: 1, 1.0: 0})
+    score, objectives, _ = make_scorer("builtin:text_task")
+    result = run_front(generate, score, weights=parse_weight_list("0,0.25,0.5,0.75,1"), prompts=PROMPTS,
+                       objectives=objectives, lower=[0, 0], upper=[1, 1], ref=[0, 0])
+    assert [t["status"] for t in result.trend] == ["reversed", "reversed"]
+    assert result.metrics["significant_violations"] == len(result.violations) + 2
+    ok = run_front(items_policy({0.0: 0, 0.5: 2, 1.0: 4}), score, weights=parse_weight_list("0,0.5,1"),
+                   prompts=PROMPTS, objectives=objectives, lower=[0, 0], upper=[1, 1], ref=[0, 0])
+    assert ok.metrics["significant_violations"] == 0
+    assert [t["status"] for t in ok.trend] == ["increasing", "increasing"]
+
+
+def test_three_objective_front_writes_projection_plots_and_checks_trends(tmp_path):
+    from feedalign.multiobjective.weights import simplex_grid
+
+    weights = simplex_grid(3, 4)
+    prompts = ["p"] * 4
+
+    def generate(w, batch):
+        return [",".join(f"{v:.4f}" for v in w)] * len(batch)
+
+    def score(batch, completions):
+        vals = np.array([[float(v) for v in c.split(",")] for c in completions])
+        return {"a": 0.1 + 0.8 * vals[:, 0], "b": 0.1 + 0.8 * vals[:, 1], "c": 0.9 - 0.8 * vals[:, 2]}
+
+    result = run_front(generate, score, weights=weights, prompts=prompts, objectives=["a", "b", "c"],
+                       output_dir=tmp_path, ref=[0, 0, 0], lower=[0, 0, 0], upper=[1, 1, 1])
+    # "c" falls as its own weight rises: reversed; the other two steer.
+    assert [t["status"] for t in result.trend] == ["increasing", "increasing", "reversed"]
+    assert result.metrics["significant_violations"] == 1
+    assert (tmp_path / "front_pairs.png").stat().st_size > 5000
+    assert (tmp_path / "front_parallel.png").stat().st_size > 5000
+    assert "front_parallel.png" in (tmp_path / "front.md").read_text()

@@ -218,3 +218,94 @@ def test_spec_for_source_block():
         spec_for_source({"objectives": ["a", "b"], "gird": 3}, trained="a", beta=0.1)
     with pytest.raises(ValueError, match="trained='c' is not one of"):
         spec_for_source({"objectives": ["a", "b"]}, trained="c", beta=0.1)
+
+
+def test_tag_goes_inside_the_user_turn_of_messages_and_rendered_chats():
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"}, {"role": "user", "content": "name fruit"}]
+    out = SPEC.condition_prompt(msgs, [0.3, 0.7])
+    assert out[3]["content"] == "<w 0.30 0.70> name fruit" and out[1]["content"] == "hi"
+    assert msgs[3]["content"] == "name fruit"  # the input is not modified
+    system = SteeringSpec(("a", "b"), grid=10, placement="system")
+    assert system.condition_prompt(msgs, [0.3, 0.7])[0]["content"] == "<w 0.3 0.7> be brief"
+    added = system.condition_prompt(msgs[1:2], [0.3, 0.7])
+    assert added == [{"role": "system", "content": "<w 0.3 0.7> "}, {"role": "user", "content": "hi"}]
+    with pytest.raises(ValueError, match="no 'user' turn"):
+        SPEC.condition_prompt([{"role": "system", "content": "x"}], [0.5, 0.5])
+    chatml = "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nName a fruit.<|im_end|>\n<|im_start|>assistant\n"
+    steered = SPEC.condition_prompt(chatml, [0.3, 0.7])
+    assert "<|im_start|>user\n<w 0.30 0.70> Name a fruit." in steered and steered.startswith("<|im_start|>system")
+    parsed, plain = SPEC.parse_prompt(steered)
+    assert plain == chatml and parsed.tolist() == pytest.approx([0.3, 0.7])
+    own = "<|system|>\nbe brief\n<|user|>\nhi\n<|assistant|>\n"
+    assert SPEC.condition_prompt(own, [0.5, 0.5]) == "<|system|>\nbe brief\n<|user|>\n<w 0.50 0.50> hi\n<|assistant|>\n"
+    prefix = SteeringSpec(("a", "b"), grid=10, placement="prefix")
+    assert prefix.condition_prompt(chatml, [0.3, 0.7]).startswith("<w 0.3 0.7> <|im_start|>system")
+    tokens = SteeringSpec(("a", "b"), grid=4, render="tokens")
+    t = tokens.condition_prompt(own, [0.25, 0.75])
+    assert "<|user|>\n<w:0.25> <w:0.75> hi" in t and tokens.parse_prompt(t)[1] == own
+    with pytest.raises(ValueError, match="placement"):
+        SteeringSpec(("a", "b"), placement="middle")
+
+
+def test_redraw_examples_shows_each_pair_under_fresh_seeded_weights():
+    from feedalign.data.batching import Example, steer_examples, tokenize_examples
+    from feedalign.envs.text_task import build_tokenizer
+    from feedalign.multiobjective.steering import redraw_examples
+
+    tokenizer = build_tokenizer()
+    spec = SteeringSpec(("helpful", "concise"), trained="helpful", grid=20, render="tokens", seed=1, draws=3)
+    spec.prepare(tokenizer)
+    base = [Example(f"id{i}", "write about fruit with apple pear plum fig :", "apple .", rejected="ok .")
+            for i in range(40)]
+    steered = tokenize_examples(steer_examples(base, spec), tokenizer, 64)
+    out = redraw_examples(steered, spec, tokenizer, 64)
+    assert len(out) == 120 and out[:40] == steered
+    for d in range(3):
+        ws = np.array([ex.steer_weights for ex in out[40 * d: 40 * (d + 1)]])
+        np.testing.assert_allclose(ws, spec.weights_for([f"id{i}" for i in range(40)], d))
+    per_id = {}
+    for ex in out:
+        per_id.setdefault(ex.id, set()).add(ex.steer_weights)
+        parsed, plain = spec.parse_prompt(ex.prompt)
+        assert plain == ex.plain_prompt and tuple(parsed) == pytest.approx(ex.steer_weights)
+        ids = ex.tokens["input_ids"]
+        assert tokenizer.convert_ids_to_tokens(ids[:2]) == [f"<w:{v:.2f}>" for v in ex.steer_weights]
+        assert ex.reference_tokens == steered[0].reference_tokens  # the reference sees the plain prompt
+    assert np.mean([len(v) for v in per_id.values()]) > 2.5  # mostly 3 distinct weights per pair
+    assert redraw_examples(steered, SteeringSpec(("helpful", "concise"), render="tokens"), tokenizer, 64) == steered
+    with pytest.raises(ValueError, match="not steered"):
+        redraw_examples(base, spec, tokenizer, 64)
+    with pytest.raises(ValueError, match="draws"):
+        SteeringSpec(("a", "b"), draws=0)
+
+
+def test_different_weights_reach_the_model_inside_a_chat_prompt():
+    """The tag sits inside the user turn of a rendered chat and changes what the model
+    computes for the answer: the next-token distributions after the prompt differ by weight."""
+    from feedalign.envs.text_task import build_tiny_llama, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    spec = SteeringSpec(("helpful", "concise"), trained="helpful", grid=20, render="tokens")
+    model = build_tiny_llama(tokenizer, seed=0)
+    spec.prepare(tokenizer, model)
+    own = "<|user|>\nwrite about fruit with apple pear plum fig :\n<|assistant|>\n"
+    last = []
+    for w in ([0.1, 0.9], [0.5, 0.5], [0.9, 0.1]):
+        text = spec.condition_prompt(own, w)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert sum(t in tokenizer.convert_tokens_to_ids(spec.level_tokens()) for t in ids) == 2
+        with torch.no_grad():
+            last.append(torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], -1))
+    assert (last[0] - last[2]).abs().max() > 1e-3 and (last[0] - last[1]).abs().max() > 1e-4
+
+
+def test_suffix_placement_ends_the_prompt_and_round_trips():
+    for render, tag in (("text", "<w 0.3 0.7>"), ("tokens", "<w:0.3> <w:0.7>")):
+        spec = SteeringSpec(("a", "b"), grid=10, render=render, placement="suffix")
+        out = spec.condition_prompt("write about fruit :", [0.3, 0.7])
+        assert out == "write about fruit : " + tag
+        w, plain = spec.parse_prompt(out)
+        assert plain == "write about fruit :" and w.tolist() == pytest.approx([0.3, 0.7])
+        msgs = spec.condition_prompt([{"role": "user", "content": "hi"}], [0.3, 0.7])
+        assert msgs == [{"role": "user", "content": "hi " + tag}]

@@ -147,6 +147,10 @@ def soup_mlp(ctx: BenchContext, weights: np.ndarray, data: list[fb.Feedback]) ->
 
 def rows_front(ctx: BenchContext) -> list[dict[str, Any]]:
     c, env = ctx.config, ctx.env
+    if env.n_objectives >= 3:  # scored against a dense exact front
+        from feedalign.bench.exact_front_many import rows_front_many
+
+        return rows_front_many(ctx)
     weights = simplex_grid(env.n_objectives, c.n_front_weights)
     exact_points = env.front(weights).numpy()
     ref = reference_point(ctx, exact_points)

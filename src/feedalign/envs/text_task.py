@@ -136,6 +136,18 @@ def count_words(text: str) -> int:
     return len(_words(text))
 
 
+def politeness(words: Sequence[str]) -> float:
+    """0.5 for opening with a (non-empty) opener phrase, 0.5 for closing with a closer phrase."""
+    def has(phrases: Sequence[str], at_start: bool) -> bool:
+        for phrase in phrases:
+            p = _words(phrase)
+            if p and len(words) >= len(p) and list(words[: len(p)] if at_start else words[len(words) - len(p):]) == p:
+                return True
+        return False
+
+    return 0.5 * has(OPENERS, True) + 0.5 * has(CLOSERS, False)
+
+
 def _words(text: str) -> list[str]:
     for mark in PUNCTUATION:
         text = text.replace(mark, " ")
@@ -160,12 +172,18 @@ class TextTask:
         helpful: ``"topic"`` (any item of the prompt's topic counts) or ``"requested"``
             (only the items listed in the prompt count; demonstrations then use listed
             items, and their off-request item comes from the same topic).
+        polite: add a third objective ``polite`` = 0.5 * (the completion opens with one of
+            the task's openers, e.g. "i like", "here are") + 0.5 * (it closes with one of its
+            closers before the final mark, e.g. "for you", "i hope this helps you today").
+            Politeness costs words, so it conflicts with ``concise`` and not with ``helpful``.
     """
 
     OBJECTIVES: tuple[str, ...] = ("helpful", "concise")
 
     def __init__(self, seed: int = 0, *, max_words: int = 12, test_fraction: float = 0.2,
-                 helpful: str = "topic"):
+                 helpful: str = "topic", polite: bool = False):
+        if polite:
+            self.OBJECTIVES = ("helpful", "concise", "polite")
         if helpful not in HELPFUL_MODES:
             raise ValueError(f"TextTask: helpful={helpful!r}; expected one of {HELPFUL_MODES}")
         if max_words < N_REQUESTED + 1:
@@ -271,10 +289,13 @@ class TextTask:
         counted = CATEGORIES[topic] if self.helpful == "topic" else listed
         words = _words(completion)
         covered = len(set(words) & set(counted))
-        return {
+        out = {
             "helpful": min(N_REQUESTED, covered) / N_REQUESTED,
             "concise": max(0.0, 1.0 - len(words) / self.max_words),
         }
+        if "polite" in self.OBJECTIVES:
+            out["polite"] = politeness(words)
+        return out
 
     def score_many(self, prompts: Sequence[str], completions: Sequence[str]) -> dict[str, np.ndarray]:
         """Scores of aligned lists, as one float array per objective."""
@@ -297,3 +318,25 @@ class TextTask:
     def tokenizer(self) -> Any:
         """A fresh tokenizer (cheap to build; callers may change padding side freely)."""
         return build_tokenizer()
+
+
+def objective_margins(objectives: Sequence[str] = ("concise",), scale: float = 1.0, **task_options: Any) -> Any:
+    """A MODPO margin function ``(prompts, completions) -> [N, len(objectives)]`` of the task's
+    exact scores times ``scale`` (for ``margins: {kind: callable, options: ...}``).
+
+    Scale: a policy trained by DPO / MODPO on pairs labelled ``P(a > b) = sigma((u_a - u_b) / T)``
+    learns the reward ``u / T``; the other objectives' margins must be on that same scale, so
+    pass ``scale = 1 / T`` (the quickstart's pair temperature 0.1 gives 10). Unlike a word count
+    of the token stream, ``concise`` here is exactly the task's (punctuation is no word)."""
+    import torch
+
+    task = TextTask(**task_options)
+    unknown = [o for o in objectives if o not in task.OBJECTIVES]
+    if unknown:
+        raise ValueError(f"objective_margins: unknown objectives {unknown}; valid: {list(task.OBJECTIVES)}")
+
+    def margins(prompts: Sequence[str], completions: Sequence[str]) -> Any:
+        scores = task.score_many(list(prompts), list(completions))
+        return torch.as_tensor(np.stack([scores[o] for o in objectives], axis=1) * scale, dtype=torch.float32)
+
+    return margins

@@ -28,6 +28,7 @@ __all__ = [
     "sparsity",
     "front_summary",
     "monotonic_violations",
+    "trend_test",
 ]
 
 # Rows compared at once in the O(N^2 m) dominance test; bounds memory to ~BLOCK*N*m bools.
@@ -255,6 +256,60 @@ def monotonic_violations(
                         "value_next": float(vals[k + 1, index]),
                     }
                 )
+    return out
+
+
+def trend_test(weights: Any, values: Any, stderr: Any = None, *, names: Sequence[str] | None = None,
+               z: float = 1.96) -> list[dict[str, Any]]:
+    """End-to-end trend of each objective in its own weight, with its standard error.
+
+    Steering should make objective ``j`` rise with ``w_j``. For each ``j`` this fits the
+    weighted least-squares line ``J_j(w) ~ a + b * w_j`` over the whole sweep (weights
+    ``1 / stderr^2``) and reports the slope ``b`` with its standard error
+    ``se = sqrt(max(1, chi2 / (K - 2)) / sum_k a_k (w_kj - mean_w)^2)`` (the reduced chi-square
+    inflates ``se`` when the points scatter around the line more than their own errors).
+    ``status`` is ``"increasing"`` when ``b > z * se``, ``"reversed"`` when ``b < -z * se``
+    and ``"flat"`` otherwise: a reversed or flat trend is a significant failure to steer,
+    which comparing neighbouring weights only cannot see (small steps hide in the noise).
+
+    Args:
+        weights: ``[K, m]`` the sweep's weight vectors.
+        values: ``[K, m]`` the mean objective vector per weight.
+        stderr: ``[K, m]`` standard errors of ``values`` (None: unweighted, residual error).
+        names: objective names for the report.
+        z: the two-sided threshold (1.96 for 95%).
+
+    Returns:
+        One dict per objective whose weight varies in the sweep: ``objective``, ``index``,
+        ``slope``, ``se``, ``z`` (slope / se), ``status``, ``significant`` (status != increasing).
+    """
+    w = validate_weights(weights, name="weights")
+    w = np.atleast_2d(w)
+    vals = as_points(values, w.shape[1], name="values")
+    if vals.shape[0] != w.shape[0]:
+        raise ValueError(f"trend_test: {w.shape[0]} weights but {vals.shape[0]} value rows")
+    se_in = np.zeros_like(vals) if stderr is None else as_points(stderr, w.shape[1], name="stderr")
+    names = list(names) if names is not None else [f"objective_{j + 1}" for j in range(w.shape[1])]
+    out = []
+    for j in range(w.shape[1]):
+        x, y = w[:, j], vals[:, j]
+        if np.ptp(x) <= 0 or x.size < 2:
+            continue
+        s = se_in[:, j]
+        # Zero errors (e.g. deterministic scores) fall back to equal weights.
+        a = np.ones_like(x) if np.all(s <= 0) else 1.0 / np.maximum(s, s[s > 0].min() if np.any(s > 0) else 1.0) ** 2
+        xm, ym = np.average(x, weights=a), np.average(y, weights=a)
+        sxx = float(np.sum(a * (x - xm) ** 2))
+        slope = float(np.sum(a * (x - xm) * (y - ym)) / sxx)
+        resid = y - ym - slope * (x - xm)
+        dof = x.size - 2
+        chi2 = float(np.sum(a * resid**2)) / dof if dof > 0 else 0.0
+        scale = chi2 if np.all(s <= 0) else max(1.0, chi2)
+        se = float(np.sqrt(scale / sxx))
+        zval = slope / se if se > 0 else (np.inf if slope > 0 else -np.inf if slope < 0 else 0.0)
+        status = "increasing" if zval > z else "reversed" if zval < -z else "flat"
+        out.append({"objective": names[j], "index": j, "slope": slope, "se": se, "z": float(zval),
+                    "status": status, "significant": status != "increasing"})
     return out
 
 

@@ -7,9 +7,13 @@ sampling noise). Every objective is scored (ground-truth scorers of a built-in t
 model, or a user function) and averaged into ``J(w)``. From the points ``J(w)``:
 hypervolume, EU_front, EU_cond and sparsity (docs/ALGORITHMS.md 13, via
 :mod:`feedalign.evaluation.pareto`), on objectives normalised with FIXED bounds, plus the
-monotonicity of the trade-off in ``w`` (2 objectives): raising ``w_1`` should not lower
-objective 1 nor raise objective 2; each violation is reported with whether it exceeds the
-sampling noise (1.96 combined standard errors).
+monotonicity of the trade-off in ``w``, in two ways: between neighbouring weights (2
+objectives: raising ``w_1`` should not lower objective 1 nor raise objective 2; each violation
+is reported with whether it exceeds 1.96 combined standard errors), and end to end (any m:
+the weighted least-squares slope of objective ``j`` in ``w_j`` over the whole sweep must be
+significantly positive, :func:`feedalign.evaluation.pareto.trend_test`; a flat or reversed
+sweep fails here even when every neighbouring step hides in the noise).
+``metrics["significant_violations"]`` counts both kinds.
 
 Writes ``front.json`` (everything), ``front.png`` (learned points labelled by ``w_1``, and the
 exact / ideal front when known) and ``front.md``.
@@ -55,6 +59,7 @@ class FrontResult:
     samples: list[dict[str, Any]] = field(default_factory=list)
     kl: np.ndarray | None = None  # [K] estimated KL(pi_w || pi_ref), when measured
     paths: dict[str, str] = field(default_factory=dict)
+    trend: list[dict[str, Any]] = field(default_factory=list)  # pareto.trend_test per objective
 
     def to_dict(self) -> dict[str, Any]:
         per_weight = []
@@ -65,7 +70,8 @@ class FrontResult:
                 row["kl"] = float(self.kl[i])
             per_weight.append(row)
         return {"objectives": self.objectives, "per_weight": per_weight, "metrics": self.metrics,
-                "monotonicity_violations": self.violations, "samples": self.samples, "paths": self.paths}
+                "monotonicity_violations": self.violations, "trend": self.trend, "samples": self.samples,
+                "paths": self.paths}
 
 
 # --------------------------------------------------------------------------- inputs
@@ -107,7 +113,9 @@ def make_scorer(spec: str, *, options: Mapping[str, Any] | None = None, device: 
         from feedalign.envs.text_task import TextTask
 
         task = TextTask(**opts)
-        defaults = {"lower": [0.0, 0.0], "upper": [1.0, 1.0], "ref": [0.0, 0.0], "exact": text_task_ideal_front(task)}
+        m = len(task.OBJECTIVES)
+        exact = text_task_ideal_front(task) if m == 2 else None  # the ideal front is drawn for 2 objectives
+        defaults = {"lower": [0.0] * m, "upper": [1.0] * m, "ref": [0.0] * m, "exact": exact}
         return task.score_many, list(task.OBJECTIVES), defaults
     if Path(spec).is_dir():
         from feedalign.policies.reward_model import load_reward_model
@@ -201,6 +209,14 @@ def _violations(weights: np.ndarray, points: np.ndarray, stderr: np.ndarray, obj
     return found
 
 
+def _trend(weights: np.ndarray, points: np.ndarray, stderr: np.ndarray, objectives: Sequence[str]) -> list[dict[str, Any]]:
+    from feedalign.evaluation.pareto import trend_test
+
+    if len(weights) < 2:
+        return []
+    return trend_test(weights, points, stderr, names=objectives)
+
+
 def run_front(
     generate: Generator,
     score: Scorer,
@@ -256,8 +272,11 @@ def run_front(
     if ref is None:
         ref = pts.min(0) - 1e-9
     metrics = _metrics(pts, ws, ref, lower, upper, eu_grid, exact)
-    result = FrontResult(objectives, ws, pts, se, metrics, _violations(ws, pts, se, objectives), samples,
-                         np.array(kls) if kls else None)
+    violations = _violations(ws, pts, se, objectives)
+    trend = _trend(ws, pts, se, objectives)
+    metrics["significant_violations"] = sum(bool(v["significant"]) for v in violations + trend)
+    result = FrontResult(objectives, ws, pts, se, metrics, violations, samples, np.array(kls) if kls else None,
+                         trend=trend)
     if output_dir is not None:
         write_front(result, output_dir, exact=exact, label=label, title=title)
     return result
@@ -267,7 +286,8 @@ def run_front(
 
 
 def write_front(result: FrontResult, output_dir: str | Path, *, exact: Any = None, label: str = "learned", title: str | None = None) -> dict[str, str]:
-    """front.json, front.png (first two objectives) and front.md under ``output_dir``."""
+    """front.json, front.png (first two objectives) and front.md under ``output_dir``; with 3+
+    objectives also front_pairs.png (every pair) and front_parallel.png (parallel coordinates)."""
     from feedalign.evaluation.plots import plot_front
     from feedalign.evaluation.report import write_json, write_markdown_report
 
@@ -277,6 +297,16 @@ def write_front(result: FrontResult, output_dir: str | Path, *, exact: Any = Non
                      exact=None if exact is None else np.asarray(exact)[:, :2],
                      objectives=(result.objectives[0], result.objectives[1]), title=title or "front over w")
     result.paths = {"json": str(out / "front.json"), "png": str(png), "md": str(out / "front.md")}
+    images = [png]
+    if result.points.shape[1] >= 3:  # every pair of objectives, and all of them at once
+        from feedalign.evaluation.plots_many import plot_front_pairs, plot_front_parallel
+
+        pairs = plot_front_pairs(out / "front_pairs.png", {label: result.points}, result.objectives,
+                                 exact=exact, title=title or "front over w (pairwise projections)")
+        parallel = plot_front_parallel(out / "front_parallel.png", result.points, result.weights,
+                                       result.objectives, title=title or "front over w (parallel coordinates)")
+        result.paths.update(pairs_png=str(pairs), parallel_png=str(parallel))
+        images += [pairs, parallel]
     write_json(out / "front.json", result.to_dict())
     rows = []
     for i, w in enumerate(result.weights):
@@ -286,13 +316,18 @@ def write_front(result: FrontResult, output_dir: str | Path, *, exact: Any = Non
         if result.kl is not None:
             row["KL(pi_w||pi_ref)"] = float(result.kl[i])
         rows.append(row)
-    keys = ("hypervolume", "exact_hypervolume", "hypervolume_ratio", "eu_front", "exact_eu_front", "eu_cond", "sparsity", "n_nondominated")
+    keys = ("hypervolume", "exact_hypervolume", "hypervolume_ratio", "eu_front", "exact_eu_front", "eu_cond", "sparsity",
+            "n_nondominated", "significant_violations")
     summary = [{"metric": k, "value": result.metrics[k]} for k in keys if k in result.metrics]
     if result.violations:
         viol = [{k: v[k] for k in ("objective", "expected", "w_prev", "w_next", "value_prev", "value_next", "significant")}
                 for v in result.violations]
     else:
         viol = "None: the trade-off is monotone in w." if result.points.shape[1] == 2 else "Not checked (more than 2 objectives)."
-    sections = [("Points per weight", rows), ("Metrics (normalised objectives)", summary), ("Monotonicity violations", viol)]
-    write_markdown_report(out / "front.md", title or "Learned front", sections, images=[png])
+    trend = [{k: (f"{v[k]:.4f}" if isinstance(v[k], float) else v[k]) for k in ("objective", "slope", "se", "z", "status")}
+             for v in result.trend] or "Not checked (fewer than 2 weights)."
+    sections = [("Points per weight", rows), ("Metrics (normalised objectives)", summary),
+                ("Monotonicity between neighbouring weights", viol),
+                ("End-to-end trend of each objective in its weight (slope ± s.e.)", trend)]
+    write_markdown_report(out / "front.md", title or "Learned front", sections, images=images)
     return result.paths

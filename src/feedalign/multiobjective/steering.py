@@ -8,7 +8,23 @@ then MODPO's target for that ``w``,
 ``pi*_w(y | x) ∝ pi_ref(y | x) * exp(w . r(x, y) / beta)`` (docs/ALGORITHMS.md 1, 10), so one
 model learns the whole family and is steered at inference by choosing the prefix.
 
-Prefix format (documented, parseable, one per weight vector on the grid):
+Where the tag goes (``placement``). The model must read the weight where it reads the request:
+  * a list of chat messages: the tag starts the content of the last ``user`` message
+    (``placement="user"``, the default) or of the system message (``"system"``; one is
+    inserted first when there is none); the chat template then renders the conversation;
+  * a rendered conversation (a string with a known user-turn header, e.g. ChatML's
+    ``<|im_start|>user\n``): the tag goes right after the last such header, inside the turn;
+  * a plain prompt, or ``placement="prefix"``: the tag is put in front of the prompt;
+  * ``placement="suffix"``: the tag ends the prompt (a plain string, or the last user
+    message), right before the completion, where a small model attends to it most directly.
+:meth:`SteeringSpec.parse_prompt` finds the tag wherever it is and returns the original.
+
+Fresh weights per pass (``draws``). A training example's weight is a function of (seed, draw,
+id). With ``draws = R`` every training pair is shown under R independently drawn weights
+(:func:`redraw_examples`), so over R epochs each pair meets R weights instead of one (with a
+69-pair set and one fixed weight per pair, each weight level sees about 17 pairs).
+
+Tag format (documented, parseable, one per weight vector on the grid):
   * ``render="text"``:   ``<w 0.30 0.70> `` + prompt: weights in objective order with the
     fewest decimals that write every grid value exactly. For tokenizers that can spell digits
     (BPE, byte-level).
@@ -55,12 +71,18 @@ __all__ = [
     "SoupPolicy",
     "SPEC_FILE",
     "spec_for_source",
+    "redraw_examples",
+    "USER_HEADERS",
 ]
 
 SPEC_FILE = "steering.json"
 RENDERS = ("text", "tokens")
-_TEXT_PREFIX = re.compile(r"^<w((?: [0-9.]+)+)> ")
-_TOKEN_PREFIX = re.compile(r"^((?:<w:[0-9.]+> )+)")
+PLACEMENTS = ("user", "system", "prefix", "suffix")
+_TEXT_PREFIX = re.compile(r"<w((?: [0-9.]+)+)>(?: |$)")
+_TOKEN_PREFIX = re.compile(r"((?:<w:[0-9.]+>(?: |$))+)")
+# User-turn headers of rendered conversations: ChatML (Qwen, SmolLM), feedalign's own message
+# template (data/messages.py), Llama 3, and Llama 2 / Mistral instructions.
+USER_HEADERS = ("<|im_start|>user\n", "<|user|>\n", "<|start_header_id|>user<|end_header_id|>\n\n", "[INST] ")
 
 
 def _decimals(grid: int) -> int:
@@ -83,6 +105,8 @@ class SteeringSpec:
         seed: seeds the per-example weight draws.
         render: ``"text"`` or ``"tokens"`` (see the module docstring).
         min_weight: lower bound on ``w_k`` for the trained objective (default ``1 / grid``).
+        placement: ``"user"``, ``"system"``, ``"prefix"`` or ``"suffix"`` (module docstring).
+        draws: weights drawn per training example (>= 1, see :func:`redraw_examples`).
     """
 
     objectives: tuple[str, ...]
@@ -92,6 +116,8 @@ class SteeringSpec:
     seed: int = 0
     render: str = "text"
     min_weight: float | None = None
+    placement: str = "user"
+    draws: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -107,6 +133,10 @@ class SteeringSpec:
             raise ValueError(f"SteeringSpec: beta must be > 0, got {self.beta}")
         if self.min_weight is not None and not 0 <= self.min_weight <= 1:
             raise ValueError(f"SteeringSpec: min_weight must be in [0, 1], got {self.min_weight}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"SteeringSpec: placement={self.placement!r}; expected one of {PLACEMENTS}")
+        if not isinstance(self.draws, int) or self.draws < 1:
+            raise ValueError(f"SteeringSpec: draws must be an int >= 1, got {self.draws!r}")
 
     # ----------------------------------------------------------------- weights
     @property
@@ -181,23 +211,55 @@ class SteeringSpec:
             return "<w " + " ".join(self._value(int(v)) for v in levels) + "> "
         return "".join(f"<w:{self._value(int(v))}> " for v in levels)
 
-    def condition_prompt(self, prompt: str, w: Any) -> str:
-        return self.prefix(w) + prompt
+    def condition_prompt(self, prompt: Any, w: Any) -> Any:
+        """``prompt`` (a string, or a list of ``{"role", "content"}`` messages) carrying the tag
+        of ``w`` where the model reads the request (``placement``, module docstring)."""
+        tag = self.prefix(w)
+        if isinstance(prompt, str):
+            if self.placement == "suffix":  # right before the completion
+                return prompt + " " + tag.rstrip(" ")
+            if self.placement != "prefix":
+                at = max((prompt.rfind(h) + len(h) for h in USER_HEADERS if h in prompt), default=-1)
+                if at >= 0:
+                    return prompt[:at] + tag + prompt[at:]
+            return tag + prompt
+        messages = [dict(m) for m in prompt]
+        roles = [m.get("role") for m in messages]
+        if self.placement == "system":
+            if "system" not in roles:
+                messages.insert(0, {"role": "system", "content": ""})
+                roles.insert(0, "system")
+            target = roles.index("system")
+        elif "user" in roles:
+            target = len(roles) - 1 - roles[::-1].index("user")
+        else:
+            raise ValueError(f"condition_prompt: messages {roles} have no 'user' turn for the weight tag; "
+                             "use placement 'system' or 'prefix'")
+        if self.placement == "prefix":
+            target = 0
+        if self.placement == "suffix":
+            messages[target]["content"] = messages[target]["content"] + " " + tag.rstrip(" ")
+        else:
+            messages[target]["content"] = tag + messages[target]["content"]
+        return messages
 
     def parse_prompt(self, prompt: str) -> tuple[np.ndarray | None, str]:
-        """``(w, original prompt)``; ``w`` is None when the prompt carries no prefix."""
+        """``(w, original prompt)``; ``w`` is None when the prompt carries no tag."""
         if self.render == "text":
-            match = _TEXT_PREFIX.match(prompt)
+            match = _TEXT_PREFIX.search(prompt)
             values = match.group(1).split() if match else []
         else:
-            match = _TOKEN_PREFIX.match(prompt)
+            match = _TOKEN_PREFIX.search(prompt)
             values = re.findall(r"<w:([0-9.]+)>", match.group(1)) if match else []
         if not match:
             return None, prompt
         if len(values) != self.m:
             raise ValueError(f"steering prefix {match.group(0)!r} has {len(values)} weights; expected {self.m}")
         levels = np.array([round(float(v) * self.grid) for v in values])
-        return levels / self.grid, prompt[match.end():]
+        head, tail = prompt[:match.start()], prompt[match.end():]
+        if not tail and head.endswith(" ") and not match.group(0).endswith(" "):  # a suffix tag
+            head = head[:-1]
+        return levels / self.grid, head + tail
 
     def strip_prompt(self, prompt: str) -> str:
         return self.parse_prompt(prompt)[1]
@@ -288,7 +350,7 @@ class SteeringSpec:
         return {"format": "feedalign.steering", "version": 1, **dataclasses.asdict(self)}
 
 
-STEER_KEYS = ("objectives", "grid", "seed", "render", "min_weight")
+STEER_KEYS = ("objectives", "grid", "seed", "render", "min_weight", "placement", "draws")
 
 
 def spec_for_source(steer: Any, *, trained: str | None, beta: float) -> SteeringSpec:
@@ -304,8 +366,32 @@ def spec_for_source(steer: Any, *, trained: str | None, beta: float) -> Steering
         raise ValueError("steer: `objectives` (the weight order, e.g. [helpful, concise]) is required")
     if trained is None:
         raise ValueError("steer: the source needs `objective:` (the objective whose pairs it trains)")
-    options = {k: get(k) for k in ("grid", "seed", "render", "min_weight") if get(k) is not None}
+    options = {k: get(k) for k in STEER_KEYS[1:] if get(k) is not None}
     return SteeringSpec(objectives=tuple(get("objectives")), trained=trained, beta=float(beta), **options)
+
+
+def redraw_examples(examples: Sequence[Any], spec: SteeringSpec, tokenizer: Any, max_length: int) -> list[Any]:
+    """Training examples under ``spec.draws`` weights each: the given (draw 0) examples, then
+    for every draw ``d = 1 .. draws - 1`` a copy conditioned on the weight of (seed, d, id),
+    re-tokenised. Ids are kept (the reference scores the plain prompt, so a cached reference
+    entry serves every draw); apply to the training split only, after the evaluation split, so
+    that no pair is both trained and held out. Examples need ``plain_prompt`` (steered)."""
+    if spec.draws == 1 or not examples:
+        return list(examples)
+    from feedalign.data.batching import tokenize_examples
+
+    missing = [ex.id for ex in examples if ex.plain_prompt is None or ex.steer_weights is None]
+    if missing:
+        raise ValueError(f"redraw_examples: examples {missing[:3]} are not steered (call steer_examples first)")
+    out = list(examples)
+    for draw in range(1, spec.draws):
+        ws = spec.weights_for([ex.id for ex in examples], draw)
+        fresh = [dataclasses.replace(ex, prompt=spec.condition_prompt(ex.plain_prompt, w), tokens=None,
+                                     rejected_tokens=None, reference_tokens=None, reference_rejected_tokens=None,
+                                     steer_weights=tuple(float(v) for v in w))
+                 for ex, w in zip(examples, ws)]
+        out.extend(tokenize_examples(fresh, tokenizer, max_length))
+    return out
 
 
 def save_spec(spec: SteeringSpec, directory: str | os.PathLike[str]) -> Path:
@@ -342,7 +428,7 @@ def sample_weights(n: int, m: int, seed: int = 0, *, grid: int | None = None) ->
     return SteeringSpec(objectives=tuple(f"o{j}" for j in range(m)), grid=grid).snap(ws)
 
 
-def condition_prompt(prompt: str, w: Any, spec: SteeringSpec) -> str:
+def condition_prompt(prompt: Any, w: Any, spec: SteeringSpec) -> Any:
     return spec.condition_prompt(prompt, w)
 
 

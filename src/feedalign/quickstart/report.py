@@ -223,6 +223,9 @@ def _front_section(report: dict[str, Any]) -> tuple[str, Any]:
             + _table(rows) + f"\nhypervolume {m['hypervolume']:.4f} (ideal front {m.get('exact_hypervolume', float('nan')):.4f}), "
             f"EU_front {m['eu_front']:.4f}, EU_cond {m['eu_cond']:.4f}, sparsity {m['sparsity']:.4f}, "
             f"monotonicity violations {len(front['monotonicity_violations'])}. Details: front/front.md.")
+    from feedalign.quickstart.front_stage import methods_markdown
+
+    text += methods_markdown(front)
     return "Front (two objectives)", text
 
 

@@ -228,6 +228,10 @@ def build_sources(
         train_ex, eval_ex = split_eval(
             examples, train.eval_fraction, train.seed, stream=index, min_eval=item.spec.min_batch_size
         )
+        if item.steer is not None:  # every training pair under steer.draws weights
+            from feedalign.multiobjective.steering import redraw_examples
+
+            train_ex = redraw_examples(train_ex, item.steer, tokenizer, item.config.max_length)
         sampler = EpochSampler(len(train_ex), train.seed, stream=index, rank=rank, world=world)
         kl_samples = kl_samples_of(item, index, tokenizer, train, rank=rank, world=world)
         if kl_samples is None:
