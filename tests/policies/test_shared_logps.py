@@ -63,6 +63,14 @@ def _grads(model, fn):
     return out.detach(), grads
 
 
+def _assert_grads_close(got: dict, ref: dict) -> None:
+    """fp32 agreement to 1e-5 of each gradient's scale (summation order differs)."""
+    assert got.keys() == ref.keys()
+    for name, grad in ref.items():
+        err = (got[name] - grad).abs().max().item()
+        assert err <= 1e-5 * (1.0 + grad.abs().max().item()), (name, err)
+
+
 def test_layout_reconstructs_rows_and_shares_only_the_prompt():
     shared = pack_shared_pairs(CHOSEN, REJECTED)
     rows = CHOSEN + REJECTED
@@ -102,8 +110,7 @@ def test_shared_equals_unshared_values_and_gradients(arch, attn, lora):
     ref, ref_grads = _grads(model, lambda: batch_logps(model, padded, chunk_size=7))
     got, got_grads = _grads(model, lambda: batch_logps(model, pack_shared_pairs(CHOSEN, REJECTED), chunk_size=7))
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
-    for name, grad in ref_grads.items():
-        torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    _assert_grads_close(got_grads, ref_grads)
     assert ref.unique().numel() == len(rows)  # distinct rows: agreement is not vacuous
     if attn == varlen.VARLEN_ATTENTION:
         packed = batch_logps(model, pack_examples(rows), chunk_size=7).detach()
@@ -154,9 +161,7 @@ def test_reward_model_scores_and_gradients_equal_unshared(attn):
     got, got_grads = grads(lambda: shared_pair_scores(rm, pack_shared_pairs(CHOSEN, REJECTED)))
     assert got.shape == (len(rows), 2)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
-    assert ref_grads.keys() == got_grads.keys()
-    for name, grad in ref_grads.items():
-        torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    _assert_grads_close(got_grads, ref_grads)
 
 
 def test_flash_attention_implementation_is_refused():
