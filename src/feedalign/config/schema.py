@@ -194,6 +194,11 @@ class TrainConfig:
     elsewhere); ``sdpa``/``eager`` derive a block-diagonal mask from the position ids
     (correct, S^2 memory) and flash-attention implementations use the sequence boundaries.
     Losses and gradients equal the padded path's up to floating-point summation order.
+
+    ``share_prompt`` (with ``packing``): a pair source runs each pair's prompt once, as
+    ``prompt, chosen, rejected`` in the packed row, the rejected tokens attending to the
+    prompt but not to the chosen tokens (``data.shared_prompt``); same log-probs and
+    gradients as unshared packing. Not for sources with reference samples (``kl_samples``).
     """
 
     output_dir: str
@@ -226,6 +231,7 @@ class TrainConfig:
     overwrite_output_dir: bool = False
     compile: bool = False
     packing: bool = False
+    share_prompt: bool = True
 
     def __post_init__(self) -> None:
         _require(bool(self.output_dir), "output_dir", "must be a directory path")
@@ -265,6 +271,7 @@ class TrainConfig:
         _choice(self.precision, PRECISIONS, "precision")
         _require(isinstance(self.compile, bool), "compile", f"must be true or false, got {self.compile!r}")
         _require(isinstance(self.packing, bool), "packing", f"must be true or false, got {self.packing!r}")
+        _require(isinstance(self.share_prompt, bool), "share_prompt", f"must be true or false, got {self.share_prompt!r}")
 
 
 @dataclass(frozen=True)

@@ -173,3 +173,11 @@ def shared_block_mask(batch: dict[str, Any], *, dtype: torch.dtype = torch.bool)
         return allowed
     zero = torch.zeros((), dtype=dtype, device=device)
     return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
+def pack_rows(rows: Sequence[dict[str, Sequence[int]]]) -> dict[str, Any]:
+    """``pack_shared_pairs`` of a pair batch's 2B rows (chosen rows, then rejected rows)."""
+    if len(rows) % 2:
+        raise ValueError(f"pack_rows: a pair batch has an even number of rows, got {len(rows)}")
+    half = len(rows) // 2
+    return pack_shared_pairs(rows[:half], rows[half:])

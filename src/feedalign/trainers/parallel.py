@@ -101,6 +101,10 @@ PACKED_FIELDS = ("segment_ids", "seq_lens", "cu_seqlens", "max_seqlen")
 
 def packed_fields(batch: Mapping[str, Any]) -> dict[str, Any] | None:
     """The packing description of a padding-free batch (None for a padded one)."""
+    from feedalign.data.shared_prompt import SHARED_FIELDS, is_shared
+
+    if is_shared(batch):
+        return {key: batch[key] for key in SHARED_FIELDS}
     if "segment_ids" not in batch:
         return None
     return {key: batch[key] for key in PACKED_FIELDS if key in batch}

@@ -244,6 +244,7 @@ def build_sources(
                 providers=make_providers(item.spec, item.config, item.hparams, prefix=f"data.{index}"),
                 kl_samples=kl_samples,
                 packing=train.packing,
+                share_prompt=train.packing and train.share_prompt and kl_samples is None,
                 steer=item.steer,
             )
         )
