@@ -50,7 +50,9 @@ def feedalign_config(
             "tokenizer": tokenizer_dir,
             "dtype": str(dtype).removeprefix("torch."),
             "gradient_checkpointing": gradient_checkpointing,
-            **({"lora": dict(lora)} if lora else {}),
+            # model.lora.target_modules unset means peft's "all-linear", as TRL is given.
+            **({"lora": {k: v for k, v in lora.items() if (k, v) != ("target_modules", "all-linear")}}
+               if lora else {}),
         },
         "reference": ref,
         "data": [{"loss": loss, "name": "bench", "max_length": 4096}],

