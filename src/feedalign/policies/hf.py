@@ -346,7 +346,12 @@ def packed_sequence_logps(
 def batch_logps(
     model: Any, batch: dict[str, Any], *, chunk_size: int = 1024, head_as_module: bool = False
 ) -> torch.Tensor:
-    """Per-example log-probs of a padded (``pad_batch``) or packed (``pack_examples``) batch."""
+    """Per-example log-probs of a padded (``pad_batch``), packed (``pack_examples``) or
+    prompt-shared (``data.shared_prompt``) batch."""
+    if "shared_spans" in batch:
+        from feedalign.policies.shared_logps import shared_pair_logps
+
+        return shared_pair_logps(model, batch, chunk_size=chunk_size, head_as_module=head_as_module)
     if "segment_ids" in batch:
         return packed_sequence_logps(model, batch, chunk_size=chunk_size, head_as_module=head_as_module)
     return sequence_logps(

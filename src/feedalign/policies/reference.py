@@ -121,6 +121,8 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 
 def _num_examples(batch: dict[str, torch.Tensor]) -> int:
+    if "shared_spans" in batch:
+        return 2 * int(batch["shared_spans"].shape[0])
     return int(batch["seq_lens"].numel()) if "segment_ids" in batch else int(batch["input_ids"].shape[0])
 
 
@@ -132,6 +134,10 @@ def _check_keys(batch: dict[str, torch.Tensor], example_keys: Sequence[str] | No
 def example_tokens(batch: dict[str, torch.Tensor]) -> list[tuple[list[int], list[int]]]:
     """(token ids, completion mask) of every example in a padded or packed batch, padding
     removed."""
+    if "shared_spans" in batch:
+        from feedalign.data.shared_prompt import row_tokens
+
+        return row_tokens(batch)
     ids = batch["input_ids"].detach().cpu()
     cmask = batch["completion_mask"].detach().cpu()
     if "segment_ids" in batch:
@@ -237,6 +243,10 @@ PACKED_FIELDS = ("segment_ids", "seq_lens", "cu_seqlens", "max_seqlen")
 
 def packed_fields(batch: Mapping[str, Any]) -> dict[str, Any] | None:
     """The packing description of a padding-free batch (None for a padded one)."""
+    from feedalign.data.shared_prompt import SHARED_FIELDS, is_shared
+
+    if is_shared(batch):
+        return {key: batch[key] for key in SHARED_FIELDS}
     if "segment_ids" not in batch:
         return None
     return {key: batch[key] for key in PACKED_FIELDS if key in batch}

@@ -16,6 +16,14 @@ function; flash-attention implementations read the same names). A call WITHOUT t
 padded batch, generation with a KV cache) is handed to transformers' SDPA function with the
 usual mask, so a model loaded with this implementation still does everything else.
 
+A prompt-shared row (``data.shared_prompt``) comes with ``shared_key_index`` /
+``shared_cu_q`` / ``shared_cu_k``: query segment ``j`` (contiguous in the row) attends the
+keys at ``shared_key_index[cu_k[j]:cu_k[j+1]]`` with bottom-right aligned causality (the last
+query sees every key), which is how a rejected completion sees its pair's prompt but not the
+chosen completion. It runs per segment with SDPA on every device (on CUDA too: the
+variable-length kernel would need gathered keys and bottom-right alignment, which has not
+been checked on a GPU here).
+
 Caveat: a packed row given without ``cu_seq_lens_q`` would attend across sequences; every
 packed call in feedalign goes through ``policies.hf.packed_sequence_logps``, which passes them.
 """
@@ -75,17 +83,15 @@ def varlen_attention(
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function: query ``[1, H, S, D]``, key/value ``[1, Hkv, S, D]``
     -> ``[1, S, H, D]``. Without ``cu_seq_lens_q`` it is transformers' SDPA attention."""
+    if kwargs.get("shared_key_index") is not None:
+        _check_packed_call(query, dropout, kwargs)
+        return _shared_segments(query, key, value, kwargs, scaling), None
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    if query.shape[0] != 1:
-        raise ValueError(f"{VARLEN_ATTENTION}: a packed batch is one row, got {query.shape[0]} rows")
-    if kwargs.get("sliding_window") is not None:
-        raise NotImplementedError(f"{VARLEN_ATTENTION}: sliding-window attention is not supported")
-    if dropout:
-        raise NotImplementedError(f"{VARLEN_ATTENTION}: attention dropout is not supported (got {dropout})")
+    _check_packed_call(query, dropout, kwargs)
     max_length = kwargs.get("max_length_q")
     kernel = _cuda_kernel() if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) else None
     if kernel is not None and max_length is not None:
@@ -94,6 +100,41 @@ def varlen_attention(
         _warn_once("fallback", f"{VARLEN_ATTENTION}: no flash variable-length kernel for this device/dtype; "
                    "attending sequence by sequence (slower)")
     return _per_sequence(query, key, value, cu.tolist(), scaling), None
+
+
+def _check_packed_call(query: torch.Tensor, dropout: float, kwargs: dict[str, Any]) -> None:
+    if query.shape[0] != 1:
+        raise ValueError(f"{VARLEN_ATTENTION}: a packed batch is one row, got {query.shape[0]} rows")
+    if kwargs.get("sliding_window") is not None:
+        raise NotImplementedError(f"{VARLEN_ATTENTION}: sliding-window attention is not supported")
+    if dropout:
+        raise NotImplementedError(f"{VARLEN_ATTENTION}: attention dropout is not supported (got {dropout})")
+
+
+def shared_attention_kwargs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The model keyword arguments that describe a prompt-shared row's segments."""
+    return {name: batch[name] for name in ("shared_key_index", "shared_cu_q", "shared_cu_k")}
+
+
+def _shared_segments(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kwargs: dict[str, Any], scaling: float | None
+) -> torch.Tensor:
+    """Per-segment SDPA over gathered keys, bottom-right causal -> ``[1, S, H, D]``."""
+    index = kwargs["shared_key_index"].to(key.device)
+    keys, values = key.index_select(2, index), value.index_select(2, index)
+    cu_q, cu_k = kwargs["shared_cu_q"].tolist(), kwargs["shared_cu_k"].tolist()
+    gqa = query.shape[1] != key.shape[1]
+    pieces = []
+    for qa, qb, ka, kb in zip(cu_q[:-1], cu_q[1:], cu_k[:-1], cu_k[1:]):
+        lq, lk = qb - qa, kb - ka
+        mask = None
+        if lq != lk:  # the last query sees every key: keys before the segment are all visible
+            mask = torch.ones(lq, lk, dtype=torch.bool, device=query.device).tril(diagonal=lk - lq)
+        pieces.append(torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, qa:qb], keys[:, :, ka:kb], values[:, :, ka:kb], attn_mask=mask,
+            is_causal=mask is None, scale=scaling, enable_gqa=gqa,
+        ))
+    return torch.cat(pieces, dim=2).transpose(1, 2).contiguous()
 
 
 def _per_sequence(

@@ -109,6 +109,7 @@ class Source:
     steer: Any = None  # SteeringSpec: per-example weight / margin_weights from the batch
     packing: bool = False  # padding-free micro-batches (train.packing)
     margin_source: Any = None  # (prompts, completions) -> [N, m-1], for losses that need one
+    share_prompt: bool = False  # pairs: each prompt once in the packed row (train.share_prompt)
 
     @property
     def feedback(self) -> str:
@@ -116,7 +117,8 @@ class Source:
 
     def next_batch(self, micro_batch_size: int, pad_id: int) -> Batch:
         indices = self.sampler.next_indices(micro_batch_size)
-        return collate([self.train_examples[i] for i in indices], self.feedback, pad_id, packing=self.packing)
+        return collate([self.train_examples[i] for i in indices], self.feedback, pad_id, packing=self.packing,
+                       share_prompt=self.share_prompt)
 
 
 @dataclass
@@ -267,7 +269,7 @@ def _eval_source(runtime: Runtime, source: Source, batch_size: int) -> Tensor:
     for marked in shards:
         indices = [i if i >= 0 else -1 - i for i in marked]
         batch = collate([source.eval_examples[i] for i in indices], source.feedback, runtime.pad_id,
-                        packing=source.packing)
+                        packing=source.packing, share_prompt=source.share_prompt)
         out = source_forward(runtime, source, batch, training=False)
         nan = torch.full((batch.size,), math.nan, dtype=torch.float64, device=out.losses.device)
         correct = out.correct.double() if out.correct is not None else nan

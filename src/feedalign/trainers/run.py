@@ -233,7 +233,8 @@ def _reference_rows(run: Run) -> Iterator[tuple[dict[str, Any], list[str]]]:
         min_size = source.spec.min_batch_size
         for marked in eval_shards(len(source.eval_examples), eval_bs, world=world, rank=rank, min_size=min_size):
             examples = [source.eval_examples[i if i >= 0 else -1 - i] for i in marked]
-            yield from _batch_rows(run, replay, collate(examples, source.feedback, pad_id, packing=source.packing), False)
+            batch = collate(examples, source.feedback, pad_id, packing=source.packing, share_prompt=source.share_prompt)
+            yield from _batch_rows(run, replay, batch, False)
 
 
 def _batch_rows(run: Run, source: Source, batch: Batch, training: bool) -> Iterator[tuple[dict[str, Any], list[str]]]:

@@ -251,6 +251,7 @@ def build_sources(
                 margin_source=make_margin_source(item.spec, item.config, prefix=f"data.{index}"),
                 kl_samples=kl_samples,
                 packing=train.packing,
+                share_prompt=train.packing and train.share_prompt and kl_samples is None,
                 steer=item.steer,
             )
         )
