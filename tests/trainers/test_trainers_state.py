@@ -8,7 +8,8 @@ import torch
 
 from feedalign.config import ConfigError, DataSourceConfig, MarginsConfig, TrainConfig
 from feedalign.data.batching import Batch, Example
-from feedalign.losses import get_loss
+from feedalign.losses import StateProvider, get_loss, register_loss, unregister_loss
+from feedalign.losses import _hparams as hp
 from feedalign.losses._state import MarginRewards, RewardShift
 from feedalign.trainers.state import (
     TrainerStateContext,
@@ -87,3 +88,53 @@ def test_check_state_and_provider_construction():
     assert info.value.key == "data.1.margins"
     shift = make_providers(get_loss("bco"), DataSourceConfig(loss="bco"), get_loss("bco").resolve_hparams())["delta"]
     assert isinstance(shift, RewardShift) and shift.rule == "midpoint"
+
+
+class _BatchCounter(StateProvider):
+    """A test-only stateful provider: the number of training rows seen so far."""
+
+    outputs = ("seen",)
+    hparams = {"count_scale": (1.0, hp.positive)}
+
+    def __init__(self, hparams):
+        self.scale, self.rows = float(hparams["count_scale"]), torch.zeros((), dtype=torch.float64)
+
+    def compute(self, ctx):
+        return {"seen": (self.scale * self.rows).to(torch.float32)}
+
+    def update(self, ctx):
+        self.rows = self.rows.to(ctx.policy_logps.device) + ctx.total(torch.ones_like(ctx.policy_logps)).double()
+
+    def state_dict(self):
+        return {"rows": float(self.rows)}
+
+    def load_state_dict(self, state):
+        self.rows = torch.tensor(state["rows"], dtype=torch.float64)
+
+
+def _counting_sft(policy_logps, *, seen, count_scale: float = 1.0):
+    """Test-only loss: SFT whose metric reports the state it was given."""
+    return -policy_logps, {"seen": torch.as_tensor(seen).detach()}
+
+
+def test_a_new_stateful_loss_needs_no_trainer_change(tmp_path):
+    """A loss with its own state provider, registered from outside the package, trains
+    through the trainer and is checkpointed under its state name."""
+    from trainer_fixtures import base_config, labeled_rows, save_tiny_model, write_jsonl
+
+    from feedalign.trainers import checkpoint as ckpt
+    from feedalign.trainers import train
+
+    register_loss("_t_counting_sft", feedback="sequence", needs_reference=False,
+                  state={"rows_seen": _BatchCounter})(_counting_sft)
+    try:
+        model = save_tiny_model(tmp_path / "model")
+        data = write_jsonl(tmp_path / "pos.jsonl", labeled_rows(12, seed=3, labels="up"))
+        cfg = base_config(model, tmp_path / "out", [{"path": str(data), "loss": "_t_counting_sft"}],
+                          max_steps=3, save_every=3, eval_fraction=0.0)
+        result = train(cfg)
+        saved = ckpt.load_checkpoint(result.checkpoint)
+        assert saved.state["providers"]["_t_counting_sft"]["rows_seen"] == {"rows": 3 * 4}
+        assert result.metrics["_t_counting_sft/seen"] == pytest.approx(2 * 4)  # before the 3rd update
+    finally:
+        unregister_loss("_t_counting_sft")
