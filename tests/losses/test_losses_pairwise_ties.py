@@ -86,3 +86,12 @@ def test_expected_loss_minimum_is_the_closed_form(wins, losses, ties):
     assert found == pytest.approx(rao_kupper_optimum(wins, losses, ties, nu), abs=1e-6)
     if wins == losses:
         assert found == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("true_margin", [-1.5, 0.0, 0.4, 2.0])
+def test_population_optimum_recovers_the_generating_reward_gap(true_margin):
+    # Outcomes drawn from Rao-Kupper with the loss's own nu: the optimum margin d* = beta*h is
+    # the true reward gap, i.e. pi* ∝ pi_ref exp(r / beta) as for DPO on Bradley-Terry data.
+    nu = 0.6
+    win, tie, lose = (float(p) for p in rao_kupper_probabilities(torch.tensor(true_margin, dtype=torch.float64), nu))
+    assert rao_kupper_optimum(win, lose, tie, nu) == pytest.approx(true_margin, abs=1e-9)
