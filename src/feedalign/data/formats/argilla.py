@@ -68,7 +68,8 @@ def _text_fields(row: Mapping[str, Any]) -> tuple[str | None, list[str]]:
 def _fields(row: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
     prompt_field, responses = _text_fields(row)
     if prompt_field is None:
-        raise RowError("prompt", f"missing: expected a prompt field ({', '.join(PROMPT_FIELDS)}); map it with columns: {{prompt: ...}}")
+        expected = ", ".join(PROMPT_FIELDS)
+        raise RowError("prompt", f"missing: expected a prompt field ({expected}); map it with columns: {{prompt: ...}}")
     return check_text(row[prompt_field], prompt_field), {name: check_text(row[name], name) for name in responses}
 
 
