@@ -267,3 +267,19 @@ def test_export_ids_that_name_annotations_are_not_record_ids():
     rows = [{"id": f"r{i}", "prompt": "p", "response1": "a", "response2": "b", "q.responses": ["response1"]} for i in (1, 2)]
     records = load_records(rows).records
     assert len(records) == 2 and records[0].id != records[1].id
+
+
+def test_unrecognised_columns_suggest_a_mapping_that_fits_the_file():
+    rows = [{"question": "q", "answer": "a", "feedback": "thumbs_down"}]
+    with pytest.raises(FeedbackDataError, match=r"map them: columns: \{prompt: question, completion: answer, label: feedback\}"):
+        load_records(rows)
+    columns = {"prompt": "question", "completion": "answer", "label": "feedback"}
+    assert [r.label for r in load_records(rows, columns=columns).records] == [False]  # the suggestion works
+
+
+def test_argilla_free_text_questions_are_ignored_not_errors():
+    rows = [{"prompt": "p", "response1": "a", "response2": "b", "preference.responses": ["response2"],
+             "comment.responses": ["response 1 rambles"], "comment.responses.users": ["u1"]}]
+    result = load_records(rows)
+    assert [(r.chosen, r.rejected, r.objective) for r in result.records] == [("b", "a", "preference")]
+    assert result.per_source[0].ignored_columns == {"comment.responses", "comment.responses.users"}

@@ -139,7 +139,7 @@ def test_one_bad_file_never_stops_the_others(tmp_path, capsys):
     assert by_path[str(bad)]["rejected"] == 1 and by_path[str(deep)]["rejected"] == 1
     assert by_path[str(tmp_path / "missing.jsonl")]["problems"][0]["message"] == "no such file or directory"
     assert by_path[str(deep)]["problems"][0] == {"line": 1, "source": str(deep), "field": None,
-                                                 "message": f"JSON nested too deeply (expected at most 100 levels)"}
+                                                 "message": "JSON nested too deeply (expected at most 100 levels)"}
 
 
 # ----------------------------------------------------------------------------- fuzz

@@ -122,3 +122,9 @@ def test_hub_id_goes_through_load_dataset(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     result = load_records("Anthropic/hh-rlhf-like")
     assert calls == [("Anthropic/hh-rlhf-like", None)] and result.sources == ["Anthropic/hh-rlhf-like:train"]
+
+
+def test_a_missing_relative_file_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FeedbackDataError, match="no such file or directory"):
+        load_records("data/pairs.jsonl")

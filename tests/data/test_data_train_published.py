@@ -100,3 +100,21 @@ def test_arena_ties_train_a_tie_aware_loss_and_are_refused_by_others(tiny, tmp_p
     capsys.readouterr()
     assert main(["train", _yaml(tmp_path / "dpo.yaml", refused), "--quiet"]) == 2
     assert "takes no `ties` input" in capsys.readouterr().err
+
+
+def test_scored_rows_train_as_pairs_and_a_refusal_is_one_line(tiny, tmp_path, capsys):
+    rows = [{"prompt": f"q{i // 2}", "completion": f"answer {i}", "scores": {"helpful": float(i % 2), "brief": float(-(i % 2))}}
+            for i in range(8)]
+    path = tmp_path / "scored.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    meta = _rm(tiny, tmp_path, "rm_scored", [{"path": str(path)}])
+    assert sorted(meta["objectives"]) == ["brief", "helpful"]
+    cfg = {"model": {"path": str(tiny)}, "data": [{"path": str(path), "loss": "dpo", "objective": "helpful", "max_length": 64}],
+           "train": {"output_dir": str(tmp_path / "dpo"), "max_steps": 1, "micro_batch_size": 2, "eval_fraction": 0.0}}
+    assert main(["train", _yaml(tmp_path / "dpo.yaml", cfg), "--quiet"]) == 0
+    capsys.readouterr()
+    keep = {"model": {"path": str(tiny)}, "data": [{"path": str(path), "scores": "scores"}],
+            "train": {"output_dir": str(tmp_path / "rm_keep"), "steps": 1, "device": "cpu"}}
+    assert main(["rm", "train", _yaml(tmp_path / "keep.yaml", keep)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "takes pairs and thumbs, got a ScoredRecord" in err[0] and "Traceback" not in err[0]

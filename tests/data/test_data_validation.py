@@ -44,7 +44,7 @@ CASES = {
     "unknown_layout.jsonl": (
         1,
         None,
-        "unrecognised columns (answer, question); accepted layouts: pairs: prompt",
+        "unrecognised columns (answer, question); map them: columns: {prompt: question, completion: answer} with kind:",
         1,
     ),
     "not_object.jsonl": (2, None, "expected an object", 2),

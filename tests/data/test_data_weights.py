@@ -106,3 +106,18 @@ def test_weight_two_equals_the_row_twice(model_dir, tmp_path):
     a, _ = _train(model_dir, tmp_path / "w", [{"path": str(_write(tmp_path / "w.jsonl", weighted)), "loss": "dpo"}], micro_batch_size=7)
     b, _ = _train(model_dir, tmp_path / "x", [{"path": str(_write(tmp_path / "x.jsonl", doubled)), "loss": "dpo"}], micro_batch_size=8)
     assert _max_diff(a, b) <= 1e-6
+
+
+def test_fingerprint_per_source_follows_content_not_location(tmp_path):
+    a = _write(tmp_path / "a.jsonl", _rows(3, 5))
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    b = _write(moved / "b.jsonl", _rows(3, 5))
+    first, second = load_records(a), load_records(b)
+    assert first.per_source[0].fingerprint == second.per_source[0].fingerprint
+    assert list(first.fingerprints()) == [str(a)]
+    edited = _rows(3, 5)
+    edited[1]["rejected"] += "x"
+    assert load_records(_write(tmp_path / "c.jsonl", edited)).per_source[0].fingerprint != first.per_source[0].fingerprint
+    reordered = _rows(3, 5)[::-1]
+    assert load_records(_write(tmp_path / "d.jsonl", reordered)).per_source[0].fingerprint != first.per_source[0].fingerprint

@@ -86,3 +86,47 @@ def test_expected_loss_minimum_is_the_closed_form(wins, losses, ties):
     assert found == pytest.approx(rao_kupper_optimum(wins, losses, ties, nu), abs=1e-6)
     if wins == losses:
         assert found == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("true_margin", [-1.5, 0.0, 0.4, 2.0])
+def test_population_optimum_recovers_the_generating_reward_gap(true_margin):
+    # Outcomes drawn from Rao-Kupper with the loss's own nu: the optimum margin d* = beta*h is
+    # the true reward gap, i.e. pi* ∝ pi_ref exp(r / beta) as for DPO on Bradley-Terry data.
+    nu = 0.6
+    win, tie, lose = (float(p) for p in rao_kupper_probabilities(torch.tensor(true_margin, dtype=torch.float64), nu))
+    assert rao_kupper_optimum(win, lose, tie, nu) == pytest.approx(true_margin, abs=1e-9)
+
+
+def test_exact_tabular_population_recovers_pi_star():
+    # The population of Rao-Kupper outcomes (wins and ties) on the exact environment: fitting
+    # dpo_rk on it reaches pi* ∝ pi_ref exp(w.r / beta), the closed-form target of DPO.
+    from feedalign.envs.exact import DTYPE, ExactEnv, tv_distance
+    from feedalign.policies.tabular import TabularPolicy
+    from feedalign.policies.tabular_fit import fit_tabular
+
+    env = ExactEnv(3, 4, 2, beta=1.0, seed=0)
+    w = torch.tensor([0.6, 0.4], dtype=DTYPE)
+    nu = 0.5
+    x, a, b = torch.meshgrid(torch.arange(3), torch.arange(4), torch.arange(4), indexing="ij")
+    x, a, b = (t.reshape(-1) for t in (x, a, b))
+    keep = a != b
+    x, a, b = x[keep], a[keep], b[keep]
+    mu = env.ref_probs
+    mass = mu[x, a] * mu[x, b]  # P(unordered pair {a, b}) / 2; each order is a row
+    d = (env.rewards[x, a] - env.rewards[x, b]) @ w
+    win, tie, _ = rao_kupper_probabilities(d, nu)
+    first_tie = a < b  # one tie row per unordered pair, on the scale of the win rows: mass * P(tie)
+    feedback = {
+        "prompt": torch.cat([x, x[first_tie]]),
+        "chosen": torch.cat([a, a[first_tie]]),
+        "rejected": torch.cat([b, b[first_tie]]),
+        "weight": torch.cat([mass * win, mass[first_tie] * tie[first_tie]]).float(),
+        "tie": torch.cat([torch.zeros_like(a, dtype=torch.bool), torch.ones(int(first_tie.sum()), dtype=torch.bool)]),
+    }
+    policy = TabularPolicy(3, 4, init_logits=env.ref_logp.float())
+    fit_tabular(policy, "dpo_rk", feedback, hparams={"beta": env.beta, "tie_log_theta": nu},
+                state_fns={"ties": lambda ctx: {"ties": ctx.batch["tie"]}}, reference=env.ref_logp.float(),
+                steps=30, lr=1.0, optimizer="lbfgs")
+    target = env.optimum(w)
+    assert tv_distance(policy.probs().detach().to(DTYPE), target) < 1e-3
+    assert tv_distance(env.ref_probs, target) > 0.05  # the target is not the starting point

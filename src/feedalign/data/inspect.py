@@ -141,14 +141,15 @@ def format_report(report: InspectReport, *, max_problems: int = 20) -> str:
     lines.append(f"records: {len(res.records)}")
     table = objective_table(res)
     if table:
-        header = f"  {'objective':<16} {'pairs':>7} {'up':>7} {'down':>7} {'scored':>7} {'discordant':>10}  feedback"
+        width = max([16] + [len(str(o)) for o in table])
+        header = f"  {'objective':<{width}} {'pairs':>7} {'up':>7} {'down':>7} {'scored':>7} {'discordant':>10}  feedback"
         lines += ["by objective:", header]
         for objective in sorted(table, key=lambda o: (o is not None, o or "")):
             row = table[objective]
             name = _NONE if objective is None else objective
             pairs = report.discordant.get(objective, 0)
             lines.append(
-                f"  {name:<16} {row['pairs']:>7} {row['up']:>7} {row['down']:>7} {row['scored']:>7} "
+                f"  {name:<{width}} {row['pairs']:>7} {row['up']:>7} {row['down']:>7} {row['scored']:>7} "
                 f"{pairs:>10}  {describe_set(row)}"
             )
     if report.exact_duplicates:

@@ -76,7 +76,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from feedalign.data.errors import FeedbackDataError, Rejection, RowError
+from feedalign.data.errors import Rejection, RowError
 from feedalign.data.formats import Context, Preset, detect, get_preset
 from feedalign.data.quarantine import quarantine_target, write_quarantine  # noqa: F401 (re-exported)
 from feedalign.data.mapping import LabelValues, apply_columns, check_columns, mapped_sources

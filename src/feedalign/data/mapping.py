@@ -102,6 +102,10 @@ def _norm(value: Any) -> tuple[str, Any] | None:
     return None
 
 
+def _values(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (value,)
+
+
 @dataclass(frozen=True)
 class LabelValues:
     """Which raw values mean up and which down."""
@@ -115,7 +119,7 @@ class LabelValues:
             return None
         if not isinstance(value, Mapping) or set(value) != {"up", "down"}:
             raise ValueError(f"label_values must be {{up: [values], down: [values]}}, got {value!r}")
-        up, down = (tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else (v,) for v in (value["up"], value["down"]))
+        up, down = (_values(value["up"]), _values(value["down"]))
         if not up or not down:
             raise ValueError("label_values: `up` and `down` each need at least one value")
         keys_up, keys_down = {_norm(v) for v in up}, {_norm(v) for v in down}

@@ -33,6 +33,13 @@ class SourceStats:
     def rows_read(self) -> int:
         return self.accepted + self.rejected
 
+    @property
+    def fingerprint(self) -> str:
+        """The content fingerprint of this source's accepted records (resume checks)."""
+        from feedalign.data.fingerprint import fingerprint
+
+        return fingerprint(self.records)
+
 
 @dataclass
 class LoadResult:
@@ -57,6 +64,10 @@ class LoadResult:
     quarantine_files: list[str] = field(default_factory=list)
     per_source: list[SourceStats] = field(default_factory=list)
     ties: list[PairRecord] = field(default_factory=list)
+
+    def fingerprints(self) -> dict[str, str]:
+        """``{source name: fingerprint of its accepted records}``."""
+        return {stats.name: stats.fingerprint for stats in self.per_source}
 
     @property
     def rows_total(self) -> int:

@@ -60,7 +60,8 @@ class ScorePolicy:
         if isinstance(value, str):
             return cls(to=value)
         if not isinstance(value, Mapping):
-            raise ValueError(f"scores must be pairs/labels/scores or a mapping {{to, pairs, min_gap, threshold}}, got {value!r}")
+            expected = "pairs/labels/scores or a mapping {to, pairs, min_gap, threshold}"
+            raise ValueError(f"scores must be {expected}, got {value!r}")
         unknown = sorted(set(value) - {"to", "pairs", "min_gap", "threshold"})
         if unknown:
             raise ValueError(f"scores: unknown keys {unknown}; expected to, pairs, min_gap, threshold")
@@ -111,7 +112,10 @@ def _labels(group: Iterable[ScoredRecord], policy: ScorePolicy) -> list[LabeledR
         for objective, score in rec.scores.items():
             threshold = policy.threshold_for(objective)
             if threshold is not None:
-                out.append(LabeledRecord(rec.prompt, rec.completion, score >= threshold, _name(objective), source=rec.source, weight=rec.weight))
+                label = score >= threshold
+                out.append(
+                    LabeledRecord(rec.prompt, rec.completion, label, _name(objective), source=rec.source, weight=rec.weight)
+                )
     return out
 
 
@@ -142,9 +146,13 @@ def _pairs(group: Sequence[ScoredRecord], policy: ScorePolicy, stats: ScoreStats
             if gap == 0:
                 stats.ties += 1
                 stats.tie_rows.update({a.source, b.source})
-                ties.append(PairRecord(a.prompt, a.completion, b.completion, _name(objective), source=a.source, weight=weight, tie=True))
+                ties.append(
+                    PairRecord(a.prompt, a.completion, b.completion, _name(objective), source=a.source, weight=weight, tie=True)
+                )
             elif abs(gap) < policy.min_gap:
                 stats.below_gap += 1
             else:
-                pairs.append(PairRecord(hi.prompt, hi.completion, lo.completion, _name(objective), source=hi.source, weight=weight))
+                pairs.append(
+                    PairRecord(hi.prompt, hi.completion, lo.completion, _name(objective), source=hi.source, weight=weight)
+                )
     return pairs, ties

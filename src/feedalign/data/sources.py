@@ -91,7 +91,7 @@ def _open_path(name: str, split: str | None, max_line_bytes: int) -> tuple[str, 
             raise FeedbackDataError(name, "no files match this pattern")
         return name, _read_files(_pick_split(files, path.parent, split, name), max_line_bytes)
     if not path.exists():
-        if _HUB_ID.match(name) and not name.startswith("."):
+        if _HUB_ID.match(name) and reader_for(path) is None and not name.startswith("."):  # data/x.jsonl is a path
             return _open_dataset(_load_hub(name, split), name, split)
         raise FeedbackDataError(name, "no such file or directory")
     if path.is_dir():

@@ -162,7 +162,31 @@ def row_to_records(
             None, "ambiguous row: has both chosen/rejected and completion/messages; pass kind= to choose"
         )
     columns = ", ".join(sorted(map(str, row))) or "none"
-    raise RowError(None, f"unrecognised columns ({columns}); accepted layouts: {ACCEPTED_LAYOUTS}")
+    guess = suggest_columns(row)
+    fix = f"map them: columns: {guess}" if guess else f"accepted layouts: {ACCEPTED_LAYOUTS}"
+    raise RowError(None, f"unrecognised columns ({columns}); {fix}")
+
+
+_LIKELY = (
+    ("prompt", ("question", "instruction", "input", "query", "prompt_text", "user", "request")),
+    ("completion", ("answer", "response", "output", "reply", "generation", "assistant", "text")),
+    ("label", ("feedback", "rating", "thumbs", "vote", "is_good", "liked", "helpful")),
+)
+
+
+def suggest_columns(row: Mapping[str, Any]) -> str | None:
+    """A ``columns:`` mapping for a row whose names are common synonyms (question/answer/
+    feedback ...), or None when no prompt + completion pair can be guessed."""
+    names = {str(c).lower(): str(c) for c in row}
+    picks = {}
+    for canonical, synonyms in _LIKELY:
+        hit = next((names[s] for s in synonyms if s in names), None)
+        if hit is not None:
+            picks[canonical] = hit
+    if not {"prompt", "completion"} <= set(picks):
+        return None
+    mapping = "{" + ", ".join(f"{k}: {v}" for k, v in picks.items()) + "}"
+    return mapping if "label" in picks else f"{mapping} with kind: positive or negative (no feedback column found)"
 
 
 def _pair(row: Mapping[str, Any], objectives: frozenset[str] | None) -> PairRecord:

@@ -178,6 +178,11 @@ def _load_source_records(config: Config, index: int, name: str, given: Any) -> l
         )
     if result.rejected:
         logger.warning("source %s: %d rows rejected, written to %s", name, len(result.rejected), quarantine)
+    for stats in result.per_source:
+        logger.info("source %s: %s read as format %s; ignored columns: %s", name, stats.name, stats.format,
+                    ", ".join(sorted(stats.ignored_columns)) or "none")
+    if result.ties:
+        logger.warning("source %s: %d tie records left out (ties: keep feeds them to a tie-aware loss)", name, len(result.ties))
     return list(result.records)
 
 

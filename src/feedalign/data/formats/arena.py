@@ -75,7 +75,8 @@ def _kaggle_conversations(row: Mapping[str, Any]) -> tuple[list, list]:
 def _arena(row: Mapping[str, Any], ctx: Context) -> list[Record]:
     winner = _winner(row)
     if "conversation_a" in row:
-        a, b = check_messages(row.get("conversation_a"), "conversation_a"), check_messages(row.get("conversation_b"), "conversation_b")
+        a = check_messages(row.get("conversation_a"), "conversation_a")
+        b = check_messages(row.get("conversation_b"), "conversation_b")
     else:
         a, b = _kaggle_conversations(row)
     shared = common_prefix(a, b)

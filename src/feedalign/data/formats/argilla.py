@@ -38,6 +38,19 @@ def _questions(row: Mapping[str, Any]) -> list[str]:
     return [c[: -len(".responses")] for c in row if c.endswith(".responses")]
 
 
+def _feedback_questions(row: Mapping[str, Any]) -> list[str]:
+    """Questions whose responses are feedback (labels naming a field, rankings, ratings); free
+    text answers (a comment question) are not, and their columns are listed as ignored."""
+    texts = {_norm(c) for c, v in row.items() if "." not in c and isinstance(v, str)}
+    out = []
+    for q in _questions(row):
+        values = [v for v in (row.get(f"{q}.responses") or []) if v is not None]
+        text = [v for v in values if isinstance(v, str)]
+        if all(_norm(v) in texts or _norm(v) in TIES for v in text):
+            out.append(q)
+    return out
+
+
 _RESPONSE_NAME = re.compile(r"^(response|completion|answer|output|generation|reply|candidate)", re.I)
 
 
@@ -68,7 +81,8 @@ def _text_fields(row: Mapping[str, Any]) -> tuple[str | None, list[str]]:
 def _fields(row: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
     prompt_field, responses = _text_fields(row)
     if prompt_field is None:
-        raise RowError("prompt", f"missing: expected a prompt field ({', '.join(PROMPT_FIELDS)}); map it with columns: {{prompt: ...}}")
+        expected = ", ".join(PROMPT_FIELDS)
+        raise RowError("prompt", f"missing: expected a prompt field ({expected}); map it with columns: {{prompt: ...}}")
     return check_text(row[prompt_field], prompt_field), {name: check_text(row[name], name) for name in responses}
 
 
@@ -125,7 +139,7 @@ def _argilla(row: Mapping[str, Any], ctx: Context) -> list[Record]:
     if not fields:
         raise RowError(None, "no response fields besides the prompt")
     out: list[Record] = []
-    for q in _questions(row):
+    for q in _feedback_questions(row):
         if ctx.objectives is not None and q not in ctx.objectives:
             continue
         values = row.get(f"{q}.responses") or []
@@ -141,7 +155,7 @@ def _argilla(row: Mapping[str, Any], ctx: Context) -> list[Record]:
 def _reads(row: Mapping[str, Any]) -> frozenset[str]:
     prompt_field, responses = _text_fields(row)
     names = set(responses) | ({prompt_field} if prompt_field else set())
-    for q in _questions(row):
+    for q in _feedback_questions(row):
         names |= {f"{q}.responses", f"{q}.responses.status", f"{q}.responses.users"}
     return frozenset(names)
 

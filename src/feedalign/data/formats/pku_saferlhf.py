@@ -57,7 +57,8 @@ def _pku(row: Mapping[str, Any], ctx: Context) -> list[Record]:
             if row.get(column) is not None:
                 out.append(LabeledRecord(prompt, responses[k], parse_label(row[column], column), "harmless"))
     if not out:
-        raise RowError("better_response_id", "no verdict: better_response_id, safer_response_id and is_response_k_safe are all missing")
+        detail = "no verdict: better_response_id, safer_response_id and is_response_k_safe are all missing"
+        raise RowError("better_response_id", detail)
     return out
 
 

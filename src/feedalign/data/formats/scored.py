@@ -75,7 +75,8 @@ def _ultrafeedback(row: Mapping[str, Any], ctx: Context) -> list[Record]:
         response = check_text(item.get("response"), f"{where}.response")
         annotations = item.get("annotations")
         if not isinstance(annotations, Mapping):
-            raise RowError(f"{where}.annotations", f"expected an object {{aspect: {{Rating}}}}, got {describe_value(annotations)}")
+            detail = f"expected an object {{aspect: {{Rating}}}}, got {describe_value(annotations)}"
+            raise RowError(f"{where}.annotations", detail)
         scores = {}
         for aspect, note in annotations.items():
             if not _allowed(aspect, ctx):
