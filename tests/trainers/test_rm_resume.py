@@ -74,6 +74,37 @@ def test_rm_resume_matches_an_uninterrupted_run(setup):
     assert load_file(str(out / CHECKPOINT_DIR / "step-00000006" / "weights.safetensors")).keys()
 
 
+def test_rm_sigterm_saves_and_resumes_to_the_weights_of_an_uninterrupted_run(setup):
+    import signal
+
+    root, config, _ = setup
+    out = root / "signalled"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    long_run = yaml.safe_load(config(out, 1_000_000).read_text())
+    long_run["train"]["log_every"] = 1
+    path = root / "long.yaml"
+    path.write_text(yaml.safe_dump(long_run))
+    proc = subprocess.Popen([sys.executable, "-m", "feedalign", "rm", "train", str(path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("rm step 2/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=subprocess_timeout(180))
+    assert proc.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    assert "interrupted by SIGTERM after step" in last and "--resume" in last
+    stopped = int(last.split("after step ")[1].split(";")[0])
+    assert (out / CHECKPOINT_DIR / f"step-{stopped:08d}").is_dir()
+    # The learning rate is constant: a run of stopped + 2 steps is the uninterrupted one.
+    total = stopped + 2
+    resumed = _rm([str(path), f"train.steps={total}", "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    reference = root / "signalled_reference"
+    train_reward_model(load_rm_config(config(reference, total)))
+    assert_states_equal(_weights(out), _weights(reference))
+
+
 def test_rm_resume_refuses_other_data_and_no_checkpoint(setup):
     # In-process (the subprocess path is the test above): the refusals are ConfigErrors.
     from feedalign.config import ConfigError
