@@ -111,3 +111,12 @@ def test_generate_in_batches_under_a_progress_bar_gives_the_same_completions(env
     args = Namespace(max_new_tokens=3, temperature=1.0, top_p=1.0, seed=5)
     whole = generate(model, tokenizer, prompts, max_new_tokens=3, temperature=1.0, seed=5)
     assert _generate_with_progress(generate, model, tokenizer, prompts, args) == whole
+
+
+def test_overrides_may_follow_options(env, tmp_path, capsys):
+    cfg = _cfg(env, tmp_path)
+    assert main(["train", str(cfg), "--dry-run", "data.1.max_length=10", "--quiet"]) == 0
+    assert "(max_length 10)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(["train", str(cfg), "--dry-run", "--no-such-flag"])
+    assert info.value.code == 2 and "unrecognized arguments: --no-such-flag" in capsys.readouterr().err

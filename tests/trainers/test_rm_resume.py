@@ -74,23 +74,57 @@ def test_rm_resume_matches_an_uninterrupted_run(setup):
     assert load_file(str(out / CHECKPOINT_DIR / "step-00000006" / "weights.safetensors")).keys()
 
 
+def test_rm_sigterm_saves_and_resumes_to_the_weights_of_an_uninterrupted_run(setup):
+    import signal
+
+    root, config, _ = setup
+    out = root / "signalled"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    long_run = yaml.safe_load(config(out, 1_000_000).read_text())
+    long_run["train"]["log_every"] = 1
+    path = root / "long.yaml"
+    path.write_text(yaml.safe_dump(long_run))
+    proc = subprocess.Popen([sys.executable, "-m", "feedalign", "rm", "train", str(path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("rm step 2/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=subprocess_timeout(180))
+    assert proc.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    assert "interrupted by SIGTERM after step" in last and "--resume" in last
+    stopped = int(last.split("after step ")[1].split(";")[0])
+    assert (out / CHECKPOINT_DIR / f"step-{stopped:08d}").is_dir()
+    # The learning rate is constant: a run of stopped + 2 steps is the uninterrupted one.
+    total = stopped + 2
+    resumed = _rm([str(path), f"train.steps={total}", "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    reference = root / "signalled_reference"
+    train_reward_model(load_rm_config(config(reference, total)))
+    assert_states_equal(_weights(out), _weights(reference))
+
+
 def test_rm_resume_refuses_other_data_and_no_checkpoint(setup):
+    # In-process (the subprocess path is the test above): the refusals are ConfigErrors.
+    from feedalign.config import ConfigError
+
     root, config, _ = setup
     out = root / "changed"
-    assert _rm([str(config(out, 3))]).returncode == 0
+    train_reward_model(load_rm_config(config(out, 3)))
     lines = (root / "pairs.jsonl").read_text().splitlines()
     edited = root / "edited_pairs.jsonl"
     edited.write_text("\n".join(lines[1:] + lines[:1]) + "\n")  # same rows, other order
-    cfg = yaml.safe_load(config(out, 6).read_text())
-    cfg["data"][0]["path"] = str(edited)
-    path = root / "edited.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    refused = _rm([str(path), "--resume"])
-    assert refused.returncode == 2 and "'pairs/pair'" in refused.stderr and "--allow-changed-data" in refused.stderr
-    assert _rm([str(path), "--resume", "--allow-changed-data"]).returncode == 0
-    empty = _rm([str(config(root / "empty", 3)), "--resume"])
-    assert empty.returncode == 2 and "--resume-or-start" in empty.stderr
-    assert _rm([str(config(root / "empty", 3)), "--resume-or-start"]).returncode == 0
+    moved = load_rm_config(config(out, 6), [f"data.0.path={edited}"])
+    with pytest.raises(ConfigError, match="'pairs/pair'.*--allow-changed-data"):
+        train_reward_model(moved, resume=True)
+    with pytest.raises(ConfigError, match=r"train.lr \(0.003 -> 0.01\)"):
+        train_reward_model(load_rm_config(config(out, 6), ["train.lr=0.01"]), resume=True)
+    assert train_reward_model(moved, resume=True, allow_changed_data=True).metrics["steps"] == 6
+    empty = load_rm_config(config(root / "empty", 3))
+    with pytest.raises(ConfigError, match="--resume-or-start"):
+        train_reward_model(empty, resume=True)
+    assert train_reward_model(empty, resume_or_start=True).metrics["steps"] == 3
 
 
 def test_rm_config_takes_the_trainer_vocabulary_and_warns_on_old_spellings(tmp_path):

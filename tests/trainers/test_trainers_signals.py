@@ -138,3 +138,19 @@ def test_a_stale_lock_of_a_killed_process_is_taken_over(tmp_path):
     with OutputDirLock(tmp_path) as lock:
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
     assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_sigterm_while_loading_is_one_line_and_exit_143(env, tmp_path):
+    cfg_path, out = _write_cfg(env, tmp_path)
+    proc = _start(["train", str(cfg_path)])  # not --quiet: the loading lines tell where it is
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "source dpo:" in line:  # data loaded, model not yet trained
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, rest = proc.communicate(timeout=WAIT_S)
+    last = (lines + rest.splitlines())[-1]
+    assert proc.returncode == 143, rest
+    assert "SIGTERM" in last  # before the loop: "terminated by SIGTERM ..."; in it: "interrupted by SIGTERM ..."
+    assert "Traceback" not in rest and not (out / LOCK_FILE).exists()

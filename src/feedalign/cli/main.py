@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 # Modules that add subcommands, in help order. A module that is missing is skipped so a
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    _take_late_overrides(parser, args, extra)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -64,6 +66,22 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {describe_error(exc)} (run with --debug for the traceback)", file=sys.stderr)
         return 2
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def _take_late_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """``key.sub=value`` after an option (``train CFG --resume train.lr=1e-4``) is an override
+    like one before it; anything else argparse did not recognise is the usual usage error."""
+    late = [item for item in extra if _OVERRIDE.match(item)]
+    unknown = [item for item in extra if not _OVERRIDE.match(item)]
+    if late and isinstance(getattr(args, "overrides", None), list):
+        args.overrides.extend(late)
+    else:
+        unknown = extra
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
 
 
 def describe_error(exc: BaseException) -> str:

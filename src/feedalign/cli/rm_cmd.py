@@ -45,27 +45,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import logging
+    import shlex
+
     from feedalign.config.errors import ConfigError
     from feedalign.data.errors import FeedbackDataError
-    from feedalign.trainers.reward_model import accuracy_summary, load_rm_config, train_reward_model
-
-    import logging
-
     from feedalign.trainers.checkpoint import CheckpointWriteError
     from feedalign.trainers.lock import OutputDirLock
+    from feedalign.trainers.reward_model import accuracy_summary, load_rm_config, train_reward_model
+    from feedalign.trainers.signals import StopRequest, TrainingInterrupted
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
 
     try:
         config = load_rm_config(args.config, args.overrides)
-        with OutputDirLock(config.train.output_dir):
+        with OutputDirLock(config.train.output_dir), StopRequest() as stop:
             result = train_reward_model(config, verbose=not args.quiet, resume=args.resume,
                                         resume_or_start=args.resume_or_start,
-                                        allow_changed_data=args.allow_changed_data)
+                                        allow_changed_data=args.allow_changed_data, stop=stop)
     except (ConfigError, FeedbackDataError, CheckpointWriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:
+        again = shlex.join(["feedalign", "rm", "train", args.config, *args.overrides, "--resume"])
+        print(f"{exc}; resume with: {again}", file=sys.stderr)
+        return exc.exit_code
     print(accuracy_summary(result.metrics))
     print(f"saved reward model to {result.output_dir}")
     return 0

@@ -91,11 +91,11 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         from feedalign.trainers.checkpoint import CheckpointWriteError
         from feedalign.trainers.loop import NonFiniteLossError, train
-        from feedalign.trainers.signals import TrainingInterrupted
+        from feedalign.trainers.signals import TerminateAsException, Terminated, TrainingInterrupted
 
         if args.dry_run:
             return _dry_run(args, overrides)
-        with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+        with logging_redirect_tqdm(), TerminateAsException():  # log lines above the progress bar
             result = train(Path(args.config), overrides=overrides, resume=args.resume,
                            resume_or_start=args.resume_or_start, allow_changed_data=args.allow_changed_data)
     except (ConfigError, FeedbackDataError, CheckpointWriteError) as exc:
@@ -104,6 +104,10 @@ def run_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_NONFINITE
+    except Terminated as exc:
+        print(f"terminated by {exc} outside the training steps (loading or the final save): nothing new was "
+              "saved; earlier checkpoints are kept", file=sys.stderr)
+        return exc.exit_code
     except TrainingInterrupted as exc:
         again = shlex.join(["feedalign", "train", args.config, *overrides, "--resume"])
         print(f"{exc}; resume with: {again}", file=sys.stderr)

@@ -263,7 +263,7 @@ _FEEDBACK = {"pair": "reward_pair", "label": "reward_unpaired"}
 
 def train_reward_model(
     config: RewardModelConfig, *, records: Mapping[str, Sequence[Any]] | None = None, verbose: bool = False,
-    resume: bool = False, resume_or_start: bool = False, allow_changed_data: bool = False,
+    resume: bool = False, resume_or_start: bool = False, allow_changed_data: bool = False, stop: Any = None,
 ) -> RewardModelResult:
     """Train, evaluate, normalise and save a multi-objective reward model.
 
@@ -273,6 +273,8 @@ def train_reward_model(
         verbose: print a line every ``train.log_every`` steps.
         resume, resume_or_start, allow_changed_data: continue from the newest checkpoint
             (``train.save_every``), as :mod:`feedalign.trainers.rm_resume` describes.
+        stop: a ``trainers.signals.StopRequest``; after a signal the step in flight ends,
+            a checkpoint is written and ``TrainingInterrupted`` is raised.
     """
     from feedalign.trainers.rm_resume import RMCheckpoints
 
@@ -290,7 +292,7 @@ def train_reward_model(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     samplers = [EpochSampler(len(g.records), seed=cfg.seed * 1009 + i) for i, g in enumerate(train_groups)]
     checkpoints = RMCheckpoints(config, train_groups, eval_groups, resume=resume, resume_or_start=resume_or_start,
-                                allow_changed_data=allow_changed_data)
+                                allow_changed_data=allow_changed_data, stop=stop)
     done, history = checkpoints.restore(model, optimizer, samplers)
     start = time.perf_counter()
     for step in range(done + 1, cfg.steps + 1):

@@ -35,7 +35,7 @@ class RMCheckpoints:
     """Saves every ``save_every`` steps and restores on resume (one process, no sharding)."""
 
     def __init__(self, config: Any, train_groups: Sequence[Any], eval_groups: Sequence[Any], *, resume: bool = False,
-                 resume_or_start: bool = False, allow_changed_data: bool = False) -> None:
+                 resume_or_start: bool = False, allow_changed_data: bool = False, stop: Any = None) -> None:
         import yaml
 
         from feedalign.config.loader import config_to_dict
@@ -47,6 +47,7 @@ class RMCheckpoints:
         self.fingerprints.update({f"{g.name} (held out)": fingerprint_records(g.records) for g in eval_groups})
         self.resume, self.resume_or_start, self.allow = resume or resume_or_start, resume_or_start, allow_changed_data
         self.last: Path | None = None
+        self.stop = stop  # a trainers.signals.StopRequest: checkpoint and stop after the step in flight
         if not self.resume and ckpt.list_checkpoints(self.dir):
             raise ConfigError(f"'{self.dir}' holds checkpoints of an earlier run; pass --resume to continue it "
                               "or pick another output_dir", key="train.output_dir")
@@ -85,9 +86,20 @@ class RMCheckpoints:
 
     def step_done(self, step: int, model: Any, optimizer: Any, samplers: Sequence[Any],
                   history: list[dict[str, Any]]) -> None:
+        from feedalign.trainers.signals import TrainingInterrupted
+
         every = getattr(self.cfg, "save_every", 0)
+        signum = getattr(self.stop, "signum", None)
+        if signum and step < self.cfg.steps:
+            if self.last is None or self.last.name != ckpt.checkpoint_name(step):
+                self._save(step, model, optimizer, samplers, history)
+            raise TrainingInterrupted(signum, step, self.last)
         if not every or (step % every and step != self.cfg.steps):
             return
+        self._save(step, model, optimizer, samplers, history)
+
+    def _save(self, step: int, model: Any, optimizer: Any, samplers: Sequence[Any],
+              history: list[dict[str, Any]]) -> None:
         payload = ckpt.CheckpointPayload(
             step=step,
             weights={k: v.detach().cpu() for k, v in model.state_dict().items()},

@@ -4,8 +4,10 @@ While the loop runs, the first SIGTERM or SIGINT only sets a flag; the loop look
 each optimizer step, writes a checkpoint and raises :class:`TrainingInterrupted` (the CLI
 prints the checkpoint and the ``--resume`` command and exits 128 + signal number: 130 for
 SIGINT, 143 for SIGTERM). A second signal while that is under way stops at once
-(``KeyboardInterrupt``), without saving. Handlers can only be installed from the main
-thread; elsewhere (a run started from a worker thread) signals keep their defaults.
+(``KeyboardInterrupt``), without saving. Outside the steps (loading, the final save) the CLI
+turns SIGTERM into :class:`Terminated` (one line, exit 143; there is no step to finish).
+Handlers can only be installed from the main thread; elsewhere (a run started from a worker
+thread) signals keep their defaults.
 """
 
 from __future__ import annotations
@@ -29,6 +31,35 @@ class TrainingInterrupted(Exception):
         self.exit_code = 128 + signum
         where = f"checkpoint {checkpoint}" if checkpoint is not None else "no checkpoint (nothing trained yet)"
         super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; {where}")
+
+
+class Terminated(BaseException):
+    """SIGTERM outside the training steps (loading, the final save): nothing to finish first.
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class TerminateAsException:
+    """``with TerminateAsException():`` SIGTERM raises :class:`Terminated` (main thread only);
+    inside the loop :class:`StopRequest` takes over and restores this on exit."""
+
+    def __enter__(self) -> TerminateAsException:
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum: int, frame: FrameType | None) -> None:
+        raise Terminated(signum)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 class StopRequest:
