@@ -75,3 +75,20 @@ def test_callable_judge_and_score_checks():
         make_judge(JudgeConfig(kind="callable", target="judge_fns:missing", objectives=("short",)))
     with pytest.raises(ConfigError, match="target: must look like"):
         JudgeConfig(kind="callable", target="no_colon")
+
+
+def test_reward_model_judge_scores_per_objective(tmp_path):
+    from feedalign.envs.text_task import build_tiny_llama, build_tokenizer
+    from feedalign.policies.reward_model import MultiObjectiveRewardModel
+
+    tokenizer = build_tokenizer()
+    rm = MultiObjectiveRewardModel.from_causal_lm(build_tiny_llama(tokenizer, seed=0), ["helpful", "concise"])
+    rm.save(tmp_path / "rm", tokenizer=tokenizer)
+    judge = make_judge(JudgeConfig(kind="reward_model", path=str(tmp_path / "rm"), objectives=("concise",)))
+    prompts = ["write about fruit with apple kiwi plum fig :"] * 2
+    scores = judge.score(prompts, ["apple .", "i like apple , kiwi and fig too ."])
+    direct = rm.score(tokenizer, prompts, ["apple .", "i like apple , kiwi and fig too ."])[:, rm.index("concise")]
+    assert np.allclose(scores["concise"], direct.double().numpy(), atol=1e-6)
+    assert set(scores) == {"concise"} and scores["concise"][0] != scores["concise"][1]
+    with pytest.raises(ConfigError, match="judge.objectives"):
+        make_judge(JudgeConfig(kind="reward_model", path=str(tmp_path / "rm"), objectives=("safe",)))

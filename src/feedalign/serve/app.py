@@ -50,13 +50,9 @@ def create_app(store: FeedbackStore, objectives: Sequence[str], *, token: str | 
 
     @app.before_request
     def _authorise():
-        if token is None or not request.path.startswith("/api/"):
+        if token is None or not request.path.startswith("/api/") or bearer_ok(request.headers, token):
             return None
-        header = request.headers.get("Authorization", "")
-        given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            return error(401, "missing or wrong access token (send 'Authorization: Bearer TOKEN')")
-        return None
+        return error(401, "missing or wrong access token (send 'Authorization: Bearer TOKEN')")
 
     @app.get("/")
     def _page():
@@ -72,20 +68,7 @@ def create_app(store: FeedbackStore, objectives: Sequence[str], *, token: str | 
             annotator = check_id(request.args.get("annotator"), "annotator")
         except SubmissionError as exc:
             return error(400, exc.reason, exc.field)
-        item = store.next_item(annotator)
-        body: dict[str, Any] = {"objectives": list(objectives), "progress": store.progress(annotator),
-                                "item": None, "submission_id": uuid.uuid4().hex}
-        if item is not None:
-            shown = {"id": item.id, "prompt": item.prompt, "kind": "pair" if item.is_pair else "single"}
-            if item.is_pair:
-                left = left_side(annotator, item.id)
-                shown["left"] = left
-                texts = {"a": item.completion_a, "b": item.completion_b}
-                shown["left_text"], shown["right_text"] = texts[left], texts["b" if left == "a" else "a"]
-            else:
-                shown["left_text"] = item.completion_a
-            body["item"] = shown
-        return jsonify(body)
+        return jsonify(next_payload(store, objectives, annotator))
 
     @app.post("/api/ratings")
     def _rate():
@@ -107,6 +90,29 @@ def create_app(store: FeedbackStore, objectives: Sequence[str], *, token: str | 
         return error(413, f"request body over {MAX_BODY_BYTES} bytes")
 
     return app
+
+
+def bearer_ok(headers: Any, token: str) -> bool:
+    header = headers.get("Authorization", "")
+    given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def next_payload(store: FeedbackStore, objectives: Sequence[str], annotator: str) -> dict[str, Any]:
+    """The annotator's next item with its A/B sides placed, a fresh submission id, progress."""
+    item = store.next_item(annotator)
+    body: dict[str, Any] = {"objectives": list(objectives), "progress": store.progress(annotator),
+                            "item": None, "submission_id": uuid.uuid4().hex}
+    if item is None:
+        return body
+    shown = {"id": item.id, "prompt": item.prompt, "kind": "pair" if item.is_pair else "single",
+             "left_text": item.completion_a}
+    if item.is_pair:
+        left = left_side(annotator, item.id)
+        texts = {"a": item.completion_a, "b": item.completion_b}
+        shown.update(left=left, left_text=texts[left], right_text=texts["b" if left == "a" else "a"])
+    body["item"] = shown
+    return body
 
 
 def is_loopback(host: str) -> bool:
