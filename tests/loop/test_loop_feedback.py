@@ -34,6 +34,11 @@ def test_sets_follow_the_scores_at_temperature_zero():
     assert {r.completion for r in sets["negatives_short"]} == {"d d d d", "w w w"}
     thumbs = {r.completion: r.label for r in sets["thumbs_short"]}
     assert thumbs["a"] and not thumbs["d d d d"]  # above / below the prompt's mean
+    # p2's scores are -1, -2, -1, -3: mean -1.75, none exactly at it; all equal -> all neutral
+    same = judged_sets([("q", "a"), ("q", "b"), ("q", "c")], {"short": np.zeros(3)}, ["short"],
+                       temperature=0.0, seed=0, tag="r")
+    assert same["thumbs_short"] == [] and len(same["neutral_short"]) == 3
+    assert same["pairs_short"] == [] and len(same["ties_short"]) == 1
     assert all(r.objective == "short" for r in sets["thumbs_short"] + sets["positives_short"])
     assert sets["pairs_short"][0].id.startswith("round_1/pairs_short/")
 
@@ -54,6 +59,7 @@ def test_files_have_provenance_and_load(tmp_path):
     assert rows and all(r["round"] == 2 and r["judge"] == "test" and "time" in r for r in rows)
     assert {r["raw_prompt"] for r in rows} <= {"P1", "p2"}
     assert len(load_records(files["thumbs_short"]["path"]).records) == files["thumbs_short"]["records"] == 8
+    assert files["neutral_short"]["records"] == 0
     if sets["ties_short"]:
         tie = json.loads(open(files["ties_short"]["path"]).readline())
         assert len(tie["completions"]) == 2 and tie["judge_scores"][0] == tie["judge_scores"][1]

@@ -10,6 +10,8 @@ From the K scored samples of each prompt, for every judge objective ``o``:
 
     ties_<o>.jsonl       with ``temperature: 0`` only: the pairs whose two scores are equal
                          (a tie is not a preference; kept for the record, not for training)
+    neutral_<o>.jsonl    with ``temperature: 0`` only: samples scoring exactly their prompt's
+                         mean (e.g. all K equally good): neither up nor down, not trained on
 
 (:mod:`feedalign.envs.annotators` does the judging from the scores.) Samples with an empty
 completion are not judged (the loader rejects rows without one) and are counted as
@@ -31,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from feedalign.data.records import PairRecord
+
+UNTRAINED = ("ties_", "neutral_")  # files kept for the record; their rows are no training rows
 
 
 def judged_sets(samples: Sequence[tuple[str, str]], scores: Mapping[str, np.ndarray], objectives: Sequence[str], *,
@@ -54,7 +58,12 @@ def judged_sets(samples: Sequence[tuple[str, str]], scores: Mapping[str, np.ndar
             pairs = [r for r in pairs if r not in tied]
             sets[f"ties_{o}"] = tied
         sets[f"pairs_{o}"] = pairs
-        sets[f"thumbs_{o}"] = ann.logistic_thumbs(judged, scorer, objective=o, temperature=temperature, seed=s[1])
+        thumbs = ann.logistic_thumbs(judged, scorer, objective=o, temperature=temperature, seed=s[1])
+        if temperature == 0:  # a score equal to the prompt's mean is neither up nor down
+            means = {p: float(np.mean([table[(p, c)][o] for c in cs])) for p, cs in ann.group_by_prompt(judged).items()}
+            sets[f"neutral_{o}"] = [r for r in thumbs if table[(r.prompt, r.completion)][o] == means[r.prompt]]
+            thumbs = [r for r in thumbs if table[(r.prompt, r.completion)][o] != means[r.prompt]]
+        sets[f"thumbs_{o}"] = thumbs
         sets[f"positives_{o}"] = ann.positive_only(judged, scorer, objective=o, top_k=1, seed=s[2])
         sets[f"negatives_{o}"] = ann.negative_only(judged, scorer, objective=o, bottom_k=1, seed=s[3])
     return {name: [replace(r, id=f"{tag}/{name}/{i}") for i, r in enumerate(records)]
@@ -93,13 +102,15 @@ def write_sets(sets: Mapping[str, list[Any]], directory: Path, *, round_: int, j
             for record in records:
                 row = provenance_row(record, round_=round_, judge=judge, time=time, raw_prompts=raw_prompts,
                                      scores=scores)
+                if name.startswith("neutral_"):
+                    row.pop("label")
                 if name.startswith("ties_"):
                     row["completions"] = [row.pop("chosen"), row.pop("rejected")]
                     if "judge_scores" in row:
                         row["judge_scores"] = [row["judge_scores"]["chosen"], row["judge_scores"]["rejected"]]
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         os.replace(tmp, path)
-        n = len(load_records(path).records) if records and not name.startswith("ties_") else len(records)
+        n = len(load_records(path).records) if records and not name.startswith(UNTRAINED) else len(records)
         if n != len(records):
             raise RuntimeError(f"{path}: wrote {len(records)} records but read back {n}")
         out[name] = {"path": str(path), "records": n}

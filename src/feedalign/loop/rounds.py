@@ -175,7 +175,7 @@ def training_file(loop: Loop, files: dict[str, dict[str, Any]]) -> tuple[str, in
     t = loop.config.train
     key = f"{t.feedback}_{t.objective}"
     if key not in files:
-        available = sorted(k for k in files if not k.startswith(("_", "ties_")))
+        available = sorted(k for k in files if not k.startswith(("_", "ties_", "neutral_")))
         raise ConfigError(f"the {loop.config.judge.kind} judge gives no {key} feedback; available: {available}",
                           key="train.feedback")
     entry = files[key]
