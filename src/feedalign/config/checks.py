@@ -16,7 +16,6 @@ from typing import Any
 
 from feedalign.config.errors import ConfigError
 from feedalign.config.schema import Config, DataSourceConfig
-from feedalign.data.db_source import is_database_url
 
 # "org/name" or "name" (letters, digits, - _ .); local paths are anything else.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
@@ -125,6 +124,8 @@ def check_model_path(path: str | None, key: str) -> None:
 
 
 def check_data_paths(source: DataSourceConfig, prefix: str) -> None:
+    from feedalign.data.db_source import is_database_url
+
     if not source.paths:
         raise ConfigError(
             "is required (a data file or dataset directory) unless the records are passed "
