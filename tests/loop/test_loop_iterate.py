@@ -120,3 +120,33 @@ def test_reference_initial_needs_lora(tmp_path):
     data = {**TINY, "train": {**TINY["train"], "reference": "initial"}}
     with pytest.raises(ConfigError, match="train.lora"):
         load_iterate_config(_write(tmp_path, data))
+
+
+@pytest.mark.slow
+def test_callable_judge_on_prompt_files_with_a_model_directory(tmp_path):
+    """No text task: prompts from files, the initial policy from a directory, a Python
+    function as the judge; the held-out metrics are then the judge's own scores."""
+    from feedalign.envs.text_task import TextTask, build_tiny_llama, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    build_tiny_llama(tokenizer, seed=0).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    task = TextTask(seed=0)
+    for name, split in (("train", "train"), ("eval", "test")):
+        (tmp_path / f"{name}.txt").write_text("\n".join(task.prompts(10, split)) + "\n")
+    data = {"rounds": 1, "offline_baseline": True, "plots": False,
+            "initial": {"path": str(tmp_path / "model")},
+            "prompts": {"source": "files", "train": str(tmp_path / "train.txt"), "eval": str(tmp_path / "eval.txt"),
+                        "per_round": 8, "eval_prompts": 6},
+            "sampling": {"samples_per_prompt": 4, "max_new_tokens": 8},
+            "judge": {"kind": "callable", "target": "judge_fns:shortness", "objectives": ["short"]},
+            "train": {"loss": "kto", "feedback": "thumbs", "objective": "short", "steps": 2, "batch_size": 4,
+                      "max_length": 40}}
+    out = tmp_path / "out"
+    assert main(["iterate", str(_write(tmp_path, data)), "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "iterate_report.json").read_text())
+    assert set(report["rounds"][0]["metrics"]) == {"short", "mean_words"}
+    assert report["rounds"][0]["metrics"]["short"]["mean"] <= 0
+    rows = [json.loads(line) for line in open(report["rounds"][0]["feedback_files"]["thumbs_short"]["path"])]
+    assert rows and all(r["judge"] == "judge_fns:shortness" for r in rows)
+    assert report["offline_baseline"]["n_feedback"] <= report["rounds"][0]["n_feedback"]

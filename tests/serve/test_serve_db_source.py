@@ -108,3 +108,9 @@ def test_database_source_trains(db, tmp_path):
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in m or any(k.startswith("loss") for k in m) for m in metrics)
     assert (tmp_path / "run" / "final").is_dir()
+
+
+def test_data_inspect_reads_a_database(db, capsys):
+    assert main(["data", "inspect", f"sqlite:///{db}?kind=pair"]) == 0
+    out = capsys.readouterr().out
+    assert "pair" in out and "3" in out
