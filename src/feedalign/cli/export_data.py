@@ -69,7 +69,10 @@ def run_export(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         ties_path = write_export(result.rows, result.ties, out)
         loaded = load_records(out) if result.rows else None  # the export must read back as it was written
-    except Exception as exc:  # noqa: BLE001 - bad URL, refused connection, unreadable file: one line
+    except (ValueError, OSError) as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - driver errors (bad URL, refused connection): one line
         print(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
         return 2
     pairs = sum("chosen" in row for _, row in result.rows)

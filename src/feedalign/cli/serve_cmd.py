@@ -73,7 +73,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except Exception as exc:  # database drivers raise their own types (bad URL, refused connection)
         return _fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     counts = store.counts()
-    print(f"{counts['items']} items ({added} new), {counts['submissions']} submissions in {store.url}")
+    print(f"{counts['items']} items ({added} new), {counts['submissions']} submissions in {store.shown_url}")
     print(f"serving on http://{args.host}:{server.effective_port}/ (Ctrl+C stops)", flush=True)
     try:
         server.run()

@@ -25,6 +25,7 @@ in errors is ``<database>:submission <id>/<objective>``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,8 +121,8 @@ def read_database(source: str) -> tuple[DatabaseQuery, DatabaseRows]:
     query = parse_database_url(source)
     try:
         store = FeedbackStore(query.url, create=False)
-    except FileNotFoundError as exc:
-        raise ValueError(f"{source}: {exc}") from None
+    except FileNotFoundError:
+        raise ValueError(f"{source}: no such database file") from None
     try:
         ratings = store.rating_rows(objectives=query.objectives, rounds=query.rounds, annotators=query.annotators)
         return query, rows_from_ratings(ratings, query.name, query.kind)
@@ -135,10 +136,14 @@ def open_database(source: str) -> tuple[str, Iterator[tuple[str, Mapping[str, An
 
     from feedalign.data.errors import FeedbackDataError
 
+    shown = re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", source)  # no password in messages
     try:
         query, result = read_database(source)
     except ValueError as exc:
-        raise FeedbackDataError(source, str(exc)) from None
+        raise FeedbackDataError(shown, str(exc).removeprefix(f"{source}: ")) from None
+    except Exception as exc:  # noqa: BLE001 - the driver's errors (refused connection, missing table)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise FeedbackDataError(shown, f"cannot read the database: {type(exc).__name__}: {first}") from None
     if result.ties:
         logging.getLogger(__name__).warning(
             "%s: %d tie answers give no training rows (feedalign data export writes them to a ties file)",

@@ -71,8 +71,8 @@ def collect_round(loop: Loop, samples: list[tuple[str, str]], raw: dict, directo
     try:
         store.add_items(items)
         needed = max(1, math.ceil(c.min_answers * len(items)))
-        loop.log(f"  {len(items)} items for round {round_} in {store.url}; waiting for {needed} answers "
-                 f"(feedalign serve --db {c.db} --objectives {','.join(c.objectives)})")
+        loop.log(f"  {len(items)} items for round {round_} in {store.shown_url}; waiting for {needed} answers "
+                 f"(feedalign serve --db DB --objectives {','.join(c.objectives)})")
         wait_for_answers(store, items, needed, c)
         ids = {item.id for item in items}
         ratings = [r for r in store.rating_rows(rounds=[round_], objectives=list(c.objectives)) if r["item_id"] in ids]

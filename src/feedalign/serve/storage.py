@@ -138,6 +138,7 @@ class FeedbackStore:
 
     def __init__(self, target: str | Path, *, create: bool = True) -> None:
         self.url = database_url(target)
+        self.shown_url = sa.engine.make_url(self.url).render_as_string(hide_password=True)
         self.is_sqlite = self.url.startswith("sqlite")
         if self.is_sqlite:
             path = sa.engine.make_url(self.url).database
