@@ -1,4 +1,4 @@
-"""Shared helpers: items, a store, and a live waitress server on 127.0.0.1 in a thread."""
+"""Shared test pieces: items, a store, and a live waitress server on 127.0.0.1 in a thread."""
 
 from __future__ import annotations
 

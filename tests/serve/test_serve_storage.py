@@ -62,3 +62,31 @@ def test_missing_database_not_created(tmp_path):
     with pytest.raises(FileNotFoundError):
         FeedbackStore(tmp_path / "nope.db", create=False)
     assert not (tmp_path / "nope.db").exists()
+
+
+WRITER = """
+import sys
+from feedalign.serve.storage import FeedbackStore, Submission
+store = FeedbackStore(sys.argv[1])
+for k in range(40):
+    for _ in range(2):  # every submission twice, as a retry would
+        store.submit(Submission(f"{sys.argv[2]}-{k}", f"i{k}", sys.argv[2], {"helpful": "a"}, "a"))
+"""
+
+
+def test_two_processes_write_one_sqlite_file(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "shared.db"
+    store = FeedbackStore(path)
+    store.add_items([Item(f"i{k}", f"q{k}", "a", "b") for k in range(40)])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), name], env=env, stderr=subprocess.PIPE,
+                              text=True) for name in ("w1", "w2", "w3")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    assert store.counts() == {"items": 40, "submissions": 120, "ratings": 120}
+    store.close()

@@ -13,16 +13,16 @@ import numpy as np
 from feedalign.loop.config import IterateConfig
 from feedalign.loop.rounds import (
     Loop,
-    _done,
-    _write_json,
     check_state,
     evaluate,
+    finished_stage,
     judge_samples,
     load_policy,
     round_policy,
     sample,
     train_policy,
     training_file,
+    write_json,
 )
 
 
@@ -63,14 +63,14 @@ def stage_initial(loop: Loop) -> dict[str, Any]:
     from feedalign.policies.hf import load_tokenizer
 
     c, directory = loop.config, loop.out / "initial"
-    done = _done(directory)
+    done = finished_stage(directory)
     if done is None:
         directory.mkdir(parents=True, exist_ok=True)
         model_dir = c.initial.path or _build_sft(loop, directory)
         loop.tokenizer = load_tokenizer(model_dir)
         metrics = evaluate(loop, load_policy(model_dir))
         done = {"model_dir": str(model_dir), "metrics": metrics}
-        _write_json(directory / "stage.json", done)
+        write_json(directory / "stage.json", done)
     if loop.tokenizer is None:
         loop.tokenizer = load_tokenizer(done["model_dir"])
     loop.initial_dir = done["model_dir"]
@@ -95,7 +95,7 @@ def _build_sft(loop: Loop, directory: Path) -> str:
 
 def stage_round(loop: Loop, round_: int, policy_dir: str) -> dict[str, Any]:
     c, directory = loop.config, loop.out / f"round_{round_}"
-    done = _done(directory)
+    done = finished_stage(directory)
     if done is not None:
         return done
     start = time.perf_counter()
@@ -120,7 +120,7 @@ def stage_round(loop: Loop, round_: int, policy_dir: str) -> dict[str, Any]:
     done = {"round": round_, "n_feedback": n, "metrics": metrics, "model_dir": str(result.final_dir),
             "started_from": policy_dir, "reference": reference, "prompts": len(prompts), "samples": len(samples),
             "feedback_files": files, "train_steps": result.steps, "seconds": time.perf_counter() - start}
-    _write_json(directory / "stage.json", done)
+    write_json(directory / "stage.json", done)
     return done
 
 
@@ -128,7 +128,7 @@ def stage_offline(loop: Loop, n_feedback: int) -> dict[str, Any]:
     """The same prompts sampled from the initial policy, cut to ``n_feedback`` items of the
     training kind, trained once from the initial policy for all rounds' steps."""
     c, directory = loop.config, loop.out / "offline"
-    done = _done(directory)
+    done = finished_stage(directory)
     if done is not None:
         return done
     start = time.perf_counter()
@@ -148,7 +148,7 @@ def stage_offline(loop: Loop, n_feedback: int) -> dict[str, Any]:
     done = {"n_feedback": int(len(keep)), "n_available": available, "metrics": evaluate(loop, result.model),
             "model_dir": str(result.final_dir), "train_steps": result.steps, "feedback_files": files,
             "training_file": str(matched), "seconds": time.perf_counter() - start}
-    _write_json(directory / "stage.json", done)
+    write_json(directory / "stage.json", done)
     return done
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from feedalign.loop.rounds import Loop, _write_json
+from feedalign.loop.rounds import Loop, write_json
 
 
 def _compare(last: dict[str, dict[str, float]], offline: dict[str, dict[str, float]]) -> tuple[dict, dict]:
@@ -88,4 +88,4 @@ def plot(loop: Loop, report: dict[str, Any]) -> str | None:
 def write_outputs(loop: Loop, report: dict[str, Any]) -> None:
     if loop.config.plots:
         report["plot"] = plot(loop, report)
-    _write_json(loop.out / "iterate_report.json", report)
+    write_json(loop.out / "iterate_report.json", report)

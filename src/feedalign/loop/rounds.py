@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,13 +48,13 @@ class Loop:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=float) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _done(directory: Path) -> dict[str, Any] | None:
+def finished_stage(directory: Path) -> dict[str, Any] | None:
     path = directory / STAGE_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
@@ -72,7 +71,7 @@ def check_state(config: IterateConfig, out: Path, restart: bool) -> None:
     if restart:
         for stage in sorted(out.glob("*/" + STAGE_FILE)):
             stage.unlink()
-    _write_json(path, {"fingerprint": fingerprint})
+    write_json(path, {"fingerprint": fingerprint})
 
 
 # --------------------------------------------------------------------------- pieces
@@ -166,16 +165,16 @@ def judge_samples(loop: Loop, samples: list[tuple[str, str]], raw: dict, directo
     table = {pc: {o: float(scores[o][i]) for o in loop.judge.objectives} for i, pc in enumerate(judged)}
     sets = judged_sets(judged, scores, loop.judge.objectives, temperature=loop.config.judge.temperature,
                        seed=seed, tag=directory.parent.name)
-    files = write_sets(sets, directory, round_=round_, judge=loop.judge.name, raw_prompts=raw, scores=table)
-    files["_empty"] = {"records": len(samples) - len(judged)}
-    return files
+    if len(judged) < len(samples):
+        loop.log(f"  {len(samples) - len(judged)} of {len(samples)} samples were empty and not judged")
+    return write_sets(sets, directory, round_=round_, judge=loop.judge.name, raw_prompts=raw, scores=table)
 
 
 def training_file(loop: Loop, files: dict[str, dict[str, Any]]) -> tuple[str, int]:
     t = loop.config.train
     key = f"{t.feedback}_{t.objective}"
     if key not in files:
-        available = sorted(k for k in files if not k.startswith(("_", "ties_", "neutral_")))
+        available = sorted(k for k in files if not k.startswith(("ties_", "neutral_")))
         raise ConfigError(f"the {loop.config.judge.kind} judge gives no {key} feedback; available: {available}",
                           key="train.feedback")
     entry = files[key]
