@@ -53,7 +53,7 @@ TARGETS = (
     ("dpo_vs_trl_default", "dpo", ("default",), 2.0, False),
     ("kto_vs_trl_default", "kto", ("default",), 1.5, False),
 )
-REAL_TARGETS = TARGETS[:2] + (("kto_vs_trl_best", "kto", ("default", "precomputed-ref"), 1.5, False),)
+REAL_TARGETS = TARGETS + (("kto_vs_trl_best", "kto", ("default", "precomputed-ref"), 1.5, False),)
 
 
 @dataclass

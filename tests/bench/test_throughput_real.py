@@ -91,6 +91,7 @@ def test_ratios_per_tuning_and_memory_verdict():
     assert by_name["dpo_vs_trl_best"]["met"] is True
     assert by_name["dpo_vs_trl_best_lora"]["met"] is False
     assert by_name["dpo_vs_trl_best_lora"]["memory_at_most_trl"] is False
+    assert {"dpo_vs_trl_default", "kto_vs_trl_default", "kto_vs_trl_best"} <= {t[0] for t in throughput.REAL_TARGETS}
 
 
 def test_liger_probe_reports_why_not_on_cpu():

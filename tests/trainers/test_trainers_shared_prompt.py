@@ -102,3 +102,30 @@ def test_cached_reference_entries_are_shared_between_layouts(env, tmp_path):
          reference={"strategy": "cached", "cache_dir": str(cache)})
     after = sorted(p.name for p in cache.rglob("*") if p.is_file())
     assert before and after == before  # nothing new had to be computed
+
+
+def test_lora_cached_reference_is_filled_before_training(env, tmp_path, monkeypatch):
+    """One process: a LoRA policy's cached reference (adapter disabled) is computed before
+    step 1, so no training step runs a reference forward (as with a copy reference)."""
+    from feedalign.trainers import TrainerCallback
+    from feedalign.trainers.parallel import PolicyAdapterReference
+
+    calls = []
+    real = PolicyAdapterReference.logps
+    monkeypatch.setattr(PolicyAdapterReference, "logps", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    seen = []
+
+    class AtStep(TrainerCallback):
+        def on_step_end(self, step, metrics):
+            seen.append(len(calls))
+
+    out = tmp_path / "lora"
+    from test_trainers_packing import base_config
+    from feedalign.trainers import train
+
+    cfg = base_config(env["model"], out, _pair_sources(env)[:1], max_steps=3, eval_fraction=0.2, eval_every=3,
+                      packing=True)
+    cfg["model"]["lora"] = {"r": 4, "alpha": 8}
+    cfg["reference"] = {"strategy": "cached", "cache_dir": str(out / "cache")}
+    train(cfg, callbacks=[AtStep()])
+    assert calls and seen == [len(calls)] * 3

@@ -191,16 +191,23 @@ def precompute_reference(run: Run) -> int:
     dropped (``CachedReference.drop_inner``): no second model stays in memory while training,
     and a row the replay missed fails with ``CacheMissError`` instead of silently running
     the reference. A LoRA policy's cache (adapter reference: the policy itself, no extra
-    memory) is left to fill lazily: its forwards go through the DDP/FSDP-wrapped policy,
-    and skipping rank-dependent hits there could leave processes out of step.
+    memory) is filled up front too when there is one process (the adapter reference stays:
+    it is the policy); with several it is left to fill lazily: its forwards go through the
+    DDP/FSDP-wrapped policy, and skipping rank-dependent hits there could leave processes
+    out of step.
 
     Each process replays its own slice, so its cache holds what it will read. Returns the
     number of newly computed rows (0 when there is nothing to do).
     """
     from feedalign.policies.reference import CachedReference, CopyReference
+    from feedalign.trainers.parallel import PolicyAdapterReference
 
     reference = run.runtime.reference
-    if not isinstance(reference, CachedReference) or not isinstance(reference.inner, CopyReference):
+    if not isinstance(reference, CachedReference):
+        return 0
+    copy_inner = isinstance(reference.inner, CopyReference)
+    single_adapter = isinstance(reference.inner, PolicyAdapterReference) and run.accelerator.num_processes == 1
+    if not (copy_inner or single_adapter):
         return 0
     from tqdm.auto import tqdm
 
@@ -210,7 +217,8 @@ def precompute_reference(run: Run) -> int:
                    disable=not run.accelerator.is_local_main_process)
     with run.accelerator.autocast():
         computed = reference.precompute(batches)
-    reference.drop_inner()
+    if copy_inner:
+        reference.drop_inner()
     logger.info("reference cache: %d rows computed before training, %d cached", computed, len(reference))
     return computed
 
