@@ -34,7 +34,8 @@ from feedalign.quickstart.settings import OBJECTIVES
 FrontPolicy = tuple[Callable[[np.ndarray, list[str]], list[str]], dict[str, Any]]
 MIN_WEIGHT = 0.05  # MODPO divides by w_helpful: the sweep's w_helpful = 0 is served as 0.05
 # The steerable run's steps as a multiple of the soups' total (docs/multiobjective.md: at 1 it
-# does not yet steer on the full preset; at 2 it beats the soups with 0 significant violations).
+# does not yet steer on the full preset; at 1.5 and 2 it beats the soups with 0 significant
+# violations).
 STEERABLE_STEP_FACTOR = 1.0
 STEERABLE_DRAWS = 4
 
