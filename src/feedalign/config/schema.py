@@ -58,9 +58,13 @@ class ModelConfig:
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None
+    # Model dropout while training: off by default (policy, reference and evaluation then see
+    # the same deterministic network); LoRA dropout is set separately (lora.dropout).
+    dropout: bool = False
 
     def __post_init__(self) -> None:
         _choice(self.dtype, DTYPES, "dtype")
+        _require(isinstance(self.dropout, bool), "dropout", f"must be true or false, got {self.dropout!r}")
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,19 @@ class MarginsConfig:
             _require(ok, "target", detail)
 
 
+def _check_lengths(cfg: Any) -> None:
+    """``max_length`` >= 2, ``max_prompt_length`` >= 1 and below it, ``min_prompt_length`` >= 0."""
+    if cfg.max_length is not None:
+        _require(cfg.max_length >= 2, "max_length", f"must be >= 2, got {cfg.max_length}")
+    if cfg.max_prompt_length is not None:
+        _require(cfg.max_prompt_length >= 1, "max_prompt_length", f"must be >= 1, got {cfg.max_prompt_length}")
+        if cfg.max_length is not None:
+            ok = cfg.max_prompt_length < cfg.max_length
+            _require(ok, "max_prompt_length", f"must be < max_length ({cfg.max_length}), got {cfg.max_prompt_length}")
+    if cfg.min_prompt_length is not None:
+        _require(cfg.min_prompt_length >= 0, "min_prompt_length", f"must be >= 0, got {cfg.min_prompt_length}")
+
+
 @dataclass(frozen=True)
 class DataSourceConfig:
     """One data source: records trained with one loss and one weight.
@@ -131,7 +148,10 @@ class DataSourceConfig:
     hparams: dict[str, Any] = field(default_factory=dict)
     pairing: str | None = None
     kind: str | None = None
-    max_length: int = 512
+    max_length: int | None = None
+    max_prompt_length: int | None = None
+    min_prompt_length: int | None = None
+    chat_template: bool | None = None
     margins: MarginsConfig | None = None
     kl_samples: str | tuple[str, ...] | None = None
     kl_batch_size: int | None = None
@@ -150,7 +170,9 @@ class DataSourceConfig:
             _require(size >= 1, "kl_batch_size", f"must be >= 1, got {size}")
             _require(self.kl_samples is not None, "kl_batch_size", "is set but kl_samples is not")
         _require(self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")
-        _require(self.max_length >= 2, "max_length", f"must be >= 2, got {self.max_length}")
+        _check_lengths(self)
+        ok = self.chat_template is None or isinstance(self.chat_template, bool)
+        _require(ok, "chat_template", f"must be true, false or null, got {self.chat_template!r}")
         if self.pairing is not None:
             _choice(self.pairing, PAIRINGS, "pairing")
         if self.kind is not None:
@@ -226,8 +248,17 @@ class TrainConfig:
     overwrite_output_dir: bool = False
     compile: bool = False
     packing: bool = False
+    # Token budget of every source that sets none (see DataSourceConfig / data.collate).
+    max_length: int = 512
+    max_prompt_length: int | None = None
+    min_prompt_length: int = 8
+    # CPU threads for torch (None: feedalign.policies.hf.default_threads()).
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        _check_lengths(self)
+        if self.threads is not None:
+            _require(self.threads >= 1, "threads", f"must be >= 1 or null, got {self.threads}")
         _require(bool(self.output_dir), "output_dir", "must be a directory path")
         if self.run_name is not None:
             _require(bool(self.run_name.strip()), "run_name", "must be a non-empty name or null")

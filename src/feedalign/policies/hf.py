@@ -87,6 +87,26 @@ def _lora_config(lora: dict[str, Any]) -> Any:
     )
 
 
+def disable_dropout(model: Any) -> int:
+    """Set the model's dropout to 0 (``torch.nn.Dropout`` modules and the dropout
+    probabilities of attention layers that read them from their config), leaving LoRA's
+    own dropout (``lora_dropout``, a deliberate regulariser) as it is. Returns the number of
+    modules changed. With dropout off, ``train()`` and ``eval()`` compute the same function,
+    so training metrics agree with evaluation and the step-1 DPO loss is log 2 when the
+    reference is the policy."""
+    changed = 0
+    for name, module in model.named_modules():
+        if "lora_dropout" in name:
+            continue
+        if isinstance(module, torch.nn.Dropout) and module.p != 0.0:
+            module.p = 0.0
+            changed += 1
+        elif isinstance(getattr(module, "attention_dropout", None), float) and module.attention_dropout:
+            module.attention_dropout = 0.0
+            changed += 1
+    return changed
+
+
 def enable_gradient_checkpointing(model: Any) -> None:
     """Non-reentrant activation checkpointing (works with frozen inputs, e.g. LoRA)."""
     kwargs = {"use_reentrant": False}

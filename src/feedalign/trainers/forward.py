@@ -107,6 +107,7 @@ class Source:
     kl_samples: KLSamples | None = None
     steer: Any = None  # SteeringSpec: per-example weight / margin_weights from the batch
     packing: bool = False  # padding-free micro-batches (train.packing)
+    data_counts: dict[str, int] = field(default_factory=dict)  # truncated / rejected rows
 
     @property
     def feedback(self) -> str:

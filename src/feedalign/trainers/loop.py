@@ -267,6 +267,8 @@ def _train_loop(run: Run, *, resumed: bool) -> tuple[dict[str, float], dict[str,
         run.out, accelerator, resume_step=run.step if resumed else None, trackers=train_cfg.log_with,
         run_config=config_to_dict(run.config),
     )
+    if not resumed:  # rows truncated / rejected by tokenisation, per source
+        metrics_logger.log(run.step, {f"data/{s.name}/{k}": v for s in run.sources for k, v in s.data_counts.items()})
     has_eval = any(s.eval_examples for s in run.sources)
     eval_bs = train_cfg.eval_batch_size or train_cfg.micro_batch_size
     metrics: dict[str, float] = {}

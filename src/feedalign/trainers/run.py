@@ -110,6 +110,10 @@ def prepare_run(
     if sharding(accelerator) == "none":
         model.to(accelerator.device)  # FSDP / DeepSpeed place the shards themselves
     model.train()
+    if not config.model.dropout:
+        from feedalign.policies.hf import disable_dropout
+
+        disable_dropout(model)  # before the reference copy: it inherits the same modules
     reference = None
     if any(s.spec.needs_reference or s.kl_samples is not None for s in sources):
         check_reference_strategy(accelerator, config.reference.strategy, model)

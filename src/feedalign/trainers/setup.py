@@ -24,7 +24,9 @@ from feedalign.data.batching import (
     examples_from_records,
     split_eval,
     steer_examples,
+    TokenizeOptions,
     tokenize_examples,
+    tokenize_source,
 )
 from feedalign.trainers.forward import KLSamples, Source
 from feedalign.trainers.state import make_providers
@@ -221,7 +223,8 @@ def build_sources(
         if item.steer is not None:
             examples = steer_examples(examples, item.steer)
             prepare_steer_tokenizer(item.steer, tokenizer, f"data.{index}.steer")
-        examples = tokenize_examples(examples, tokenizer, item.config.max_length)
+        options = tokenize_options(config, index)
+        examples, data_counts = tokenize_source_or_quarantine(config, item.name, examples, tokenizer, options)
         min_eval = 2 if "kl_ref" in item.spec.state else 1
         train_ex, eval_ex = split_eval(
             examples, train.eval_fraction, train.seed, stream=index, min_eval=min_eval
@@ -237,7 +240,7 @@ def build_sources(
                 spec=item.spec,
                 hparams=item.hparams,
                 weight=item.config.weight,
-                max_length=item.config.max_length,
+                max_length=options.max_length,
                 train_examples=train_ex,
                 eval_examples=eval_ex,
                 sampler=sampler,
@@ -245,6 +248,7 @@ def build_sources(
                 kl_samples=kl_samples,
                 packing=train.packing,
                 steer=item.steer,
+                data_counts=data_counts,
             )
         )
         logger.info(
@@ -253,6 +257,48 @@ def build_sources(
             f", {len(kl_samples.examples)} reference samples for kl" if kl_samples is not None else "",
         )
     return sources
+
+
+def tokenize_options_of(source: Any, train: TrainConfig) -> TokenizeOptions:
+    """A source's token budget and chat rendering; unset lengths come from ``train``."""
+    def pick(key: str) -> Any:
+        value = getattr(source, key)
+        return getattr(train, key) if value is None else value
+
+    return TokenizeOptions(max_length=pick("max_length"), max_prompt_length=pick("max_prompt_length"),
+                           min_prompt_length=pick("min_prompt_length"), chat_template=source.chat_template)
+
+
+def tokenize_options(config: Config, index: int) -> TokenizeOptions:
+    return tokenize_options_of(config.data[index], config.train)
+
+
+def tokenize_source_or_quarantine(
+    config: Config, name: str, examples: Sequence[Example], tokenizer: Any, options: TokenizeOptions
+) -> tuple[list[Example], dict[str, int]]:
+    """Tokenise a source. A row that cannot fit (or whose pair becomes identical) fails the
+    run with train.on_invalid=error, and is quarantined with its reason otherwise. Returns
+    the examples and the counts ``{"truncated", "rejected"}`` (logged and in metrics.jsonl)."""
+    import json
+
+    result = tokenize_source(examples, tokenizer, options)
+    if result.rejected and config.train.on_invalid == "error":
+        ex, reason = result.rejected[0]
+        raise FeedbackDataError(ex.where or ex.id, f"{reason} (or set train.on_invalid=quarantine)")
+    if result.rejected:
+        path = Path(config.train.output_dir) / "quarantine" / f"{name}.tokenize.quarantine.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as fh:
+            for ex, reason in result.rejected:
+                fh.write(json.dumps({"source": ex.where, "id": ex.id, "field": "tokens", "reason": reason}) + "\n")
+        logger.warning("source %s: %d rows cannot be tokenised within the limits, written to %s",
+                       name, len(result.rejected), path)
+    if not result.examples:
+        raise FeedbackDataError(name, f"source '{name}': no row fits max_length={options.max_length}")
+    if result.truncated:
+        logger.info("source %s: %d of %d rows truncated (max_length=%d, max_prompt_length=%s)", name,
+                    result.truncated, len(result.examples), options.max_length, options.max_prompt_length)
+    return result.examples, {"truncated": result.truncated, "rejected": len(result.rejected)}
 
 
 def prepare_steer_tokenizer(spec: Any, tokenizer: Any, key: str) -> None:
@@ -280,7 +326,7 @@ def _kl_samples(
     if item.config.kl_samples is None:
         return None
     examples = load_kl_samples(item.config.kl_sample_paths)
-    examples = tokenize_examples(examples, tokenizer, item.config.max_length)
+    examples = tokenize_examples(examples, tokenizer, tokenize_options_of(item.config, train))
     sampler = EpochSampler(len(examples), train.seed, stream=_KL_STREAM + index, rank=rank, world=world)
     return KLSamples(examples, sampler, item.config.kl_batch_size or train.micro_batch_size, train.packing)
 
