@@ -111,7 +111,14 @@ def test_missing_path_fails_before_loading(monkeypatch, tmp_path):
     # A plausible hub id is handed on (here to the patched loader).
     with pytest.raises(AssertionError, match="must not be reached"):
         load_causal_lm("some-org/some-model")
-    assert hf._resolve_source("gpt2", "x") == "gpt2"
+    # No 'org/name' shape, or an existing parent directory: a local path, refused at once.
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        hf._resolve_source("gpt2", "x")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        hf._resolve_source("runs/typo", "x")
+    assert hf._resolve_source("some-org/some-model", "x") == "some-org/some-model"
 
 
 def test_resolve_dtype():

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from feedalign.data.collate import encode_prompt
 from feedalign.policies.chunked_logps import linear_target_logps, module_target_logps
 
 _DTYPES = {
@@ -38,23 +37,35 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?
 
 
 def _resolve_source(path_or_id: str | os.PathLike[str], caller: str) -> str:
-    """Return the string to hand to ``from_pretrained``; fail early on a missing local path."""
+    """Return the string to hand to ``from_pretrained``; fail at once on a missing local path.
+
+    An existing path is used as it is (a directory, or a ``.gguf`` file). A name that looks
+    local (``config.checks.looks_local``: starts with '.', '/' or '~', its parent exists, no
+    'org/name' shape) and is missing raises FileNotFoundError without touching the network.
+    A hub id already in the local Hugging Face cache resolves to that snapshot directory,
+    so no request is made for it; any other hub id is left to transformers."""
+    from feedalign.config.checks import looks_local
+
     text = os.fspath(path_or_id)
-    if os.path.exists(text):
-        return text
-    looks_local = (
-        not isinstance(path_or_id, str)
-        or text.startswith(("/", ".", "~"))
-        or "\\" in text
-        or ".." in text
-        or not _HUB_ID.match(text)
-    )
-    if looks_local:
+    if os.path.exists(os.path.expanduser(text)):
+        return os.path.expanduser(text)
+    if not isinstance(path_or_id, str) or looks_local(text):
         raise FileNotFoundError(
             f"{caller}: {text!r} does not exist and is not a Hugging Face hub id "
-            "(expected an existing local directory or 'owner/name')"
+            "(expected an existing local directory, a .gguf file or 'owner/name')"
         )
-    return text
+    return cached_snapshot(text) or text
+
+
+def cached_snapshot(repo_id: str) -> str | None:
+    """The local cache directory of a hub model (None if it is not cached)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # an id the hub client rejects is simply not cached
+        return None
+    return os.path.dirname(found) if isinstance(found, str) else None
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -156,7 +167,12 @@ def load_causal_lm(
         if attn_implementation == VARLEN_ATTENTION:
             register()
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    from feedalign.policies.gguf import is_gguf, load_gguf_model
+
+    if is_gguf(source):
+        model = load_gguf_model(source, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if lora_config is not None:
@@ -171,7 +187,9 @@ def load_tokenizer(path_or_id: str | os.PathLike[str]) -> Any:
     source = _resolve_source(path_or_id, "load_tokenizer")
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    from feedalign.policies.gguf import is_gguf, load_gguf_tokenizer
+
+    tokenizer = load_gguf_tokenizer(source) if is_gguf(source) else AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"load_tokenizer: {source!r} defines neither a pad nor an EOS token")
@@ -405,13 +423,6 @@ def token_counts(completion_mask: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- generation
 
 
-def _left_pad(encoded: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(e) for e in encoded)
-    ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], dtype=torch.long, device=device)
-    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], dtype=torch.long, device=device)
-    return ids, mask
-
-
 def generate(
     model: Any,
     tokenizer: Any,
@@ -422,43 +433,12 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
     batch_size: int = 8,
+    chat: bool = False,
 ) -> list[str]:
-    """Sample one completion per prompt (text after the prompt, special tokens removed).
+    """Sample one completion per prompt (text after the prompt, special tokens removed);
+    see ``policies.generation.sample`` (which also says which samples hit the length limit)."""
+    from feedalign.policies.generation import sample
 
-    Prompts are encoded exactly as ``collate.tokenize_example`` encodes them and left-padded.
-    ``temperature == 0`` decodes greedily. Sampling is seeded per batch (``seed`` + index of
-    the batch's first prompt) inside a forked RNG, so results depend only on the arguments
-    and the global RNG state is left untouched. The model is put in eval mode and restored.
-    """
-    if not prompts:
-        return []
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    device = next(model.parameters()).device
-    sampling = temperature > 0
-    options: dict[str, Any] = {"do_sample": sampling, "max_new_tokens": max_new_tokens, "use_cache": True}
-    if sampling:
-        options.update(temperature=float(temperature), top_p=float(top_p), top_k=0)
-    was_training = model.training
-    model.eval()
-    texts: list[str] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
-            for offset, ids in enumerate(encoded):
-                if not ids:
-                    raise ValueError(f"generate: prompt {start + offset} encodes to no tokens and there is no BOS")
-            ids, mask = _left_pad(encoded, pad_id, device)
-            devices = [device] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
-                torch.manual_seed(seed + start)
-                out = model.generate(
-                    input_ids=ids, attention_mask=mask, pad_token_id=pad_id, eos_token_id=eos_id, **options
-                )
-            for row in out[:, ids.shape[1] :].tolist():
-                if eos_id is not None and eos_id in row:
-                    row = row[: row.index(eos_id)]
-                texts.append(tokenizer.decode(row, skip_special_tokens=True))
-    finally:
-        model.train(was_training)
-    return texts
+    samples = sample(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                     top_p=top_p, seed=seed, batch_size=batch_size, chat=chat)
+    return [s.text for s in samples]
