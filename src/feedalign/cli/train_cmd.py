@@ -36,6 +36,7 @@ def register(subparsers: Any) -> None:
     train.add_argument("--on-invalid", choices=("error", "quarantine"), default=None,
                        help="what an invalid data row does (default: the config's train.on_invalid)")
     train.add_argument("--quiet", action="store_true", help="only warnings and errors on the console")
+    add_threads_option(train)
     train.set_defaults(func=run_train)
 
     gen = subparsers.add_parser(
@@ -55,7 +56,15 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                     help="render prompts with the model's chat template (default: on when the tokenizer has one)")
+    add_threads_option(gen)
     gen.set_defaults(func=run_generate)
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for torch (default: train.threads, else half the usable cores, 1 to 8)")
 
 
 def _setup_console(quiet: bool) -> None:
@@ -71,6 +80,8 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + list(args.more_overrides)
     if args.on_invalid is not None:
         overrides.append(f"train.on_invalid={args.on_invalid}")
+    if args.threads is not None:
+        overrides.append(f"train.threads={args.threads}")
     try:
         from feedalign.trainers.loop import NonFiniteLossError, train
 
@@ -89,13 +100,15 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _read_prompts(args: argparse.Namespace) -> list[str]:
+def _read_prompts(args: argparse.Namespace) -> list[Any]:
+    """Prompt strings, or message lists (a .jsonl ``prompt`` that is a list, or ``messages``)."""
     if args.prompt:
         return list(args.prompt)
     path = Path(args.prompts_file)
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if path.suffix in (".jsonl", ".ndjson"):
-        return [json.loads(line)["prompt"] for line in lines]
+        rows = [json.loads(line) for line in lines]
+        return [row["messages"] if "messages" in row else row["prompt"] for row in rows]
     return lines
 
 
@@ -115,8 +128,9 @@ def load_for_generation(path: str | Path) -> tuple[Any, Any]:
     if (path / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base_path = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model = PeftModel.from_pretrained(load_causal_lm(base_path), str(path))
+        from feedalign.policies.export import base_of
+
+        model = PeftModel.from_pretrained(load_causal_lm(base_of(path)), str(path))
     else:
         model = load_causal_lm(path)
     return model, load_tokenizer(path)
@@ -140,17 +154,24 @@ def _load_checkpoint_model(path: Path) -> tuple[Any, Any]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from feedalign.policies.hf import generate
+    from feedalign.data.chat import has_chat_template
+    from feedalign.policies.hf import generate, set_threads
 
+    set_threads(args.threads)
     try:
         prompts = _read_prompts(args)
         model, tokenizer = load_for_generation(args.model)
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from feedalign.data.chat import render_prompt
+
+    chat = has_chat_template(tokenizer) if args.chat is None else args.chat
+    # Message lists are rendered with the template whatever --chat says: they are chats.
+    prompts = [render_prompt(tokenizer, p) if isinstance(p, list) else p for p in prompts]
     completions = generate(
         model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_p=args.top_p, seed=args.seed,
+        top_p=args.top_p, seed=args.seed, chat=chat,
     )
     for prompt, completion in zip(prompts, completions):
         if args.json:

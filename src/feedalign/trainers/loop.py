@@ -124,7 +124,7 @@ def train(
             config, checked, accelerator, model, tokenizer, records, callbacks, resume
         )
         metrics, eval_metrics = _train_loop(run, resumed=resumed_from is not None)
-        final_dir = _save_final(run)
+        final_dir = _save_final(run, metrics, eval_metrics)
         return TrainResult(
             output_dir=out,
             final_dir=final_dir,
@@ -325,7 +325,8 @@ def _save_steering_spec(run: Run, directory: Path) -> None:
     save_spec(specs[0], directory)
 
 
-def _save_final(run: Run) -> Path | None:
+def _save_final(run: Run, metrics: Mapping[str, float] | None = None,
+                eval_metrics: Mapping[str, float] | None = None) -> Path | None:
     """``output_dir/final``: save_pretrained (the adapter for LoRA) + tokenizer + config.
     Under FSDP/DeepSpeed the full weights are gathered first (every process takes part)."""
     accelerator = run.accelerator
@@ -345,6 +346,9 @@ def _save_final(run: Run) -> Path | None:
         run.runtime.tokenizer.save_pretrained(str(tmp))
         (tmp / "feedalign_config.yaml").write_text(dump_config(run.config), encoding="utf-8")
         _save_steering_spec(run, tmp)
+        from feedalign.trainers.card import write_final_extras
+
+        write_final_extras(run, tmp, metrics or {}, eval_metrics or {})
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

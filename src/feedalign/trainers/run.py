@@ -98,7 +98,10 @@ def prepare_run(
 
     from feedalign.policies.hf import load_tokenizer
 
+    from feedalign.policies.hf import set_threads
+
     train_cfg = config.train
+    logger.info("torch threads: %d", set_threads(train_cfg.threads))
     set_seed(train_cfg.seed)
     if tokenizer is None:
         tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
