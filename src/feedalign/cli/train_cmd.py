@@ -155,7 +155,8 @@ def _load_checkpoint_model(path: Path) -> tuple[Any, Any]:
 
 def run_generate(args: argparse.Namespace) -> int:
     from feedalign.data.chat import has_chat_template
-    from feedalign.policies.hf import generate, set_threads
+    from feedalign.policies.generation import sample
+    from feedalign.policies.hf import set_threads
 
     set_threads(args.threads)
     try:
@@ -169,13 +170,15 @@ def run_generate(args: argparse.Namespace) -> int:
     chat = has_chat_template(tokenizer) if args.chat is None else args.chat
     # Message lists are rendered with the template whatever --chat says: they are chats.
     prompts = [render_prompt(tokenizer, p) if isinstance(p, list) else p for p in prompts]
-    completions = generate(
+    samples = sample(
         model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         top_p=args.top_p, seed=args.seed, chat=chat,
     )
-    for prompt, completion in zip(prompts, completions):
+    for prompt, s in zip(prompts, samples):
         if args.json:
-            print(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False))
+            row = {"prompt": prompt, "rendered_prompt": s.prompt, "completion": s.text, "truncated": s.truncated}
+            print(json.dumps(row, ensure_ascii=False))
         else:
-            print(f"### prompt\n{prompt}\n### completion\n{completion}\n")
+            cut = " (cut at --max-new-tokens)" if s.truncated else ""
+            print(f"### prompt\n{prompt}\n### completion{cut}\n{s.text}\n")
     return 0
