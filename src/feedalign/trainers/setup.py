@@ -230,6 +230,7 @@ def build_sources(
             examples, train.eval_fraction, train.seed, stream=index, min_eval=min_eval
         )
         sampler = EpochSampler(len(train_ex), train.seed, stream=index, rank=rank, world=world)
+        hparams = balanced_hparams(item, train_ex)
         kl_samples = _kl_samples(item, index, tokenizer, train, rank=rank, world=world)
         if kl_samples is None:
             warn_in_batch_kl(item, train_ex + eval_ex, f"data.{index}")
@@ -238,13 +239,13 @@ def build_sources(
                 name=item.name,
                 index=index,
                 spec=item.spec,
-                hparams=item.hparams,
+                hparams=hparams,
                 weight=item.config.weight,
                 max_length=options.max_length,
                 train_examples=train_ex,
                 eval_examples=eval_ex,
                 sampler=sampler,
-                providers=make_providers(item.spec, item.config, item.hparams, prefix=f"data.{index}"),
+                providers=make_providers(item.spec, item.config, hparams, prefix=f"data.{index}"),
                 kl_samples=kl_samples,
                 packing=train.packing,
                 steer=item.steer,
@@ -257,6 +258,29 @@ def build_sources(
             f", {len(kl_samples.examples)} reference samples for kl" if kl_samples is not None else "",
         )
     return sources
+
+
+def balanced_hparams(item: CheckedSource, examples: Sequence[Example]) -> dict[str, Any]:
+    """The source's hyperparameters with class weights from the label counts filled in
+    (``losses.unpaired.class_weight_hparams``) where the config sets none; warns when the
+    classes are more than 2:1 apart."""
+    from feedalign.losses.unpaired import class_weight_hparams
+
+    if item.spec.feedback != "unpaired":
+        return dict(item.hparams)
+    n_up = sum(1 for ex in examples if ex.label)
+    n_down = len(examples) - n_up
+    auto = {k: v for k, v in class_weight_hparams(item.spec.name, n_up, n_down).items()
+            if k not in item.config.hparams}
+    hparams = {**item.hparams, **auto}
+    if auto:
+        logger.info("source %s: %d desirable / %d undesirable; class weights %s", item.name, n_up, n_down,
+                    ", ".join(f"{k}={v:.3g}" for k, v in sorted(auto.items())))
+    if n_up and n_down and max(n_up, n_down) > 2 * min(n_up, n_down):
+        used = {k: hparams[k] for k in sorted(hparams) if k.endswith("_weight")}
+        warnings.warn(f"source '{item.name}': imbalanced classes ({n_up} desirable / {n_down} undesirable); "
+                      f"training with {used or 'no class weights'}", stacklevel=2)
+    return hparams
 
 
 def tokenize_options_of(source: Any, train: TrainConfig) -> TokenizeOptions:
