@@ -98,3 +98,17 @@ def test_rows_that_cannot_fit_are_rejected_with_a_reason(tok):
     assert not result.examples and "does not fit in max_length=20" in result.rejected[0][1]
     fits = _tokenize(tok, rows, max_length=60, min_prompt_length=8)
     assert fits.truncated == 1 and len(fits.examples[0].tokens["input_ids"]) <= 60
+
+
+def test_truncated_field_in_the_data_means_no_end_of_turn_and_no_eos(tok):
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    rows = [{"messages": MESSAGES, "label": True, "truncated": True},
+            {"prompt": "q?", "completion": "a long answer", "label": False, "truncated": True}]
+    chat, plain = _tokenize(tok, rows).examples
+    assert chat.completion == "paris." and im_end not in chat.tokens["input_ids"][-3:]
+    assert plain.tokens["input_ids"][-1] != EOS_ID
+    pair = {"prompt": "q?", "chosen": "yes", "rejected": "no no no", "rejected_truncated": True}
+    (ex,) = _tokenize(tok, [pair], feedback="pair").examples
+    assert ex.tokens["input_ids"][-1] == EOS_ID and ex.rejected_tokens["input_ids"][-1] != EOS_ID
+    with pytest.raises(Exception, match="truncated.*true or false"):
+        load_records([{"prompt": "q", "completion": "a", "label": True, "truncated": "yes"}])

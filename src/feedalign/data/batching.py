@@ -42,6 +42,9 @@ class Example:
     plain_prompt: str | None = None
     reference_tokens: dict[str, list[int]] | None = None
     reference_rejected_tokens: dict[str, list[int]] | None = None
+    # The completion / rejected text was cut off: tokenised without EOS.
+    truncated: bool = False
+    rejected_truncated: bool = False
 
 
 @dataclass
@@ -96,22 +99,27 @@ def examples_from_records(
     if feedback == "unpaired":
         out = [_labeled_example(r) for r in labeled]
         for r in pairs:
-            out.append(Example(f"{r.id}/chosen", r.prompt, r.chosen, r.objective, True, where=r.source))
-            out.append(Example(f"{r.id}/rejected", r.prompt, r.rejected, r.objective, False, where=r.source))
+            out.append(Example(f"{r.id}/chosen", r.prompt, r.chosen, r.objective, True, where=r.source,
+                               truncated=r.chosen_truncated))
+            out.append(Example(f"{r.id}/rejected", r.prompt, r.rejected, r.objective, False, where=r.source,
+                               truncated=r.rejected_truncated))
         return out
     if feedback == "sequence":
         out = [_labeled_example(r) for r in labeled if r.label]
-        out += [Example(r.id, r.prompt, r.chosen, r.objective, where=r.source) for r in pairs]
+        out += [Example(r.id, r.prompt, r.chosen, r.objective, where=r.source, truncated=r.chosen_truncated)
+                for r in pairs]
         return [replace(ex, label=None) for ex in out]
     raise ValueError(f"feedback kind {feedback!r} is not trained by the policy trainer")
 
 
 def _pair_example(r: PairRecord) -> Example:
-    return Example(r.id, r.prompt, r.chosen, r.objective, rejected=r.rejected, where=r.source)
+    return Example(r.id, r.prompt, r.chosen, r.objective, rejected=r.rejected, where=r.source,
+                   truncated=r.chosen_truncated, rejected_truncated=r.rejected_truncated)
 
 
 def _labeled_example(r: LabeledRecord) -> Example:
-    return Example(r.id, r.prompt, r.completion, r.objective, label=bool(r.label), where=r.source)
+    return Example(r.id, r.prompt, r.completion, r.objective, label=bool(r.label), where=r.source,
+                   truncated=r.truncated)
 
 
 def steer_examples(examples: Sequence[Example], spec: Any) -> list[Example]:
@@ -168,17 +176,21 @@ def _chat_rows(tokenizer: Any, ex: Example, options: TokenizeOptions) -> tuple[s
         return None
     eos = getattr(tokenizer, "eos_token_id", None)
     prompt_text, prompt_ids, out = "", [], []
-    for prompt_msgs, completion_msgs in convs:  # type: ignore[misc]
-        prompt_text, completion_text = render_turn(tokenizer, prompt_msgs, completion_msgs)
+    for (prompt_msgs, completion_msgs), cut in zip(convs, _truncation_marks(ex)):  # type: ignore[misc]
+        prompt_text, completion_text = render_turn(tokenizer, prompt_msgs, completion_msgs, truncated=cut)
         prompt_ids = list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
         full = list(tokenizer(prompt_text + completion_text, add_special_tokens=False)["input_ids"])
         if full[: len(prompt_ids)] != prompt_ids:
             raise ValueError("the prompt's tokens are not a prefix of the whole conversation's tokens")
         ids = full[len(prompt_ids):]
-        if eos is not None and not ends_turn(tokenizer, ids):
+        if eos is not None and not cut and not ends_turn(tokenizer, ids):
             ids.append(eos)
         out.append((completion_text, ids))
     return prompt_text, out, prompt_ids
+
+
+def _truncation_marks(ex: Example) -> list[bool]:
+    return [ex.truncated] + ([ex.rejected_truncated] if ex.rejected is not None else [])
 
 
 def _tokenize_one(tokenizer: Any, ex: Example, options: TokenizeOptions) -> tuple[Example, bool]:
@@ -188,7 +200,8 @@ def _tokenize_one(tokenizer: Any, ex: Example, options: TokenizeOptions) -> tupl
     chat = _chat_rows(tokenizer, ex, options)
     if chat is None:
         texts = [ex.completion] + ([ex.rejected] if ex.rejected is not None else [])
-        rows, cut = tokenize_rows(tokenizer, ex.prompt, texts, options.max_length, example_id=ex.id, **fit)
+        rows, cut = tokenize_rows(tokenizer, ex.prompt, texts, options.max_length, example_id=ex.id,
+                                  truncated=_truncation_marks(ex), **fit)
     else:
         prompt_text, completions, prompt_ids = chat
         context = context_prefix(tokenizer, prompt_text)
@@ -202,7 +215,8 @@ def _tokenize_one(tokenizer: Any, ex: Example, options: TokenizeOptions) -> tupl
         raise ValueError("chosen and rejected are identical after truncation (nothing to prefer)")
     ref_tokens, ref_rejected = None, None
     if ex.plain_prompt is not None:
-        refs, _ = tokenize_rows(tokenizer, ex.plain_prompt, texts, options.max_length, example_id=ex.id, **fit)
+        refs, _ = tokenize_rows(tokenizer, ex.plain_prompt, texts, options.max_length, example_id=ex.id,
+                                truncated=_truncation_marks(ex), **fit)
         ref_tokens, ref_rejected = refs[0], (refs[1] if len(refs) > 1 else None)
     out = replace(ex, tokens=rows[0], rejected_tokens=rows[1] if len(rows) > 1 else None,
                   reference_tokens=ref_tokens, reference_rejected_tokens=ref_rejected)

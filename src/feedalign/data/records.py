@@ -42,6 +42,9 @@ class PairRecord:
     objective: str | None = None
     id: str = ""
     source: str = ""
+    # A completion cut off (e.g. at a sampling length limit): it gets no EOS when tokenised.
+    chosen_truncated: bool = False
+    rejected_truncated: bool = False
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -62,6 +65,7 @@ class LabeledRecord:
     objective: str | None = None
     id: str = ""
     source: str = ""
+    truncated: bool = False  # the completion was cut off: no EOS when tokenised
 
     def __post_init__(self) -> None:
         if not self.id:
