@@ -44,6 +44,10 @@ def register(subparsers) -> None:
     )
     inspect.set_defaults(func=_inspect)
 
+    from feedalign.cli.preview_cmd import add_preview
+
+    add_preview(data_sub)
+
 
 def _print_help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
