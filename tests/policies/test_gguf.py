@@ -73,3 +73,12 @@ def test_train_lora_from_gguf_then_generate_and_merge(tiny_gguf, tmp_path, monke
     peft_logits = result.model(input_ids=ids).logits
     assert torch.allclose(full(input_ids=ids).logits, peft_logits, atol=1e-5)
     assert (merged / "README.md").is_file() and not (merged / "adapter_config.json").exists()
+
+
+def test_export_cli_errors_are_one_line(tmp_path, capsys):
+    from feedalign.cli.main import main
+
+    (tmp_path / "full").mkdir()
+    assert main(["export", str(tmp_path / "full"), "--merge", "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "no adapter_config.json" in err and err.count("\n") == 1

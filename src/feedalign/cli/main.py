@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "feedalign.cli.bench_cmd",  # bench exact
     "feedalign.cli.rm_cmd",  # rm train, rm score
     "feedalign.cli.front_cmd",  # front
+    "feedalign.cli.export_cmd",  # export
 )
 
 

@@ -254,11 +254,21 @@ class TrainConfig:
     min_prompt_length: int = 8
     # CPU threads for torch (None: feedalign.policies.hf.default_threads()).
     threads: int | None = None
+    # Health at every evaluation (trainers/health.py): sample this many held-out prompts,
+    # log distinct-n, repetition, the KL to the reference and eval_judge ("module:function").
+    eval_generate: int = 0
+    eval_max_new_tokens: int = 64
+    eval_judge: str | None = None
 
     def __post_init__(self) -> None:
         _check_lengths(self)
         if self.threads is not None:
             _require(self.threads >= 1, "threads", f"must be >= 1 or null, got {self.threads}")
+        _require(self.eval_generate >= 0, "eval_generate", f"must be >= 0, got {self.eval_generate}")
+        _require(self.eval_max_new_tokens >= 1, "eval_max_new_tokens", f"must be >= 1, got {self.eval_max_new_tokens}")
+        if self.eval_judge is not None:
+            ok = self.eval_judge.count(":") == 1
+            _require(ok, "eval_judge", f"must look like 'package.module:function', got {self.eval_judge!r}")
         _require(bool(self.output_dir), "output_dir", "must be a directory path")
         if self.run_name is not None:
             _require(bool(self.run_name.strip()), "run_name", "must be a non-empty name or null")

@@ -83,6 +83,8 @@ def write_model_card(directory: str | os.PathLike[str], card: Mapping[str, Any])
         _table(rows, ("source", "loss", "hyperparameters", "train rows", "eval rows", "truncated", "rejected")),
         "## Final metrics",
         _table(metric_rows, ("metric", "value")) if metric_rows else "none logged",
+        "## Health warnings",
+        "\n".join(f"- {w}" for w in card.get("warnings", [])) or "none",
         "The full configuration is in `feedalign_config.yaml`.",
     ]) + "\n"
     path = Path(directory) / CARD_FILE

@@ -24,6 +24,7 @@ def run_card(run: Any, metrics: Mapping[str, float], eval_metrics: Mapping[str, 
         "steps": run.step,
         "metrics": {k: float(v) for k, v in metrics.items()},
         "eval_metrics": {k: float(v) for k, v in eval_metrics.items()},
+        "warnings": list(getattr(run, "health_warnings", [])),
     }
 
 

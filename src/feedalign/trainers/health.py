@@ -114,3 +114,88 @@ def generation_health(
         scores = [float(v) for v in judge([s.prompt for s in samples], texts)]
         metrics["health/judge"] = sum(scores) / max(1, len(scores))
     return metrics
+
+
+def _judge(target: str | None) -> Callable[[list[str], list[str]], Sequence[float]] | None:
+    """``module:function`` -> the function (scores per (prompt, completion))."""
+    if target is None:
+        return None
+    import importlib
+
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def eval_generation(run: Any) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Sample from ``train.eval_generate`` held-out prompts (the sources' own rendering, so
+    chat rows go through the chat template) and measure them: ``generation_health`` with
+    the sequence KL to the reference (when the reference can score new rows) and the
+    ``train.eval_judge``. Returns (metrics, samples as dicts)."""
+    import torch
+
+    from feedalign.data.batching import move_to
+    from feedalign.data.collate import pad_batch, tokenize_example
+    from feedalign.policies.generation import sample
+    from feedalign.policies.hf import batch_logps
+    from feedalign.policies.reference import CachedReference
+
+    cfg, runtime = run.config.train, run.runtime
+    prompts = list(dict.fromkeys(ex.prompt for s in run.sources for ex in s.eval_examples))[: cfg.eval_generate]
+    if not prompts:
+        return {}, []
+    samples = sample(runtime.model, runtime.tokenizer, prompts, max_new_tokens=cfg.eval_max_new_tokens,
+                     temperature=1.0, seed=cfg.seed + run.step)
+    rows = [tokenize_example(runtime.tokenizer, s.prompt, s.text, 1 << 30, truncated=s.truncated, min_prompt_length=0)
+            for s in samples]
+    batch = move_to(pad_batch(rows, runtime.pad_id), run.accelerator.device)
+    own = ref = None
+    reference = runtime.reference
+    with torch.no_grad():
+        was_training = runtime.model.training
+        runtime.model.eval()
+        try:
+            own = batch_logps(runtime.model, batch).tolist()
+        finally:
+            runtime.model.train(was_training)
+        if reference is not None and not isinstance(reference, CachedReference):
+            ref = reference.logps(batch, [f"health/{i}" for i in range(len(rows))]).tolist()
+    metrics = generation_health(samples, own, ref if ref is not None else None, _judge(cfg.eval_judge))
+    if ref is None:
+        metrics.pop("health/kl", None)
+    records = [{"step": run.step, "prompt": s.prompt, "completion": s.text, "truncated": s.truncated}
+               for s in samples]
+    return metrics, records
+
+
+SAMPLES_FILE = "samples.jsonl"
+
+
+def log_generation(run: Any) -> dict[str, float]:
+    """``eval_generation`` at an evaluation: samples appended to ``output_dir/samples.jsonl``,
+    threshold crossings warned about; returns the ``health/*`` metrics."""
+    import json
+    import logging
+
+    metrics, records = eval_generation(run)
+    run.out.mkdir(parents=True, exist_ok=True)
+    with open(run.out / SAMPLES_FILE, "a", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    for warning in sample_warnings(metrics):
+        logging.getLogger("feedalign.train").warning("step %d: %s", run.step, warning)
+    return metrics
+
+
+def warn_run(output_dir: Any) -> list[str]:
+    """All health warnings of a finished run (from its metrics.jsonl), logged once."""
+    import logging
+
+    from feedalign.trainers.logging import read_metrics
+
+    records = read_metrics(output_dir)
+    found = trend_warnings(records)
+    for record in records:
+        found += [f"step {record['step']}: {w}" for w in sample_warnings(record)]
+    for warning in found:
+        logging.getLogger("feedalign.train").warning("health: %s", warning)
+    return found

@@ -292,6 +292,10 @@ def _train_loop(run: Run, *, resumed: bool) -> tuple[dict[str, float], dict[str,
                 save_run(run)
         if has_eval and not eval_metrics:
             eval_metrics = _evaluate(run, metrics_logger, eval_bs)
+        if accelerator.is_main_process:
+            from feedalign.trainers.health import warn_run
+
+            run.health_warnings = warn_run(run.out)
         flush = getattr(run.runtime.reference, "flush", None)
         if flush is not None:  # a cached reference writes what it computed
             flush()
@@ -306,6 +310,10 @@ _CONSOLE_KEYS = ("loss", "lr", "grad_norm")
 
 def _evaluate(run: Run, metrics_logger: MetricsLogger, batch_size: int) -> dict[str, float]:
     eval_metrics = evaluate(run.runtime, run.sources, batch_size)
+    if run.config.train.eval_generate and run.accelerator.is_main_process:
+        from feedalign.trainers.health import log_generation
+
+        eval_metrics.update(log_generation(run))
     metrics_logger.log(run.step, eval_metrics)
     logger.info("eval step %d %s", run.step, format_metrics(eval_metrics))
     for callback in run.callbacks:

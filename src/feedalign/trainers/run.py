@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,7 @@ class Run:
     callbacks: Sequence[TrainerCallback]
     step: int = 0
     last_checkpoint: Path | None = None
+    health_warnings: list[str] = field(default_factory=list)  # trainers.health, in the model card
 
 
 def release_accelerator() -> None:
