@@ -359,10 +359,12 @@ def reference_tensors(batch: Batch) -> dict[str, Any]:
 def collate_texts(
     tokenizer: Any, prompts: Sequence[str], completions: Sequence[str], max_length: int, pad_id: int
 ) -> dict[str, torch.Tensor]:
-    """Tokenise and pad arbitrary (prompt, completion) rows (e.g. KTO's mismatched pairs)."""
+    """Tokenise and pad arbitrary (prompt, completion) rows (e.g. KTO's mismatched pairs).
+    The rows recombine texts that each fit, so the prompt may be cut to one token here
+    (no minimum): such a row only estimates a reference point, it is not trained on."""
     from feedalign.data.collate import pad_batch, tokenize_example
 
-    rows = [tokenize_example(tokenizer, p, c, max_length) for p, c in zip(prompts, completions)]
+    rows = [tokenize_example(tokenizer, p, c, max_length, min_prompt_length=0) for p, c in zip(prompts, completions)]
     return pad_batch(rows, pad_id)
 
 
