@@ -93,6 +93,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_NONFINITE
     print(f"trained {result.steps} steps; final model in {result.final_dir}")
+    for warning in result.health_warnings:
+        print(f"health warning: {warning}")
     return 0
 
 

@@ -74,6 +74,7 @@ class TrainResult:
     tokenizer: Any
     checkpoint: Path | None = None
     resumed_from: Path | None = None
+    health_warnings: tuple[str, ...] = ()  # trainers.health: collapse signs the losses hide
 
 
 def train(
@@ -135,6 +136,7 @@ def train(
             tokenizer=run.runtime.tokenizer,
             checkpoint=run.last_checkpoint,
             resumed_from=resumed_from,
+            health_warnings=tuple(run.health_warnings),
         )
     finally:
         release_accelerator()
