@@ -73,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="examples/real_model/out")
     parser.add_argument("--runs", nargs="*", default=[])
+    parser.add_argument("--no-base", action="store_true", help="score only the runs (merged into report.json)")
     args = parser.parse_args()
     out = Path(args.out)
 
@@ -84,13 +85,16 @@ def main() -> None:
     base_dir = str(out / "smollm2-hf")
     base, tok = load_causal_lm(base_dir, dtype="float32"), load_tokenizer(base_dir)
     start = time.time()
-    report = {"base": score(base, tok, heldout)}
+    path = out / "report.json"
+    report = json.loads(path.read_text()) if args.no_base and path.exists() else {}
+    if not args.no_base:
+        report["base"] = score(base, tok, heldout)
     for run in args.runs:
         model, run_tok = load_for_generation(run)
         report[Path(run).parent.name] = score(model, run_tok, heldout, reference=lambda s: logps(base, tok, s))
         del model
-    report["seconds"] = round(time.time() - start, 1)
-    (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    report[f"seconds/{'+'.join(Path(r).parent.name for r in args.runs) or 'base'}"] = round(time.time() - start, 1)
+    path.write_text(json.dumps(report, indent=1, ensure_ascii=False))
     for name, r in report.items():
         if isinstance(r, dict):
             cells = ", ".join(f"{k} {r[k][0]:.3f} ± {r[k][1]:.3f}" for k in ("fact", "concise", "fact_and_concise"))
