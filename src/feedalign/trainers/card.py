@@ -17,8 +17,11 @@ def run_card(run: Any, metrics: Mapping[str, float], eval_metrics: Mapping[str, 
          "eval": len(s.eval_examples), **s.data_counts}
         for s in run.sources
     ]
+    base = config.model.path
+    if base is not None and Path(base).expanduser().exists():
+        base = str(Path(base).expanduser().resolve())
     return {
-        "base": config.model.path,
+        "base": base,
         "lora": None if lora is None else {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout},
         "sources": sources,
         "steps": run.step,
