@@ -86,7 +86,7 @@ def main() -> None:
     base, tok = load_causal_lm(base_dir, dtype="float32"), load_tokenizer(base_dir)
     start = time.time()
     path = out / "report.json"
-    report = json.loads(path.read_text()) if args.no_base and path.exists() else {}
+    report = {}
     if not args.no_base:
         report["base"] = score(base, tok, heldout)
     for run in args.runs:
@@ -94,6 +94,8 @@ def main() -> None:
         report[Path(run).parent.name] = score(model, run_tok, heldout, reference=lambda s: logps(base, tok, s))
         del model
     report[f"seconds/{'+'.join(Path(r).parent.name for r in args.runs) or 'base'}"] = round(time.time() - start, 1)
+    if args.no_base and path.exists():  # read at the end: another evaluation may have written it meanwhile
+        report = {**json.loads(path.read_text()), **report}
     path.write_text(json.dumps(report, indent=1, ensure_ascii=False))
     for name, r in report.items():
         if isinstance(r, dict):
