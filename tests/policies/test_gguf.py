@@ -2,9 +2,9 @@
 LoRA step, saved as a normal directory, merged and sampled with its chat template."""
 
 import json
+import os
 import subprocess
 import sys
-import os
 
 import pytest
 import torch

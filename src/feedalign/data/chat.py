@@ -22,14 +22,12 @@ Tokenizers are duck-typed (``apply_chat_template``, ``chat_template``, ``__call_
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from feedalign.data.messages import ChatText, render_messages
 
-logger = logging.getLogger("feedalign.data")
 
 Messages = Sequence[Mapping[str, str]]
 _WARNED: set[int] = set()
