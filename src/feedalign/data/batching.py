@@ -189,7 +189,7 @@ def _chat_rows(tokenizer: Any, ex: Example, options: TokenizeOptions) -> tuple[s
     return prompt_text, out, prompt_ids
 
 
-def _truncation_marks(ex: Example) -> list[bool]:
+def _truncation_marks(ex: Example) -> list[bool]:  # one per completion: [chosen(, rejected)]
     return [ex.truncated] + ([ex.rejected_truncated] if ex.rejected is not None else [])
 
 
@@ -238,9 +238,7 @@ def tokenize_source(examples: Sequence[Example], tokenizer: Any, options: Tokeni
     return result
 
 
-def tokenize_examples(
-    examples: Sequence[Example], tokenizer: Any, max_length: int | TokenizeOptions
-) -> list[Example]:
+def tokenize_examples(examples: Sequence[Example], tokenizer: Any, max_length: int | TokenizeOptions) -> list[Example]:
     """Attach token ids to every example; a record that cannot be tokenised (nothing left to
     score after truncation, ...) fails naming where it came from."""
     options = max_length if isinstance(max_length, TokenizeOptions) else TokenizeOptions(max_length=max_length)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from feedalign.data.errors import RowError
+from feedalign.data.marks import mark_truncated
 from feedalign.data.messages import (
     check_messages,
     common_prefix,
@@ -140,36 +141,17 @@ def row_to_records(
     if kind == "pair" or (kind is None and has_pair and not has_single):
         if not has_pair:
             raise RowError("chosen", "missing; kind='pair' expects prompt + chosen + rejected columns")
-        return _mark_truncated(row, [_pair(row, objectives)])
+        return mark_truncated(row, [_pair(row, objectives)])
     if kind in _SINGLE_KINDS or (kind is None and has_single and not has_pair):
         if not has_single:
             raise RowError("completion", f"missing; kind={kind!r} expects prompt + completion (or messages)")
-        return _mark_truncated(row, _single(row, kind, objectives))
+        return mark_truncated(row, _single(row, kind, objectives))
     if has_pair and has_single:
         raise RowError(
             None, "ambiguous row: has both chosen/rejected and completion/messages; pass kind= to choose"
         )
     columns = ", ".join(sorted(map(str, row))) or "none"
     raise RowError(None, f"unrecognised columns ({columns}); accepted layouts: {ACCEPTED_LAYOUTS}")
-
-
-_TRUNCATION_FIELDS = {PairRecord: ("chosen_truncated", "rejected_truncated"), LabeledRecord: ("truncated",)}
-
-
-def _mark_truncated(row: Mapping[str, Any], records: list[Record]) -> list[Record]:
-    """Optional bool columns marking a completion as cut off: ``truncated`` (completion
-    rows), ``chosen_truncated`` / ``rejected_truncated`` (pairs)."""
-    out = []
-    for rec in records:
-        marks = {}
-        for name in _TRUNCATION_FIELDS.get(type(rec), ()):
-            value = row.get(name)
-            if value is not None and not isinstance(value, bool):
-                raise RowError(name, f"expected true or false, got {describe_value(value)}")
-            if value:
-                marks[name] = True
-        out.append(replace(rec, **marks) if marks else rec)
-    return out
 
 
 def _pair(row: Mapping[str, Any], objectives: frozenset[str] | None) -> PairRecord:
