@@ -61,8 +61,9 @@ def cached_snapshot(repo_id: str) -> str | None:
 
 def default_threads() -> int:
     """Half the CPU cores this process may use, between 1 and 8: on a small shared machine
-    one thread per process avoids oversubscription (measured: torch's default was 2-5x
-    slower than one thread on 2 busy cores), and past ~8 threads small models gain little."""
+    one thread per process avoids oversubscription (two threads were ~9x slower than one
+    on a busy 2-core machine, docs/real_model.md), and past ~8 threads small models gain
+    little."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
