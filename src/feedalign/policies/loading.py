@@ -62,8 +62,8 @@ def cached_snapshot(repo_id: str) -> str | None:
 def default_threads() -> int:
     """Half the CPU cores this process may use, between 1 and 8: on a small shared machine
     one thread per process avoids oversubscription (two threads were ~9x slower than one
-    on a busy 2-core machine, docs/real_model.md), and past ~8 threads small models gain
-    little."""
+    on a busy 2-core machine, docs/real_model.md); the cap of 8 is a conservative choice
+    for larger machines, not a measured optimum."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
