@@ -31,8 +31,13 @@ def no_model_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model or tokenizer was loaded before the hyperparameters were checked")
 
+    # Import what binds these names at import time first, so no module keeps the stand-in.
+    import feedalign.trainers.loop  # noqa: F401
+    import feedalign.trainers.run
+
     monkeypatch.setattr("feedalign.policies.hf.load_tokenizer", refuse)
     monkeypatch.setattr("feedalign.trainers.setup.load_policy", refuse)
+    monkeypatch.setattr(feedalign.trainers.run, "load_policy", refuse)
 
 
 def _config(root: Path, loss: str, out: Path) -> Path:

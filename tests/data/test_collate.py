@@ -8,6 +8,7 @@ from feedalign.data.collate import (
     pack_examples,
     pad_batch,
     tokenize_example,
+    tokenize_rows,
 )
 from feedalign.policies.tiny import BOS_ID, EOS_ID, PAD_ID, build_char_tokenizer
 
@@ -47,17 +48,53 @@ def test_empty_prompt_with_bos_is_fine(tok):
     assert ex["completion_mask"] == [0, 1, 1, 1]
 
 
-def test_truncation_drops_prompt_from_left_then_completion_from_right(tok):
+def test_truncation_cuts_prompt_from_left_down_to_the_minimum_then_completion(tok):
     # 1 bos + 6 prompt + 3 completion(+eos) = 10 tokens.
-    ex = tokenize_example(tok, "abcdef", "gh", 7)
+    ex = tokenize_example(tok, "abcdef", "gh", 7, min_prompt_length=2)
     assert ex["input_ids"] == [BOS_ID] + ids_of("def") + ids_of("gh") + [EOS_ID]
     assert ex["completion_mask"] == [0, 0, 0, 0, 1, 1, 1]
-    # Prompt fully consumed (BOS kept), then the completion loses its tail (EOS first).
-    ex = tokenize_example(tok, "abcdef", "ghij", 3)
-    assert ex["input_ids"] == [BOS_ID] + ids_of("gh")
-    assert ex["completion_mask"] == [0, 1, 1]
-    keep_start = tokenize_example(tok, "abcdef", "gh", 7, truncation="keep_start_of_prompt")
+    # The prompt never goes below min_prompt_length: the completion loses its tail instead.
+    ex = tokenize_example(tok, "abcdef", "ghij", 5, min_prompt_length=2)
+    assert ex["input_ids"] == [BOS_ID] + ids_of("ef") + ids_of("gh")
+    keep_start = tokenize_example(tok, "abcdef", "gh", 7, truncation="keep_start_of_prompt", min_prompt_length=2)
     assert keep_start["input_ids"] == [BOS_ID] + ids_of("abc") + ids_of("gh") + [EOS_ID]
+    # Default minimum (8 tokens, or the whole prompt when shorter): no room left -> refused.
+    with pytest.raises(ValueError, match="does not fit in max_length=7.*at least 6 tokens"):
+        tokenize_example(tok, "abcdef", "gh", 7)
+
+
+def test_max_prompt_length_cuts_the_prompt_first(tok):
+    ex = tokenize_example(tok, "abcdef", "gh", 64, max_prompt_length=2)
+    assert ex["input_ids"] == [BOS_ID] + ids_of("ef") + ids_of("gh") + [EOS_ID]
+    with pytest.raises(ValueError, match="max_prompt_length=2"):
+        tokenize_example(tok, "abcdef", "gh", 64, max_prompt_length=2, truncation="error")
+
+
+def test_pair_shares_one_truncation_decision(tok):
+    # chosen is short, rejected is long: both keep the SAME prompt tokens.
+    (chosen, rejected), cut = tokenize_rows(tok, "abcdef", ["g", "ghijghij"], 10, min_prompt_length=2)
+    assert cut
+    prompt_len = [len(r["input_ids"]) - sum(r["completion_mask"]) for r in (chosen, rejected)]
+    assert prompt_len[0] == prompt_len[1]
+    assert chosen["input_ids"][: prompt_len[0]] == rejected["input_ids"][: prompt_len[0]]
+    assert len(rejected["input_ids"]) <= 10 and rejected["input_ids"][-1] != EOS_ID  # cut from the right
+    assert chosen["input_ids"][-1] == EOS_ID
+    _, cut = tokenize_rows(tok, "ab", ["c", "d"], 64)
+    assert not cut
+
+
+def test_no_double_eos_and_truncated_completions_get_none(tok):
+    eos_text = tok.eos_token
+    ex = tokenize_example(tok, "ab", "cd" + eos_text, 64)
+    assert ex["input_ids"] == [BOS_ID] + ids_of("ab") + ids_of("cd") + [EOS_ID]
+    ex = tokenize_example(tok, "ab", "cd", 64, truncated=True)
+    assert ex["input_ids"] == [BOS_ID] + ids_of("ab") + ids_of("cd")
+    assert ex["completion_mask"] == [0, 0, 0, 1, 1]
+
+
+def test_no_double_bos_when_the_prompt_text_starts_with_it(tok):
+    ex = tokenize_example(tok, tok.bos_token + "ab", "c", 64)
+    assert ex["input_ids"] == [BOS_ID] + ids_of("ab") + ids_of("c") + [EOS_ID]
 
 
 class _NoEos:
@@ -77,15 +114,15 @@ def test_never_returns_empty_completion_and_names_example(tok):
     with pytest.raises(ValueError, match="max_length must be >= 2"):
         tokenize_example(tok, "ab", "c", 1)
     # The tightest budget still keeps one context token and one completion token.
-    assert tokenize_example(tok, "abcdef", "ghij", 2)["input_ids"] == [BOS_ID] + ids_of("g")
+    assert tokenize_example(tok, "abcdef", "ghij", 2, min_prompt_length=0)["input_ids"] == [BOS_ID] + ids_of("g")
 
 
 def test_truncation_without_bos_keeps_one_prompt_token():
     tok = build_char_tokenizer(ALPHABET, add_bos=False)
-    ex = tokenize_example(tok, "abcdef", "gh", 3)
+    ex = tokenize_example(tok, "abcdef", "gh", 3, min_prompt_length=0)
     assert ex["input_ids"] == ids_of("f") + ids_of("gh")
     assert ex["completion_mask"] == [0, 1, 1]
-    ex = tokenize_example(tok, "abcdef", "gh", 2)
+    ex = tokenize_example(tok, "abcdef", "gh", 2, min_prompt_length=0)
     assert ex["input_ids"] == ids_of("f") + ids_of("g")
 
 

@@ -125,7 +125,7 @@ def test_exact_tabular_population_recovers_pi_star():
     }
     policy = TabularPolicy(3, 4, init_logits=env.ref_logp.float())
     fit_tabular(policy, "dpo_rk", feedback, hparams={"beta": env.beta, "tie_log_theta": nu},
-                state_fns={"ties": lambda ctx: {"ties": ctx.batch["tie"]}}, reference=env.ref_logp.float(),
+                inputs={"ties": lambda ctx: ctx.batch["tie"]}, reference=env.ref_logp.float(),
                 steps=30, lr=1.0, optimizer="lbfgs")
     target = env.optimum(w)
     assert tv_distance(policy.probs().detach().to(DTYPE), target) < 1e-3

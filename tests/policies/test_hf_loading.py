@@ -111,7 +111,14 @@ def test_missing_path_fails_before_loading(monkeypatch, tmp_path):
     # A plausible hub id is handed on (here to the patched loader).
     with pytest.raises(AssertionError, match="must not be reached"):
         load_causal_lm("some-org/some-model")
-    assert hf._resolve_source("gpt2", "x") == "gpt2"
+    # No 'org/name' shape, or an existing parent directory: a local path, refused at once.
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        hf._resolve_source("gpt2", "x")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        hf._resolve_source("runs/typo", "x")
+    assert hf._resolve_source("some-org/some-model", "x") == "some-org/some-model"
 
 
 def test_resolve_dtype():
@@ -156,3 +163,26 @@ def test_greedy_generation_matches_argmax_and_left_padding(saved):
         assert text == tok.decode(out, skip_special_tokens=True)
     # Batched (left-padded) and one-at-a-time agree.
     assert greedy == [generate(model, tok, [p], max_new_tokens=5, temperature=0.0)[0] for p in prompts]
+
+
+def test_cached_hub_id_resolves_to_its_snapshot_and_adapters_record_it(monkeypatch, tmp_path):
+    import json
+
+    import huggingface_hub
+
+    from feedalign.policies.export import base_of, record_base
+
+    snapshot = tmp_path / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo, name: str(snapshot / name) if repo == "org/cached" else None)
+    assert hf._resolve_source("org/cached", "x") == str(snapshot)
+    assert hf._resolve_source("org/other", "x") == "org/other"
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "relative/base"}))
+    info = record_base(adapter, "org/cached")
+    assert info == {"path": str(snapshot), "hub_id": "org/cached"}
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/cached"
+    assert base_of(adapter) == str(snapshot)

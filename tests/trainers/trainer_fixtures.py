@@ -112,3 +112,8 @@ def model_state(model: Any) -> dict[str, torch.Tensor]:
 def length_margins(prompts: list[str], completions: list[str]) -> torch.Tensor:
     """A hand-made margin reward for MODPO tests: minus the completion length, [N, 1]."""
     return torch.tensor([[-float(len(c))] for c in completions])
+
+
+def length_judge(prompts: list[str], completions: list[str]) -> list[float]:
+    """A judge for health tests: the completion's length in characters."""
+    return [float(len(c)) for c in completions]

@@ -62,6 +62,9 @@ def register(subparsers) -> None:
     from feedalign.cli.export_data import register_export
 
     register_export(data_sub)
+    from feedalign.cli.preview_cmd import add_preview
+
+    add_preview(data_sub)
 
 
 def _print_help(parser: argparse.ArgumentParser) -> int:

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "feedalign.cli.config_cmd",  # config show
     "feedalign.cli.serve_cmd",  # serve
     "feedalign.cli.iterate_cmd",  # iterate
+    "feedalign.cli.export_cmd",  # export
 )
 
 

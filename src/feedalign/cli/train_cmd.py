@@ -48,6 +48,7 @@ def register(subparsers: Any) -> None:
     train.add_argument("--on-invalid", choices=("error", "quarantine"), default=None,
                        help="what an invalid data row does (default: the config's train.on_invalid)")
     train.add_argument("--quiet", action="store_true", help="only warnings and errors on the console")
+    add_threads_option(train)
     train.set_defaults(func=run_train)
 
     gen = subparsers.add_parser(
@@ -67,7 +68,15 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                     help="render prompts with the model's chat template (default: on when the tokenizer has one)")
+    add_threads_option(gen)
     gen.set_defaults(func=run_generate)
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for torch (default: train.threads, else half the usable cores, 1 to 8)")
 
 
 def _setup_console(quiet: bool) -> None:
@@ -88,6 +97,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.allow_changed_data and not (args.resume or args.resume_or_start):
         print("error: --allow-changed-data only applies with --resume or --resume-or-start", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.threads is not None:
+        overrides.append(f"train.threads={args.threads}")
     try:
         from feedalign.trainers.checkpoint import CheckpointWriteError
         from feedalign.trainers.loop import NonFiniteLossError, train
@@ -115,6 +126,8 @@ def run_train(args: argparse.Namespace) -> int:
     from feedalign.trainers.summary import format_summary
 
     print(format_summary(result, result.source_names))
+    for warning in result.health_warnings:
+        print(f"health warning: {warning}")
     return 0
 
 
@@ -130,13 +143,15 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _read_prompts(args: argparse.Namespace) -> list[str]:
+def _read_prompts(args: argparse.Namespace) -> list[Any]:
+    """Prompt strings, or message lists (a .jsonl ``prompt`` that is a list, or ``messages``)."""
     if args.prompt:
         return list(args.prompt)
     path = Path(args.prompts_file)
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if path.suffix in (".jsonl", ".ndjson"):
-        return [json.loads(line)["prompt"] for line in lines]
+        rows = [json.loads(line) for line in lines]
+        return [row["messages"] if "messages" in row else row["prompt"] for row in rows]
     return lines
 
 
@@ -156,8 +171,9 @@ def load_for_generation(path: str | Path) -> tuple[Any, Any]:
     if (path / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base_path = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model = PeftModel.from_pretrained(load_causal_lm(base_path), str(path))
+        from feedalign.policies.export import base_of
+
+        model = PeftModel.from_pretrained(load_causal_lm(base_of(path)), str(path))
     else:
         model = load_causal_lm(path)
     return model, load_tokenizer(path)
@@ -181,36 +197,46 @@ def _load_checkpoint_model(path: Path) -> tuple[Any, Any]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from feedalign.policies.hf import generate
+    from feedalign.data.chat import has_chat_template
+    from feedalign.policies.generation import sample
+    from feedalign.policies.hf import set_threads
 
+    set_threads(args.threads)
     try:
         prompts = _read_prompts(args)
         model, tokenizer = load_for_generation(args.model)
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    completions = _generate_with_progress(generate, model, tokenizer, prompts, args)
-    for prompt, completion in zip(prompts, completions):
+    from feedalign.data.chat import render_prompt
+
+    chat = has_chat_template(tokenizer) if args.chat is None else args.chat
+    # Message lists are rendered with the template whatever --chat says: they are chats.
+    prompts = [render_prompt(tokenizer, p) if isinstance(p, list) else p for p in prompts]
+    samples = _generate_with_progress(sample, model, tokenizer, prompts, args, chat=chat)
+    for prompt, s in zip(prompts, samples):
         if args.json:
-            print(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False))
+            row = {"prompt": prompt, "rendered_prompt": s.prompt, "completion": s.text, "truncated": s.truncated}
+            print(json.dumps(row, ensure_ascii=False))
         else:
-            print(f"### prompt\n{prompt}\n### completion\n{completion}\n")
+            cut = " (cut at --max-new-tokens)" if s.truncated else ""
+            print(f"### prompt\n{prompt}\n### completion{cut}\n{s.text}\n")
     return 0
 
 
 GENERATE_BATCH = 8  # generate()'s batch; each batch is seeded with seed + its first index
 
 
-def _generate_with_progress(generate: Any, model: Any, tokenizer: Any, prompts: list[str],
-                            args: argparse.Namespace) -> list[str]:
-    """generate() one batch at a time under a progress bar. Each batch keeps the seed
-    generate() itself gives it (seed + index of its first prompt): the same completions."""
+def _generate_with_progress(sample: Any, model: Any, tokenizer: Any, prompts: list[str],
+                            args: argparse.Namespace, *, chat: bool) -> list[Any]:
+    """sample() one batch at a time under a progress bar. Each batch keeps the seed
+    sample() itself gives it (seed + index of its first prompt): the same completions."""
     from tqdm.auto import tqdm
 
-    out: list[str] = []
+    out: list[Any] = []
     starts = range(0, len(prompts), GENERATE_BATCH)
     for start in tqdm(starts, desc="generate", unit="batch", disable=len(starts) <= 1):
-        out += generate(model, tokenizer, prompts[start:start + GENERATE_BATCH], max_new_tokens=args.max_new_tokens,
-                        temperature=args.temperature, top_p=args.top_p, seed=args.seed + start,
-                        batch_size=GENERATE_BATCH)
+        out += sample(model, tokenizer, prompts[start:start + GENERATE_BATCH], max_new_tokens=args.max_new_tokens,
+                      temperature=args.temperature, top_p=args.top_p, seed=args.seed + start,
+                      batch_size=GENERATE_BATCH, chat=chat)
     return out

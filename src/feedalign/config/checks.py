@@ -115,12 +115,21 @@ def check_model_path(path: str | None, key: str) -> None:
         raise ConfigError("is required (a local model directory or a hub id)", key=key)
     local = Path(path).expanduser()
     if local.exists():
-        if not local.is_dir():
-            raise ConfigError(f"'{path}' is a file; expected a model directory", key=key)
+        if not local.is_dir() and local.suffix != ".gguf":
+            raise ConfigError(f"'{path}' is a file; expected a model directory or a .gguf file", key=key)
         return
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or "\\" in path
-    if looks_local or not _HUB_ID.match(path):
-        raise ConfigError(f"'{path}' does not exist and does not look like a hub id", key=key)
+    if looks_local(path):
+        raise ConfigError(f"'{path}' does not exist (a local path: it is not an 'org/name' hub id)", key=key)
+
+
+def looks_local(path: str) -> bool:
+    """A model path that cannot be a hub id: it starts with '.', '/' or '~', its parent
+    directory exists here, it ends in .gguf, or it has no 'org/name' shape."""
+    parent = Path(path).expanduser().parent
+    return (
+        path.startswith((".", "/", "~")) or "\\" in path or path.endswith(".gguf")
+        or path.count("/") != 1 or not _HUB_ID.match(path) or (str(parent) not in ("", ".") and parent.is_dir())
+    )
 
 
 def check_data_paths(source: DataSourceConfig, prefix: str) -> None:

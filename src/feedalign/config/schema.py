@@ -69,6 +69,7 @@ class ModelConfig:
         lora: LoRA adapter settings; null trains every parameter.
         gradient_checkpointing: recompute activations in backward (less memory, slower steps).
         attn_implementation: attention kernel passed to transformers (sdpa, eager, ...); null: default.
+        dropout: keep the model's dropout on while training (default off; LoRA dropout is lora.dropout).
     """
 
     path: str | None = None
@@ -77,10 +78,14 @@ class ModelConfig:
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None
+    # Model dropout while training: off by default (policy, reference and evaluation then see
+    # the same deterministic network); LoRA dropout is set separately (lora.dropout).
+    dropout: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dtype", _DTYPE_OF_PRECISION.get(self.dtype, self.dtype))
         _choice(self.dtype, DTYPES + tuple(_DTYPE_OF_PRECISION), "dtype")
+        _require(isinstance(self.dropout, bool), "dropout", f"must be true or false, got {self.dropout!r}")
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,19 @@ class MarginsConfig:
             _require(ok, "target", detail)
 
 
+def _check_lengths(cfg: Any) -> None:
+    """``max_length`` >= 2, ``max_prompt_length`` >= 1 and below it, ``min_prompt_length`` >= 0."""
+    if cfg.max_length is not None:
+        _require(cfg.max_length >= 2, "max_length", f"must be >= 2, got {cfg.max_length}")
+    if cfg.max_prompt_length is not None:
+        _require(cfg.max_prompt_length >= 1, "max_prompt_length", f"must be >= 1, got {cfg.max_prompt_length}")
+        if cfg.max_length is not None:
+            ok = cfg.max_prompt_length < cfg.max_length
+            _require(ok, "max_prompt_length", f"must be < max_length ({cfg.max_length}), got {cfg.max_prompt_length}")
+    if cfg.min_prompt_length is not None:
+        _require(cfg.min_prompt_length >= 0, "min_prompt_length", f"must be >= 0, got {cfg.min_prompt_length}")
+
+
 @dataclass(frozen=True)
 class DataSourceConfig:
     """One data source: records trained with one loss and one weight.
@@ -166,7 +184,10 @@ class DataSourceConfig:
         hparams: the loss's hyperparameters (e.g. beta); see docs/ALGORITHMS.md for each loss.
         pairing: discordant turns thumbs into pairs for pair losses; null: none.
         kind: force the row layout: pair, labeled, positive or negative; null: detect per row.
-        max_length: maximum tokens of prompt + completion (longer examples are truncated).
+        max_length: maximum tokens of prompt + completion; null: train.max_length.
+        max_prompt_length: cap on prompt tokens (cut from the left); null: train.max_prompt_length.
+        min_prompt_length: fewest prompt tokens a row may keep; null: train.min_prompt_length.
+        chat_template: render plain-string prompts as one user turn of the tokenizer's chat template; null: only message lists are.
         margins: margin rewards of the other objectives (MODPO); null: none.
         kl_samples: file(s) of reference-policy samples for a loss's optional kl input.
         kl_batch_size: kl_samples drawn per micro-step; null: train.micro_batch_size.
@@ -187,7 +208,10 @@ class DataSourceConfig:
     hparams: dict[str, Any] = field(default_factory=dict)
     pairing: str | None = None
     kind: str | None = None
-    max_length: int = 512
+    max_length: int | None = None
+    max_prompt_length: int | None = None
+    min_prompt_length: int | None = None
+    chat_template: bool | None = None
     margins: MarginsConfig | None = None
     kl_samples: str | tuple[str, ...] | None = None
     kl_batch_size: int | None = None
@@ -216,7 +240,9 @@ class DataSourceConfig:
             _require(size >= 1, "kl_batch_size", f"must be >= 1, got {size}")
             _require(self.kl_samples is not None, "kl_batch_size", "is set but kl_samples is not")
         _require(self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")
-        _require(self.max_length >= 2, "max_length", f"must be >= 2, got {self.max_length}")
+        _check_lengths(self)
+        ok = self.chat_template is None or isinstance(self.chat_template, bool)
+        _require(ok, "chat_template", f"must be true, false or null, got {self.chat_template!r}")
         if self.pairing is not None:
             _choice(self.pairing, PAIRINGS, "pairing")
         if self.kind is not None:
@@ -298,6 +324,13 @@ class TrainConfig:
         compile: run the decoder under torch.compile (pays on long runs only).
         packing: padding-free micro-batches (sequences back to back).
         share_prompt: with packing, run each pair's prompt once (prompt, chosen, rejected in one row).
+        max_length: token budget (prompt + completion) of every source that sets none.
+        max_prompt_length: cap on prompt tokens (cut from the left); null: only max_length limits it.
+        min_prompt_length: fewest prompt tokens a row may keep; rows that cannot fit are rejected.
+        threads: CPU threads for torch; null: half the usable cores, between 1 and 8.
+        eval_generate: held-out prompts sampled at each evaluation (health/* metrics, samples.jsonl).
+        eval_max_new_tokens: length limit of those samples.
+        eval_judge: "module:function" scoring (prompts, completions) at each evaluation; null: none.
     """
 
     output_dir: str
@@ -331,8 +364,27 @@ class TrainConfig:
     compile: bool = False
     packing: bool = False
     share_prompt: bool = True
+    # Token budget of every source that sets none (see DataSourceConfig / data.collate).
+    max_length: int = 512
+    max_prompt_length: int | None = None
+    min_prompt_length: int = 8
+    # CPU threads for torch (None: feedalign.policies.hf.default_threads()).
+    threads: int | None = None
+    # Health at every evaluation (trainers/health.py): sample this many held-out prompts,
+    # log distinct-n, repetition, the KL to the reference and eval_judge ("module:function").
+    eval_generate: int = 0
+    eval_max_new_tokens: int = 64
+    eval_judge: str | None = None
 
     def __post_init__(self) -> None:
+        _check_lengths(self)
+        if self.threads is not None:
+            _require(self.threads >= 1, "threads", f"must be >= 1 or null, got {self.threads}")
+        _require(self.eval_generate >= 0, "eval_generate", f"must be >= 0, got {self.eval_generate}")
+        _require(self.eval_max_new_tokens >= 1, "eval_max_new_tokens", f"must be >= 1, got {self.eval_max_new_tokens}")
+        if self.eval_judge is not None:
+            ok = self.eval_judge.count(":") == 1
+            _require(ok, "eval_judge", f"must look like 'package.module:function', got {self.eval_judge!r}")
         _require(bool(self.output_dir), "output_dir", "must be a directory path")
         if self.run_name is not None:
             _require(bool(self.run_name.strip()), "run_name", "must be a non-empty name or null")

@@ -47,6 +47,9 @@ class Example:
     plain_prompt: str | None = None
     reference_tokens: dict[str, list[int]] | None = None
     reference_rejected_tokens: dict[str, list[int]] | None = None
+    # The completion / rejected text was cut off: tokenised without EOS.
+    truncated: bool = False
+    rejected_truncated: bool = False
 
 
 @dataclass
@@ -108,8 +111,10 @@ def _examples(pairs, labeled, feedback: str, *, pairing: str | None, seed: int, 
             logger.warning("source %s: %d pairs are split into %d thumbs-up (chosen) and thumbs-down (rejected) "
                            "examples for an unpaired loss", source, len(pairs), 2 * len(pairs))
         for r in pairs:
-            out.append(Example(f"{r.id}/chosen", r.prompt, r.chosen, r.objective, True, where=r.source, weight=r.weight))
-            out.append(Example(f"{r.id}/rejected", r.prompt, r.rejected, r.objective, False, where=r.source, weight=r.weight))
+            out.append(Example(f"{r.id}/chosen", r.prompt, r.chosen, r.objective, True, where=r.source,
+                               weight=r.weight, truncated=r.chosen_truncated))
+            out.append(Example(f"{r.id}/rejected", r.prompt, r.rejected, r.objective, False, where=r.source,
+                               weight=r.weight, truncated=r.rejected_truncated))
         return out
     if feedback == "sequence":
         dropped = len(pairs) + sum(1 for r in labeled if not r.label)
@@ -117,17 +122,20 @@ def _examples(pairs, labeled, feedback: str, *, pairing: str | None, seed: int, 
             logger.warning("source %s: a sequence loss trains on desirable completions only; %d rejected "
                            "completions and thumbs-down rows are not used", source, dropped)
         out = [_labeled_example(r) for r in labeled if r.label]
-        out += [Example(r.id, r.prompt, r.chosen, r.objective, where=r.source, weight=r.weight) for r in pairs]
+        out += [Example(r.id, r.prompt, r.chosen, r.objective, where=r.source, weight=r.weight,
+                        truncated=r.chosen_truncated) for r in pairs]
         return [replace(ex, label=None) for ex in out]
     raise ValueError(f"feedback kind {feedback!r} is not trained by the policy trainer")
 
 
 def _pair_example(r: PairRecord) -> Example:
-    return Example(r.id, r.prompt, r.chosen, r.objective, rejected=r.rejected, where=r.source, weight=r.weight, tie=r.tie)
+    return Example(r.id, r.prompt, r.chosen, r.objective, rejected=r.rejected, where=r.source, weight=r.weight,
+                   tie=r.tie, truncated=r.chosen_truncated, rejected_truncated=r.rejected_truncated)
 
 
 def _labeled_example(r: LabeledRecord) -> Example:
-    return Example(r.id, r.prompt, r.completion, r.objective, label=bool(r.label), where=r.source, weight=r.weight)
+    return Example(r.id, r.prompt, r.completion, r.objective, label=bool(r.label), where=r.source, weight=r.weight,
+                   truncated=r.truncated)
 
 
 def _normalise_weights(examples: list[Example]) -> list[Example]:
@@ -163,28 +171,117 @@ def steer_examples(examples: Sequence[Example], spec: Any) -> list[Example]:
     ]
 
 
-def tokenize_examples(examples: Sequence[Example], tokenizer: Any, max_length: int) -> list[Example]:
-    """Attach token ids to every example; a record that cannot be tokenised (nothing left to
-    score after truncation, ...) fails naming where it came from."""
-    from feedalign.data.collate import tokenize_example
+@dataclass(frozen=True)
+class TokenizeOptions:
+    """How a source's examples become tokens (``data.collate.fit_to_length``, ``data.chat``).
 
-    def encode(prompt: str, ex: Example) -> tuple[dict[str, list[int]], dict[str, list[int]] | None]:
-        tokens = tokenize_example(tokenizer, prompt, ex.completion, max_length, example_id=ex.id)
-        rejected = None
-        if ex.rejected is not None:
-            rejected = tokenize_example(tokenizer, prompt, ex.rejected, max_length, example_id=ex.id)
-        return tokens, rejected
+    ``chat_template``: None renders message rows with the tokenizer's chat template and keeps
+    plain-string rows as text; True also wraps a plain prompt as one user message (and its
+    completion as the assistant reply); False keeps the fixed rendering for every row.
+    """
 
-    out = []
+    max_length: int = 512
+    max_prompt_length: int | None = None
+    min_prompt_length: int = 8
+    chat_template: bool | None = None
+
+
+@dataclass
+class TokenizedSource:
+    """``examples`` that fit, how many of them were ``truncated``, and the ``rejected``
+    ones as (example, reason)."""
+
+    examples: list[Example]
+    truncated: int = 0
+    rejected: list[tuple[Example, str]] = field(default_factory=list)
+
+
+def _chat_rows(tokenizer: Any, ex: Example, options: TokenizeOptions) -> tuple[str, list[tuple[str, list[int]]], list[int]] | None:
+    """(prompt text, [(completion text, completion ids)], prompt ids) rendered with the chat
+    template, or None for a row that stays plain text. The completion ids are the rest of the
+    whole conversation's tokens after the prompt's (token-identical rendering)."""
+    from feedalign.data.chat import conversation, render_turn
+    from feedalign.data.collate import ends_turn
+
+    if options.chat_template is False or ex.steer_weights is not None:
+        return None
+    texts = [ex.completion] + ([ex.rejected] if ex.rejected is not None else [])
+    convs = [conversation(ex.prompt, t, wrap_plain=options.chat_template is True) for t in texts]
+    if any(c is None for c in convs):
+        return None
+    eos = getattr(tokenizer, "eos_token_id", None)
+    prompt_text, prompt_ids, out = "", [], []
+    for (prompt_msgs, completion_msgs), cut in zip(convs, _truncation_marks(ex)):  # type: ignore[misc]
+        prompt_text, completion_text = render_turn(tokenizer, prompt_msgs, completion_msgs, truncated=cut)
+        prompt_ids = list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+        full = list(tokenizer(prompt_text + completion_text, add_special_tokens=False)["input_ids"])
+        if full[: len(prompt_ids)] != prompt_ids:
+            raise ValueError("the prompt's tokens are not a prefix of the whole conversation's tokens")
+        ids = full[len(prompt_ids):]
+        if eos is not None and not cut and not ends_turn(tokenizer, ids):
+            ids.append(eos)
+        out.append((completion_text, ids))
+    return prompt_text, out, prompt_ids
+
+
+def _truncation_marks(ex: Example) -> list[bool]:  # one per completion: [chosen(, rejected)]
+    return [ex.truncated] + ([ex.rejected_truncated] if ex.rejected is not None else [])
+
+
+def _tokenize_one(tokenizer: Any, ex: Example, options: TokenizeOptions) -> tuple[Example, bool]:
+    from feedalign.data.collate import context_prefix, fit_to_length, layout, tokenize_rows
+
+    fit = dict(max_prompt_length=options.max_prompt_length, min_prompt_length=options.min_prompt_length)
+    chat = _chat_rows(tokenizer, ex, options)
+    if chat is None:
+        texts = [ex.completion] + ([ex.rejected] if ex.rejected is not None else [])
+        rows, cut = tokenize_rows(tokenizer, ex.prompt, texts, options.max_length, example_id=ex.id,
+                                  truncated=_truncation_marks(ex), **fit)
+    else:
+        prompt_text, completions, prompt_ids = chat
+        context = context_prefix(tokenizer, prompt_text)
+        prompt_ids, comp, cut = fit_to_length(context, prompt_ids, [c for _, c in completions], options.max_length,
+                                              where=f"example {ex.id!r}", **fit)
+        rows = [layout(context, prompt_ids, c) for c in comp]
+        texts = [t for t, _ in completions]
+        ex = replace(ex, prompt=prompt_text, completion=texts[0],
+                     rejected=texts[1] if ex.rejected is not None else None)
+    if ex.rejected is not None and rows[0]["input_ids"] == rows[1]["input_ids"]:
+        raise ValueError("chosen and rejected are identical after truncation (nothing to prefer)")
+    ref_tokens, ref_rejected = None, None
+    if ex.plain_prompt is not None:
+        refs, _ = tokenize_rows(tokenizer, ex.plain_prompt, texts, options.max_length, example_id=ex.id,
+                                truncated=_truncation_marks(ex), **fit)
+        ref_tokens, ref_rejected = refs[0], (refs[1] if len(refs) > 1 else None)
+    out = replace(ex, tokens=rows[0], rejected_tokens=rows[1] if len(rows) > 1 else None,
+                  reference_tokens=ref_tokens, reference_rejected_tokens=ref_rejected)
+    return out, cut
+
+
+def tokenize_source(examples: Sequence[Example], tokenizer: Any, options: TokenizeOptions) -> TokenizedSource:
+    """Attach token ids to every example that fits; the others are returned as rejected with
+    the reason (the caller raises or quarantines)."""
+    result = TokenizedSource([])
     for ex in examples:
         try:
-            tokens, rejected = encode(ex.prompt, ex)
-            ref_tokens, ref_rejected = encode(ex.plain_prompt, ex) if ex.plain_prompt is not None else (None, None)
+            tokenized, cut = _tokenize_one(tokenizer, ex, options)
         except ValueError as exc:
-            raise FeedbackDataError(ex.where or ex.id, str(exc)) from None
-        out.append(replace(ex, tokens=tokens, rejected_tokens=rejected, reference_tokens=ref_tokens,
-                           reference_rejected_tokens=ref_rejected))
-    return out
+            result.rejected.append((ex, str(exc)))
+            continue
+        result.examples.append(tokenized)
+        result.truncated += int(cut)
+    return result
+
+
+def tokenize_examples(examples: Sequence[Example], tokenizer: Any, max_length: int | TokenizeOptions) -> list[Example]:
+    """Attach token ids to every example; a record that cannot be tokenised (nothing left to
+    score after truncation, ...) fails naming where it came from."""
+    options = max_length if isinstance(max_length, TokenizeOptions) else TokenizeOptions(max_length=max_length)
+    result = tokenize_source(examples, tokenizer, options)
+    if result.rejected:
+        ex, reason = result.rejected[0]
+        raise FeedbackDataError(ex.where or ex.id, reason)
+    return result.examples
 
 
 def split_eval(
@@ -306,10 +403,12 @@ def reference_tensors(batch: Batch) -> dict[str, Any]:
 def collate_texts(
     tokenizer: Any, prompts: Sequence[str], completions: Sequence[str], max_length: int, pad_id: int
 ) -> dict[str, torch.Tensor]:
-    """Tokenise and pad arbitrary (prompt, completion) rows (e.g. KTO's mismatched pairs)."""
+    """Tokenise and pad arbitrary (prompt, completion) rows (e.g. KTO's mismatched pairs).
+    The rows recombine texts that each fit, so the prompt may be cut to one token here
+    (no minimum): such a row only estimates a reference point, it is not trained on."""
     from feedalign.data.collate import pad_batch, tokenize_example
 
-    rows = [tokenize_example(tokenizer, p, c, max_length) for p, c in zip(prompts, completions)]
+    rows = [tokenize_example(tokenizer, p, c, max_length, min_prompt_length=0) for p, c in zip(prompts, completions)]
     return pad_batch(rows, pad_id)
 
 

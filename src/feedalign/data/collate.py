@@ -26,6 +26,8 @@ from typing import Any
 import torch
 
 TRUNCATION_MODES = ("keep_end_of_prompt", "keep_start_of_prompt", "error")
+# A prompt is never cut below this many tokens (or its own length) to make room.
+DEFAULT_MIN_PROMPT_LENGTH = 8
 
 
 def _describe(example_id: str | None, prompt: str) -> str:
@@ -54,9 +56,164 @@ def bos_prefix(tokenizer: Any) -> list[int]:
     return [bos] if with_special[:1] == [bos] and plain[:1] != [bos] else []
 
 
+def context_prefix(tokenizer: Any, prompt: str) -> list[int]:
+    """``bos_prefix`` unless the prompt text already starts with the BOS token (a chat
+    template that writes it), so a sequence never starts with two BOS tokens."""
+    bos = bos_prefix(tokenizer)
+    bos_text = getattr(tokenizer, "bos_token", None)
+    if bos and isinstance(bos_text, str) and bos_text and prompt.startswith(bos_text):
+        return []
+    return bos
+
+
 def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
     """Prompt token ids exactly as ``tokenize_example`` lays them out (BOS included)."""
-    return bos_prefix(tokenizer) + _encode(tokenizer, prompt)
+    return context_prefix(tokenizer, prompt) + _encode(tokenizer, prompt)
+
+
+_END_IDS: dict[int, tuple[Any, frozenset[int]]] = {}
+
+
+def turn_end_ids(tokenizer: Any) -> frozenset[int]:
+    """EOS and the chat template's end-of-turn token (``data.chat.end_of_turn_ids``), cached."""
+    cached = _END_IDS.get(id(tokenizer))
+    if cached is None or cached[0] is not tokenizer:
+        from feedalign.data.chat import end_of_turn_ids
+
+        cached = (tokenizer, frozenset(end_of_turn_ids(tokenizer)))
+        _END_IDS[id(tokenizer)] = cached
+    return cached[1]
+
+
+def ends_turn(tokenizer: Any, ids: Sequence[int]) -> bool:
+    """Whether ``ids`` already end the turn: the last token, or the last before up to three
+    whitespace-only tokens (ChatML writes ``<|im_end|>\\n``), is EOS or end-of-turn."""
+    ends = turn_end_ids(tokenizer)
+    for back in range(1, min(len(ids), 4) + 1):
+        token = ids[-back]
+        if token in ends:
+            return True
+        if not hasattr(tokenizer, "decode") or tokenizer.decode([token]).strip():
+            return False
+    return False
+
+
+def completion_ids(tokenizer: Any, completion: str, *, truncated: bool = False) -> list[int]:
+    """Completion token ids with the EOS appended, unless the text already ends the turn
+    (EOS or a chat template's end-of-turn token) or is marked ``truncated`` (it was cut off,
+    so it must not teach the model to stop there)."""
+    ids = _encode(tokenizer, completion)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None and not truncated and not ends_turn(tokenizer, ids):
+        ids.append(eos)
+    return ids
+
+
+def fit_to_length(
+    context: list[int],
+    prompt_ids: list[int],
+    completions: Sequence[list[int]],
+    max_length: int,
+    *,
+    max_prompt_length: int | None = None,
+    min_prompt_length: int = DEFAULT_MIN_PROMPT_LENGTH,
+    truncation: str = "keep_end_of_prompt",
+    where: str = "example",
+) -> tuple[list[int], list[list[int]], bool]:
+    """One truncation decision for a prompt and all its completions (chosen and rejected
+    keep the same prompt tokens).
+
+    1. A prompt longer than ``max_prompt_length`` is cut to it.
+    2. If ``context + prompt + longest completion`` exceeds ``max_length``, the prompt is cut
+       further, but never below ``min(len(prompt), min_prompt_length)`` tokens (one token
+       when there is no BOS); then every completion is cut from the right to what is left.
+    ``truncation`` says which end of the prompt goes ("keep_end_of_prompt": the start goes,
+    the BOS stays) or "error" to refuse.
+
+    Returns:
+        (prompt_ids, completions, truncated): ``truncated`` is True if anything was cut.
+
+    Raises:
+        ValueError: ``truncation="error"`` and something is too long, or no completion token
+            fits next to the minimum prompt (such a row is quarantined by the trainer).
+    """
+    keep_end = truncation != "keep_start_of_prompt"
+
+    def keep(ids: list[int], n: int) -> list[int]:
+        return ids[len(ids) - n :] if keep_end else ids[:n]
+
+    cut = False
+    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+        if truncation == "error":
+            raise ValueError(f"{where}: the prompt has {len(prompt_ids)} tokens, over max_prompt_length="
+                             f"{max_prompt_length}, and truncation='error'")
+        prompt_ids, cut = keep(prompt_ids, max_prompt_length), True
+    longest = max(len(c) for c in completions)
+    total = len(context) + len(prompt_ids) + longest
+    if total <= max_length:
+        return prompt_ids, [list(c) for c in completions], cut
+    if truncation == "error":
+        raise ValueError(f"{where}: {total} tokens exceed max_length={max_length} and truncation='error'")
+    floor = max(min(len(prompt_ids), min_prompt_length), 0 if context else 1)
+    prompt_ids = keep(prompt_ids, max(floor, len(prompt_ids) - (total - max_length)))
+    room = max_length - len(context) - len(prompt_ids)
+    if room < 1:
+        raise ValueError(
+            f"{where}: does not fit in max_length={max_length}: the prompt keeps at least {floor} tokens "
+            f"(min_prompt_length={min_prompt_length}), leaving no room for the completion"
+        )
+    return prompt_ids, [list(c[:room]) for c in completions], True
+
+
+def layout(context: list[int], prompt_ids: list[int], completion: list[int]) -> dict[str, list[int]]:
+    """``{"input_ids", "completion_mask"}`` of ``context + prompt + completion``."""
+    head = context + prompt_ids
+    return {"input_ids": head + completion, "completion_mask": [0] * len(head) + [1] * len(completion)}
+
+
+def tokenize_rows(
+    tokenizer: Any,
+    prompt: str,
+    completions: Sequence[str],
+    max_length: int,
+    *,
+    truncation: str = "keep_end_of_prompt",
+    example_id: str | None = None,
+    max_prompt_length: int | None = None,
+    min_prompt_length: int = DEFAULT_MIN_PROMPT_LENGTH,
+    truncated: Sequence[bool] | None = None,
+) -> tuple[list[dict[str, list[int]]], bool]:
+    """Tokenise one prompt with one or more completions (a pair's chosen and rejected) under
+    ONE truncation decision (``fit_to_length``). ``truncated[i]`` marks completion i as cut
+    off (no EOS). Returns (one ``{"input_ids", "completion_mask"}`` per completion, whether
+    truncation cut anything)."""
+    where = _describe(example_id, prompt)
+    _check_options(truncation, max_length)
+    context = context_prefix(tokenizer, prompt)
+    prompt_ids = _encode(tokenizer, prompt)
+    marks = list(truncated) if truncated is not None else [False] * len(completions)
+    comp = [completion_ids(tokenizer, c, truncated=t) for c, t in zip(completions, marks)]
+    if any(not c for c in comp):
+        raise ValueError(f"{where}: the completion is empty and the tokenizer has no EOS token to score")
+    if not context and not prompt_ids:
+        raise ValueError(
+            f"{where}: the prompt is empty and the tokenizer adds no BOS token, so the first "
+            "completion token would have no context to be scored from"
+        )
+    prompt_ids, comp, cut = fit_to_length(
+        context, prompt_ids, comp, max_length, max_prompt_length=max_prompt_length,
+        min_prompt_length=min_prompt_length, truncation=truncation, where=where,
+    )
+    return [layout(context, prompt_ids, c) for c in comp], cut
+
+
+def _check_options(truncation: str, max_length: int) -> None:
+    if truncation not in TRUNCATION_MODES:
+        raise ValueError(f"tokenize_example: truncation={truncation!r}; expected one of {TRUNCATION_MODES}")
+    if max_length < 2:
+        raise ValueError(
+            f"tokenize_example: max_length must be >= 2 (a context token and a completion token), got {max_length}"
+        )
 
 
 def tokenize_example(
@@ -67,6 +224,9 @@ def tokenize_example(
     *,
     truncation: str = "keep_end_of_prompt",
     example_id: str | None = None,
+    max_prompt_length: int | None = None,
+    min_prompt_length: int = DEFAULT_MIN_PROMPT_LENGTH,
+    truncated: bool = False,
 ) -> dict[str, list[int]]:
     """Tokenise one (prompt, completion) example.
 
@@ -76,60 +236,29 @@ def tokenize_example(
         prompt, completion: raw text.
         max_length: maximum total length in tokens (BOS and EOS included).
         truncation: "keep_end_of_prompt" (default) drops prompt tokens from the left (after
-            the BOS token, which is kept), then completion tokens from the right;
-            "keep_start_of_prompt" drops prompt tokens from the right instead; "error" raises.
+            the BOS token, which is kept), "keep_start_of_prompt" from the right, "error"
+            raises; see ``fit_to_length`` for the order and the minimum prompt.
         example_id: named in error messages.
+        max_prompt_length, min_prompt_length: see ``fit_to_length``.
+        truncated: the completion was cut off; no EOS is appended.
 
     Returns:
         ``{"input_ids": list[int], "completion_mask": list[int]}`` of equal length <= max_length,
-        completion_mask 1 on completion tokens (and the EOS), 0 on BOS/prompt tokens.
+        completion_mask 1 on completion tokens (and the EOS), 0 on BOS/prompt tokens. The EOS
+        is not appended twice: a completion that already ends with EOS (or a chat template's
+        end-of-turn token) keeps its own.
 
     Raises:
         ValueError: unknown truncation mode, max_length < 2, too long with truncation="error",
-            an empty completion with no EOS token, or an empty prompt with no BOS token (an
-            example must have a completion token to score and a context to score it from).
+            no room for a completion token next to the minimum prompt, an empty completion
+            with no EOS token, or an empty prompt with no BOS token (an example must have a
+            completion token to score and a context to score it from).
     """
-    where = _describe(example_id, prompt)
-    if truncation not in TRUNCATION_MODES:
-        raise ValueError(f"tokenize_example: truncation={truncation!r}; expected one of {TRUNCATION_MODES}")
-    if max_length < 2:
-        raise ValueError(
-            f"tokenize_example: max_length must be >= 2 (a context token and a completion token), got {max_length}"
-        )
-    bos = bos_prefix(tokenizer)
-    prompt_ids = _encode(tokenizer, prompt)
-    completion_ids = _encode(tokenizer, completion)
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is not None:
-        completion_ids.append(eos)
-    if not completion_ids:
-        raise ValueError(f"{where}: the completion is empty and the tokenizer has no EOS token to score")
-    if not bos and not prompt_ids:
-        raise ValueError(
-            f"{where}: the prompt is empty and the tokenizer adds no BOS token, so the first "
-            "completion token would have no context to be scored from"
-        )
-    excess = len(bos) + len(prompt_ids) + len(completion_ids) - max_length
-    if excess > 0:
-        if truncation == "error":
-            raise ValueError(
-                f"{where}: {len(bos) + len(prompt_ids) + len(completion_ids)} tokens exceed "
-                f"max_length={max_length} and truncation='error'"
-            )
-        # Keep at least one context token (BOS or the last/first prompt token).
-        min_prompt = 0 if bos else 1
-        drop_prompt = min(excess, len(prompt_ids) - min_prompt)
-        if truncation == "keep_end_of_prompt":
-            prompt_ids = prompt_ids[drop_prompt:]
-        else:
-            prompt_ids = prompt_ids[: len(prompt_ids) - drop_prompt]
-        # max_length >= 2 and at most one context token is kept, so >= 1 completion token stays.
-        completion_ids = completion_ids[: len(completion_ids) - (excess - drop_prompt)]
-    context = bos + prompt_ids
-    return {
-        "input_ids": context + completion_ids,
-        "completion_mask": [0] * len(context) + [1] * len(completion_ids),
-    }
+    rows, _ = tokenize_rows(
+        tokenizer, prompt, [completion], max_length, truncation=truncation, example_id=example_id,
+        max_prompt_length=max_prompt_length, min_prompt_length=min_prompt_length, truncated=[truncated],
+    )
+    return rows[0]
 
 
 def _check_example(i: int, example: dict[str, Sequence[int]]) -> int:

@@ -10,8 +10,10 @@ Every message becomes ``<|{role}|>\\n{content}\\n``. A prompt ends with the gene
 
     prompt_text + completion_text == render_messages(prompt_messages + completion_messages)
 
-The template is deliberately model-agnostic; a tokenizer's own chat template is not used
-(it may not exist, and it would make the stored text depend on the model).
+This rendering is what records store (it is model-agnostic, so ids and conflict checks do not
+depend on a tokenizer) and the fallback for a tokenizer without a chat template. The texts of a
+conversation are :class:`ChatText` strings that remember their messages, so tokenisation can
+render them with the tokenizer's own template instead (:mod:`feedalign.data.chat`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,25 @@ from typing import Any
 from feedalign.data.errors import RowError
 
 GENERATION_HEADER = "<|assistant|>\n"
+
+
+class ChatText(str):
+    """A rendered text (fixed template) that remembers the messages it was rendered from.
+
+    It is a ``str`` everywhere (ids, conflicts, quarantine files see the fixed rendering);
+    ``messages`` lets :mod:`feedalign.data.chat` render the same turn with a tokenizer's chat
+    template. Any string operation returns a plain ``str``, which then counts as plain text.
+    """
+
+    messages: tuple[dict[str, str], ...]
+
+    def __new__(cls, text: str, messages: Sequence[Mapping[str, str]]) -> "ChatText":
+        obj = super().__new__(cls, text)
+        obj.messages = tuple(dict(m) for m in messages)
+        return obj
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ChatText, (str(self), self.messages))
 
 
 def render_messages(messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = False) -> str:
@@ -74,7 +95,7 @@ def split_conversation(
     completion_text = render_messages(completion_messages)[len(GENERATION_HEADER) :]
     if not completion_text.strip():
         raise RowError(field, "expected a non-empty assistant reply, got empty content")
-    return prompt_text, completion_text
+    return ChatText(prompt_text, prompt_messages), ChatText(completion_text, completion_messages)
 
 
 def split_last_assistant(messages: Sequence[Mapping[str, str]], field: str) -> tuple[str, str]:

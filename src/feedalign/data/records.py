@@ -49,6 +49,9 @@ class PairRecord:
     source: str = ""
     weight: float = 1.0
     tie: bool = False
+    # A completion cut off (e.g. at a sampling length limit): it gets no EOS when tokenised.
+    chosen_truncated: bool = False
+    rejected_truncated: bool = False
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -69,6 +72,7 @@ class LabeledRecord:
     id: str = ""
     source: str = ""
     weight: float = 1.0
+    truncated: bool = False  # the completion was cut off: no EOS when tokenised
 
     def __post_init__(self) -> None:
         if not self.id:

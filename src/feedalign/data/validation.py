@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from feedalign.data.errors import RowError
+from feedalign.data.marks import mark_truncated
 from feedalign.data.messages import (
     check_messages,
     common_prefix,
@@ -152,11 +153,11 @@ def row_to_records(
     if kind == "pair" or (kind is None and has_pair and not has_single):
         if not has_pair:
             raise RowError("chosen", "missing; kind='pair' expects prompt + chosen + rejected columns")
-        return [_pair(row, objectives)]
+        return mark_truncated(row, [_pair(row, objectives)])
     if kind in _SINGLE_KINDS or (kind is None and has_single and not has_pair):
         if not has_single:
             raise RowError("completion", f"missing; kind={kind!r} expects prompt + completion (or messages)")
-        return _single(row, kind, objectives, label_values)
+        return mark_truncated(row, _single(row, kind, objectives, label_values))
     if has_pair and has_single:
         raise RowError(
             None, "ambiguous row: has both chosen/rejected and completion/messages; pass kind= to choose"

@@ -93,8 +93,43 @@ def kto_loss(
     return losses, metrics
 
 
+# KTO paper, §4 ("Data imbalance"): keep lambda_D * n_D / (lambda_U * n_U) in [1, 4/3].
+KTO_WEIGHT_RATIO = (1.0, 4.0 / 3.0)
+
+
+def kto_class_weights(n_desirable: int, n_undesirable: int) -> dict[str, float]:
+    """Desirable / undesirable weights from the class counts (ALGORITHMS.md §7).
+
+    Ethayarajh et al. 2024 recommend lambda_D*n_D / (lambda_U*n_U) in [1, 4/3]. The majority
+    class keeps weight 1 and the minority class is scaled to the nearest end of that range:
+    more undesirable than desirable examples -> lambda_D = n_U/n_D (ratio 1); more than 4/3
+    desirable per undesirable -> lambda_U = (n_D/n_U) / (4/3) (ratio 4/3); in between both 1.
+    Empty when a class is missing (no ratio to correct).
+    """
+    if n_desirable <= 0 or n_undesirable <= 0:
+        return {}
+    ratio = n_desirable / n_undesirable
+    low, high = KTO_WEIGHT_RATIO
+    if ratio < low:
+        return {"desirable_weight": low / ratio, "undesirable_weight": 1.0}
+    if ratio > high:
+        return {"desirable_weight": 1.0, "undesirable_weight": ratio / high}
+    return {"desirable_weight": 1.0, "undesirable_weight": 1.0}
+
+
+_CLASS_WEIGHT_RULES = {"kto": kto_class_weights, "bco": kto_class_weights}
+
+
+def class_weight_hparams(loss: str, n_desirable: int, n_undesirable: int) -> dict[str, float]:
+    """Hyperparameters that balance a loss's classes given their counts ({} for a loss with
+    no class weights). The trainer applies those the user did not set."""
+    rule = _CLASS_WEIGHT_RULES.get(loss)
+    return rule(n_desirable, n_undesirable) if rule is not None else {}
+
+
 @register_loss("bco", feedback="unpaired", needs_reference=True, state={"delta": RewardShift},
-               validators={"beta": hp.positive}, accuracy=_bco_verdict)
+               validators={"beta": hp.positive, "desirable_weight": hp.positive, "undesirable_weight": hp.positive},
+               accuracy=_bco_verdict)
 def bco_loss(
     policy_logps: Tensor,
     reference_logps: Tensor | None,
@@ -102,8 +137,10 @@ def bco_loss(
     *,
     delta: Tensor,
     beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """BCO: loss = -logsigmoid(rhat - delta) if u else -logsigmoid(-(rhat - delta)).
+    """BCO: loss = -l_D*logsigmoid(rhat - delta) if u else -l_U*logsigmoid(-(rhat - delta)).
 
     Jung et al. 2024, "Binary Classifier Optimization for Large Language Model Alignment",
     arXiv 2404.04656 (reward shift). rhat = beta*D(y|x); ``delta`` is the reward shift kept
@@ -111,12 +148,14 @@ def bco_loss(
     ``delta_rule``: the paper's class midpoint by default), detached here. The paper's
     underlying distribution matching (prompt-classifier weights for the undesirable rows) is
     not implemented. Fixed point of the midpoint rule: :func:`bco_fixed_point`.
+    ``desirable_weight`` / ``undesirable_weight`` (l_D, l_U; 1 in the paper) balance
+    imbalanced classes, set from the counts by :func:`class_weight_hparams` unless given.
     """
     rewards = beta * log_ratio(policy_logps, reference_logps)
     shift = torch.as_tensor(delta, dtype=rewards.dtype, device=rewards.device).detach()
     labels = labels.bool()
     logits = rewards - shift
-    losses = torch.where(labels, -F.logsigmoid(logits), -F.logsigmoid(-logits))
+    losses = torch.where(labels, desirable_weight * -F.logsigmoid(logits), undesirable_weight * -F.logsigmoid(-logits))
     metrics = labeled_metrics(rewards, labels, shift)
     metrics["delta"] = shift
     return losses, metrics

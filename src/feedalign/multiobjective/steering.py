@@ -370,7 +370,7 @@ def spec_for_source(steer: Any, *, trained: str | None, beta: float) -> Steering
     return SteeringSpec(objectives=tuple(get("objectives")), trained=trained, beta=float(beta), **options)
 
 
-def redraw_examples(examples: Sequence[Any], spec: SteeringSpec, tokenizer: Any, max_length: int) -> list[Any]:
+def redraw_examples(examples: Sequence[Any], spec: SteeringSpec, tokenizer: Any, max_length: Any) -> list[Any]:
     """Training examples under ``spec.draws`` weights each: the given (draw 0) examples, then
     for every draw ``d = 1 .. draws - 1`` a copy conditioned on the weight of (seed, d, id),
     re-tokenised. Ids are kept (the reference scores the plain prompt, so a cached reference

@@ -1,4 +1,5 @@
-"""Hugging Face causal LMs as policies: loading, per-sequence log-probs, generation.
+"""Hugging Face causal LMs as policies: loading (``policies.loading``), per-sequence log-probs,
+generation (``policies.generation``).
 
 ``sequence_logps`` is the workhorse of every trainer: the sum over completion tokens of
 ``log pi(y_t | x, y_<t)`` per sequence, in fp32, differentiable. It runs the transformer
@@ -11,152 +12,25 @@ logits tensor never exists. ``naive_sequence_logps`` is the straightforward
 
 from __future__ import annotations
 
-import os
-import re
 import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from feedalign.data.collate import encode_prompt
 from feedalign.policies.chunked_logps import linear_target_logps, module_target_logps
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-_LORA_KEYS = ("r", "alpha", "dropout", "target_modules", "bias", "modules_to_save", "use_rslora")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def _resolve_source(path_or_id: str | os.PathLike[str], caller: str) -> str:
-    """Return the string to hand to ``from_pretrained``; fail early on a missing local path."""
-    text = os.fspath(path_or_id)
-    if os.path.exists(text):
-        return text
-    looks_local = (
-        not isinstance(path_or_id, str)
-        or text.startswith(("/", ".", "~"))
-        or "\\" in text
-        or ".." in text
-        or not _HUB_ID.match(text)
-    )
-    if looks_local:
-        raise FileNotFoundError(
-            f"{caller}: {text!r} does not exist and is not a Hugging Face hub id "
-            "(expected an existing local directory or 'owner/name')"
-        )
-    return text
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """"auto" -> bfloat16 on a CUDA device that supports it, else float32."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not supported; expected 'auto' or one of {sorted(_DTYPES)}")
-    return _DTYPES[dtype]
-
-
-def _lora_config(lora: dict[str, Any]) -> Any:
-    from peft import LoraConfig
-
-    unknown = sorted(set(lora) - set(_LORA_KEYS))
-    if unknown:
-        raise ValueError(f"lora: unknown keys {unknown}; valid keys are {list(_LORA_KEYS)}")
-    return LoraConfig(
-        task_type="CAUSAL_LM",
-        r=int(lora.get("r", 8)),
-        lora_alpha=float(lora.get("alpha", 16)),
-        lora_dropout=float(lora.get("dropout", 0.0)),
-        target_modules=lora.get("target_modules", "all-linear"),
-        bias=lora.get("bias", "none"),
-        modules_to_save=lora.get("modules_to_save"),
-        use_rslora=bool(lora.get("use_rslora", False)),
-    )
-
-
-def enable_gradient_checkpointing(model: Any) -> None:
-    """Non-reentrant activation checkpointing (works with frozen inputs, e.g. LoRA)."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    model.config.use_cache = False
-
-
-def load_causal_lm(
-    path_or_id: str | os.PathLike[str],
-    *,
-    dtype: str | torch.dtype = "auto",
-    lora: dict[str, Any] | None = None,
-    gradient_checkpointing: bool = False,
-    attn_implementation: str | None = None,
-) -> Any:
-    """Load a causal LM from a local directory or a hub id, optionally wrapped with LoRA.
-
-    Args:
-        dtype: "auto" (bf16 on a bf16-capable GPU, else fp32), "float32", "bfloat16",
-            "float16" or a torch.dtype.
-        lora: None for full fine-tuning, or a dict with keys r (8), alpha (16), dropout (0.0),
-            target_modules ("all-linear"), bias ("none"), modules_to_save, use_rslora.
-        gradient_checkpointing: enable (non-reentrant) activation checkpointing.
-        attn_implementation: e.g. "eager", "sdpa", "flash_attention_2", or
-            "feedalign_varlen" (per-sequence attention for packed batches, see
-            ``policies.varlen``); None = the transformers default.
-
-    Raises:
-        FileNotFoundError: the path does not exist and is not a plausible hub id (checked
-            before anything is imported or loaded).
-    """
-    source = _resolve_source(path_or_id, "load_causal_lm")
-    torch_dtype = resolve_dtype(dtype)
-    lora_config = _lora_config(lora) if lora is not None else None
-    import transformers
-    from transformers import AutoModelForCausalLM
-
-    kwargs: dict[str, Any] = {}
-    dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-    kwargs[dtype_key] = torch_dtype
-    if attn_implementation is not None:
-        from feedalign.policies.varlen import VARLEN_ATTENTION, register
-
-        if attn_implementation == VARLEN_ATTENTION:
-            register()
-        kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    if gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    if lora_config is not None:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, lora_config)
-    return model
-
-
-def load_tokenizer(path_or_id: str | os.PathLike[str]) -> Any:
-    """Load a tokenizer; if it has no pad token, the EOS token is used for padding."""
-    source = _resolve_source(path_or_id, "load_tokenizer")
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(f"load_tokenizer: {source!r} defines neither a pad nor an EOS token")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+from feedalign.policies.loading import (  # noqa: F401  (the loading API lives next door)
+    _resolve_source,
+    cached_snapshot,
+    default_threads,
+    disable_dropout,
+    enable_gradient_checkpointing,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_dtype,
+    set_threads,
+)
 
 
 # ----------------------------------------------------------------------------- log-probs
@@ -390,13 +264,6 @@ def token_counts(completion_mask: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- generation
 
 
-def _left_pad(encoded: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(e) for e in encoded)
-    ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], dtype=torch.long, device=device)
-    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], dtype=torch.long, device=device)
-    return ids, mask
-
-
 def generate(
     model: Any,
     tokenizer: Any,
@@ -407,43 +274,12 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
     batch_size: int = 8,
+    chat: bool = False,
 ) -> list[str]:
-    """Sample one completion per prompt (text after the prompt, special tokens removed).
+    """Sample one completion per prompt (text after the prompt, special tokens removed);
+    see ``policies.generation.sample`` (which also says which samples hit the length limit)."""
+    from feedalign.policies.generation import sample
 
-    Prompts are encoded exactly as ``collate.tokenize_example`` encodes them and left-padded.
-    ``temperature == 0`` decodes greedily. Sampling is seeded per batch (``seed`` + index of
-    the batch's first prompt) inside a forked RNG, so results depend only on the arguments
-    and the global RNG state is left untouched. The model is put in eval mode and restored.
-    """
-    if not prompts:
-        return []
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    device = next(model.parameters()).device
-    sampling = temperature > 0
-    options: dict[str, Any] = {"do_sample": sampling, "max_new_tokens": max_new_tokens, "use_cache": True}
-    if sampling:
-        options.update(temperature=float(temperature), top_p=float(top_p), top_k=0)
-    was_training = model.training
-    model.eval()
-    texts: list[str] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
-            for offset, ids in enumerate(encoded):
-                if not ids:
-                    raise ValueError(f"generate: prompt {start + offset} encodes to no tokens and there is no BOS")
-            ids, mask = _left_pad(encoded, pad_id, device)
-            devices = [device] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
-                torch.manual_seed(seed + start)
-                out = model.generate(
-                    input_ids=ids, attention_mask=mask, pad_token_id=pad_id, eos_token_id=eos_id, **options
-                )
-            for row in out[:, ids.shape[1] :].tolist():
-                if eos_id is not None and eos_id in row:
-                    row = row[: row.index(eos_id)]
-                texts.append(tokenizer.decode(row, skip_special_tokens=True))
-    finally:
-        model.train(was_training)
-    return texts
+    samples = sample(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                     top_p=top_p, seed=seed, batch_size=batch_size, chat=chat)
+    return [s.text for s in samples]

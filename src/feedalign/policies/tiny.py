@@ -147,6 +147,31 @@ def build_char_tokenizer(
     return tokenizer
 
 
+# A ChatML-style template (as SmolLM2 / Qwen use): a default system turn, ``<|im_end|>``
+# ends every turn, and the generation header is ``<|im_start|>assistant\n``.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nbe brief<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CHAT_ALPHABET = "abcdefghijklmnopqrstuvwxyz ?.,!\n"
+
+
+def build_chat_tokenizer(alphabet: str = CHAT_ALPHABET, *, template: str | None = CHATML_TEMPLATE) -> Any:
+    """``build_char_tokenizer`` plus the special tokens ``<|im_start|>`` / ``<|im_end|>`` and a
+    ChatML-style ``chat_template`` (``template=None``: no template). No BOS is prepended
+    (ChatML models start with the template's own tokens); EOS stays ``<eos>``, so the
+    template's end-of-turn token is a different token, as in many chat models."""
+    tokenizer = build_char_tokenizer(alphabet, add_bos=False)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    if template is not None:
+        tokenizer.chat_template = template
+    return tokenizer
+
+
 def save_tiny(model: Any, tokenizer: Any, directory: str | os.PathLike[str]) -> str:
     """Save a model and its tokenizer side by side so ``load_causal_lm``/``load_tokenizer``
     (or ``from_pretrained``) can read the directory back. Returns the directory path."""

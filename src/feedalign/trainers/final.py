@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from feedalign.config.loader import dump_config
@@ -28,12 +29,13 @@ def _save_steering_spec(run: Run, directory: Path) -> None:
     save_spec(specs[0], directory)
 
 
-def save_final(run: Run) -> Path | None:
+def save_final(run: Run, metrics: Mapping[str, float] | None = None,
+               eval_metrics: Mapping[str, float] | None = None) -> Path | None:
     """``output_dir/final``: save_pretrained (the adapter for LoRA) + tokenizer + config.
     Under FSDP/DeepSpeed the full weights are gathered first (every process takes part).
     A disk-full or other OS error is a one-line CheckpointWriteError (the checkpoints stay)."""
     try:
-        return _write_final(run)
+        return _write_final(run, metrics or {}, eval_metrics or {})
     except (OSError, RuntimeError) as exc:
         if not ckpt.is_write_failure(exc):
             raise
@@ -41,7 +43,7 @@ def save_final(run: Run) -> Path | None:
         raise ckpt.write_failure(exc, run.out, f"the final model ({FINAL_DIR}/)", run.last_checkpoint) from exc
 
 
-def _write_final(run: Run) -> Path | None:
+def _write_final(run: Run, metrics: Mapping[str, float], eval_metrics: Mapping[str, float]) -> Path | None:
     accelerator = run.accelerator
     final = run.out / FINAL_DIR
     accelerator.wait_for_everyone()
@@ -59,6 +61,9 @@ def _write_final(run: Run) -> Path | None:
         run.runtime.tokenizer.save_pretrained(str(tmp))
         (tmp / "feedalign_config.yaml").write_text(dump_config(run.config), encoding="utf-8")
         _save_steering_spec(run, tmp)
+        from feedalign.trainers.card import write_final_extras
+
+        write_final_extras(run, tmp, metrics, eval_metrics)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -110,6 +110,7 @@ class Source:
     packing: bool = False  # padding-free micro-batches (train.packing)
     margin_source: Any = None  # (prompts, completions) -> [N, m-1], for losses that need one
     share_prompt: bool = False  # pairs: each prompt once in the packed row (train.share_prompt)
+    data_counts: dict[str, int] = field(default_factory=dict)  # truncated / rejected rows
 
     @property
     def feedback(self) -> str:

@@ -83,6 +83,7 @@ class TrainResult:
     loop_seconds: float = 0.0  # wall time of the training steps (evaluation and saves included)
     start_step: int = 0  # the step the run started (or resumed) at
     source_names: list[str] = field(default_factory=list)
+    health_warnings: tuple[str, ...] = ()  # trainers.health: collapse signs the losses hide
 
 
 def train(
@@ -163,7 +164,7 @@ def _train_locked(config: Config, model: Any, tokenizer: Any, records: Any, call
         start_step, loop_started = run.step, time.perf_counter()
         metrics, eval_metrics = _train_loop(run, resumed=resumed_from is not None)
         loop_seconds = time.perf_counter() - loop_started
-        final_dir = save_final(run)
+        final_dir = save_final(run, metrics, eval_metrics)
         return TrainResult(
             output_dir=out,
             final_dir=final_dir,
@@ -178,6 +179,7 @@ def _train_locked(config: Config, model: Any, tokenizer: Any, records: Any, call
             loop_seconds=loop_seconds,
             start_step=start_step,
             source_names=[s.name for s in run.sources],
+            health_warnings=tuple(run.health_warnings),
         )
     finally:
         release_accelerator()
@@ -310,6 +312,8 @@ def _train_loop(run: Run, *, resumed: bool) -> tuple[dict[str, float], dict[str,
         run.out, accelerator, resume_step=run.step if resumed else None, trackers=train_cfg.log_with,
         run_config=config_to_dict(run.config),
     )
+    if not resumed:  # rows truncated / rejected by tokenisation, per source
+        metrics_logger.log(run.step, {f"data/{s.name}/{k}": v for s in run.sources for k, v in s.data_counts.items()})
     has_eval = any(s.eval_examples for s in run.sources)
     eval_bs = train_cfg.eval_batch_size or train_cfg.micro_batch_size
     metrics: dict[str, float] = {}
@@ -337,6 +341,10 @@ def _train_loop(run: Run, *, resumed: bool) -> tuple[dict[str, float], dict[str,
                     _stop_on_signal(run, signum)
             if has_eval and not eval_metrics:
                 eval_metrics = _evaluate(run, metrics_logger, eval_bs)
+            if accelerator.is_main_process:
+                from feedalign.trainers.health import warn_run
+
+                run.health_warnings = warn_run(run.out)
             _flush_reference(run)
     finally:
         bar.close()
@@ -372,6 +380,10 @@ _CONSOLE_KEYS = ("loss", "lr", "grad_norm")
 
 def _evaluate(run: Run, metrics_logger: MetricsLogger, batch_size: int) -> dict[str, float]:
     eval_metrics = evaluate(run.runtime, run.sources, batch_size)
+    if run.config.train.eval_generate and run.accelerator.is_main_process:
+        from feedalign.trainers.health import log_generation
+
+        eval_metrics.update(log_generation(run))
     metrics_logger.log(run.step, eval_metrics)
     logger.info("eval step %d %s", run.step, format_metrics(eval_metrics))
     for callback in run.callbacks:

@@ -12,6 +12,7 @@ from feedalign.data.batching import EpochSampler, Example, tokenize_examples
 from feedalign.data.errors import FeedbackDataError
 from feedalign.data.records import PairRecord
 from feedalign.trainers.forward import KLSamples
+from feedalign.trainers.source_data import tokenize_options_of
 
 # Reference-sample samplers get random streams of their own, apart from the sources' (index).
 _KL_STREAM = 0x4B4C0000
@@ -24,7 +25,7 @@ def kl_samples_of(
     if item.config.kl_samples is None:
         return None
     examples = load_kl_samples(item.config.kl_sample_paths)
-    examples = tokenize_examples(examples, tokenizer, item.config.max_length)
+    examples = tokenize_examples(examples, tokenizer, tokenize_options_of(item.config, train))
     sampler = EpochSampler(len(examples), train.seed, stream=_KL_STREAM + index, rank=rank, world=world)
     return KLSamples(examples, sampler, item.config.kl_batch_size or train.micro_batch_size, train.packing)
 

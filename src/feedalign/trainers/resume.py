@@ -36,7 +36,8 @@ LIVE_TRAIN_KEYS = (
 )
 # data.<i>.<key>: paths are checked by the fingerprint; hparams and weights are read per step.
 _LIVE_DATA = re.compile(r"^data\.\d+\.(path|weight|hparams(\..+)?)$")
-_EXAMPLE_FIELDS = ("id", "prompt", "completion", "objective", "label", "rejected", "weight", "tie", "steer_weights", "plain_prompt")
+_EXAMPLE_FIELDS = ("id", "prompt", "completion", "objective", "label", "rejected", "weight", "tie", "truncated",
+                  "rejected_truncated", "steer_weights", "plain_prompt")
 
 
 def source_fingerprint(examples: Any) -> str:

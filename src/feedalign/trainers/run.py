@@ -76,6 +76,7 @@ class Run:
     last_checkpoint: Path | None = None
     fingerprints: dict[str, str] = field(default_factory=dict)  # per source, see trainers.resume
     config_history: list[dict[str, Any]] = field(default_factory=list)  # each resume's changed settings
+    health_warnings: list[str] = field(default_factory=list)  # trainers.health, in the model card
 
 
 def release_accelerator() -> None:
@@ -107,7 +108,10 @@ def prepare_run(
 
     from feedalign.policies.hf import load_tokenizer
 
+    from feedalign.policies.hf import set_threads
+
     train_cfg = config.train
+    logger.info("torch threads: %d", set_threads(train_cfg.threads))
     set_seed(train_cfg.seed)
     if tokenizer is None:
         tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
@@ -120,6 +124,10 @@ def prepare_run(
     if sharding(accelerator) == "none":
         model.to(accelerator.device)  # FSDP / DeepSpeed place the shards themselves
     model.train()
+    if not config.model.dropout:
+        from feedalign.policies.hf import disable_dropout
+
+        disable_dropout(model)  # before the reference copy: it inherits the same modules
     reference = None
     if any(s.spec.needs_reference or s.kl_samples is not None for s in sources):
         check_reference_strategy(accelerator, config.reference.strategy, model)

@@ -27,6 +27,7 @@ from feedalign.data.batching import (
 )
 from feedalign.trainers.forward import Source
 from feedalign.trainers.reference_samples import kl_samples_of, load_kl_samples, warn_in_batch_kl
+from feedalign.trainers.source_data import balanced_hparams, tokenize_options, tokenize_source_or_quarantine
 from feedalign.trainers.state import make_margin_source, make_providers
 
 __all__ = ["build_sources", "load_kl_samples", "make_accelerator"]
@@ -229,15 +230,17 @@ def build_sources(
         if item.steer is not None:
             examples = steer_examples(examples, item.steer)
             prepare_steer_tokenizer(item.steer, tokenizer, f"data.{index}.steer")
-        examples = tokenize_examples(examples, tokenizer, item.config.max_length)
+        options = tokenize_options(config, index)
+        examples, data_counts = tokenize_source_or_quarantine(config, item.name, examples, tokenizer, options)
         train_ex, eval_ex = split_eval(
             examples, train.eval_fraction, train.seed, stream=index, min_eval=item.spec.min_batch_size
         )
         if item.steer is not None:  # every training pair under steer.draws weights
             from feedalign.multiobjective.steering import redraw_examples
 
-            train_ex = redraw_examples(train_ex, item.steer, tokenizer, item.config.max_length)
+            train_ex = redraw_examples(train_ex, item.steer, tokenizer, options)
         sampler = EpochSampler(len(train_ex), train.seed, stream=index, rank=rank, world=world)
+        hparams = balanced_hparams(item, train_ex)
         kl_samples = kl_samples_of(item, index, tokenizer, train, rank=rank, world=world)
         if kl_samples is None:
             warn_in_batch_kl(item, train_ex + eval_ex, f"data.{index}")
@@ -246,18 +249,19 @@ def build_sources(
                 name=item.name,
                 index=index,
                 spec=item.spec,
-                hparams=item.hparams,
+                hparams=hparams,
                 weight=item.config.weight,
-                max_length=item.config.max_length,
+                max_length=options.max_length,
                 train_examples=train_ex,
                 eval_examples=eval_ex,
                 sampler=sampler,
-                providers=make_providers(item.spec, item.config, item.hparams, prefix=f"data.{index}"),
+                providers=make_providers(item.spec, item.config, hparams, prefix=f"data.{index}"),
                 margin_source=make_margin_source(item.spec, item.config, prefix=f"data.{index}"),
                 kl_samples=kl_samples,
                 packing=train.packing,
                 share_prompt=train.packing and train.share_prompt and kl_samples is None,
                 steer=item.steer,
+                data_counts=data_counts,
             )
         )
         logger.info(
