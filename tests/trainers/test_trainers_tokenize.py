@@ -29,7 +29,8 @@ def test_truncated_and_rejected_rows_are_counted_and_quarantined(tmp_path):
     cfg = base_config(model, tmp_path / "out", data, max_steps=1, on_invalid="quarantine", threads=1)
     result = train(cfg)
     first = read_metrics(tmp_path / "out")[0]
-    assert first["step"] == 0 and first["data/dpo/truncated"] >= 1 and first["data/dpo/rejected"] == 0
+    assert first["step"] == 1 and first["data/dpo/truncated"] >= 1 and first["data/dpo/rejected"] == 0
+    assert all("data/dpo/truncated" not in r for r in read_metrics(tmp_path / "out")[1:])
     assert torch.get_num_threads() == 1
     # A minimum prompt that leaves no room: the long row is rejected with its reason.
     cfg = base_config(model, tmp_path / "out2", [dict(data[0], min_prompt_length=16)], max_steps=1,

@@ -36,9 +36,9 @@ class SourceStats:
     @property
     def fingerprint(self) -> str:
         """The content fingerprint of this source's accepted records (resume checks)."""
-        from feedalign.data.fingerprint import fingerprint
+        from feedalign.data.fingerprint import fingerprint_records
 
-        return fingerprint(self.records)
+        return fingerprint_records(self.records)
 
 
 @dataclass

@@ -312,8 +312,8 @@ def _train_loop(run: Run, *, resumed: bool) -> tuple[dict[str, float], dict[str,
         run.out, accelerator, resume_step=run.step if resumed else None, trackers=train_cfg.log_with,
         run_config=config_to_dict(run.config),
     )
-    if not resumed:  # rows truncated / rejected by tokenisation, per source
-        metrics_logger.log(run.step, {f"data/{s.name}/{k}": v for s in run.sources for k, v in s.data_counts.items()})
+    # Rows truncated / rejected by tokenisation, per source: logged with the first step.
+    data_counts = {} if resumed else {f"data/{s.name}/{k}": v for s in run.sources for k, v in s.data_counts.items()}
     has_eval = any(s.eval_examples for s in run.sources)
     eval_bs = train_cfg.eval_batch_size or train_cfg.micro_batch_size
     metrics: dict[str, float] = {}
@@ -330,7 +330,8 @@ def _train_loop(run: Run, *, resumed: bool) -> tuple[dict[str, float], dict[str,
                     callback.on_step_end(run.step, metrics)
                 last = run.step == run.total
                 if run.step % train_cfg.log_every == 0 or last:
-                    metrics_logger.log(run.step, metrics)
+                    metrics_logger.log(run.step, {**data_counts, **metrics})
+                    data_counts = {}
                     logger.info("step %d/%d %s", run.step, run.total, format_metrics(metrics, _CONSOLE_KEYS))
                 if has_eval and ((train_cfg.eval_every and run.step % train_cfg.eval_every == 0) or last):
                     eval_metrics = _evaluate(run, metrics_logger, eval_bs)
