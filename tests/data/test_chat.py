@@ -4,7 +4,8 @@ import warnings
 
 import pytest
 
-from feedalign.data.batching import TokenizeOptions, examples_from_records, tokenize_source
+from feedalign.data.batching import examples_from_records
+from feedalign.data.tokenize import TokenizeOptions, tokenize_source
 from feedalign.data.chat import end_of_turn_ids, render_turn
 from feedalign.data.loaders import load_records
 from feedalign.policies.tiny import EOS_ID, build_chat_tokenizer

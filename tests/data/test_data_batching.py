@@ -13,8 +13,8 @@ from feedalign.data.batching import (
     collate,
     examples_from_records,
     split_eval,
-    tokenize_examples,
 )
+from feedalign.data.tokenize import tokenize_examples
 
 PAIRS = [PairRecord("p1", "good", "bad", objective="helpful", id="a"), PairRecord("p2", "yes", "no", id="b")]
 THUMBS = [LabeledRecord("q", "up", True, id="u"), LabeledRecord("q", "down", False, id="d")]

@@ -249,9 +249,10 @@ def test_tag_goes_inside_the_user_turn_of_messages_and_rendered_chats():
 
 
 def test_redraw_examples_shows_each_pair_under_fresh_seeded_weights():
-    from feedalign.data.batching import Example, steer_examples, tokenize_examples
+    from feedalign.data.batching import Example, steer_examples
+    from feedalign.data.tokenize import tokenize_examples
     from feedalign.envs.text_task import build_tokenizer
-    from feedalign.multiobjective.steering import redraw_examples
+    from feedalign.multiobjective.draws import redraw_examples
 
     tokenizer = build_tokenizer()
     spec = SteeringSpec(("helpful", "concise"), trained="helpful", grid=20, render="tokens", seed=1, draws=3)

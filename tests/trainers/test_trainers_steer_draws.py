@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from trainer_fixtures import assert_states_equal, base_config, final_state, pair_rows, save_tiny_model, write_jsonl
 
-from feedalign.multiobjective import steering
+from feedalign.multiobjective import draws, steering
 from feedalign.trainers.loop import train
 from feedalign.trainers.run import TrainerCallback
 
@@ -27,14 +27,14 @@ def _source(pairs):
 def test_training_pairs_are_drawn_under_several_weights(env, tmp_path, monkeypatch):
     model_dir, pairs = env
     seen = {}
-    original = steering.redraw_examples
+    original = draws.redraw_examples
 
     def recording(examples, spec, tokenizer, max_length):
         out = original(examples, spec, tokenizer, max_length)
         seen["given"], seen["out"], seen["spec"] = list(examples), out, spec
         return out
 
-    monkeypatch.setattr(steering, "redraw_examples", recording)
+    monkeypatch.setattr(draws, "redraw_examples", recording)
     train(base_config(model_dir, tmp_path / "out", [_source(pairs)], max_steps=2, eval_fraction=0.25))
     given, out, spec = seen["given"], seen["out"], seen["spec"]
     assert spec.draws == 3 and len(given) == 18 and len(out) == 54  # 6 of 24 held out, not copied

@@ -38,7 +38,7 @@ def add_preview(data_sub) -> None:
 
 
 def run_preview(args: argparse.Namespace) -> int:
-    from feedalign.data.batching import TokenizeOptions
+    from feedalign.data.tokenize import TokenizeOptions
     from feedalign.data.errors import FeedbackDataError
     from feedalign.data.loaders import load_many
     from feedalign.data.preview import format_row, preview_rows

@@ -19,3 +19,14 @@ class ConfigError(ValueError):
         """The same error with its key placed under ``prefix`` (``lr`` -> ``train.lr``)."""
         key = f"{prefix}.{self.key}" if self.key else prefix
         return ConfigError(self.detail, key=key)
+
+
+def require(ok: bool, key: str, detail: str) -> None:
+    """Raise ``ConfigError(detail, key=key)`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(detail, key=key)
+
+
+def check_choice(value: object, choices: tuple[str, ...], key: str) -> None:
+    """``value`` must be one of ``choices``."""
+    require(value in choices, key, f"must be one of {list(choices)}, got {value!r}")

@@ -1,7 +1,7 @@
 """What the model will see: every row of a feedback file as rendered text and tokens.
 
 ``preview_rows`` runs the trainer's own path (loader -> records -> examples -> chat template
-and truncation, ``data.batching.tokenize_source``) and returns, per row::
+and truncation, ``data.tokenize.tokenize_source``) and returns, per row::
 
     {"id", "kind", "source", "label"?, "prompt_text", "prompt_tokens", "truncated",
      "completions": [{"name": "chosen" | "rejected" | "completion", "text", "tokens"}]}
@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from feedalign.data.batching import Example, TokenizeOptions, examples_from_records, tokenize_source
+from feedalign.data.batching import Example, examples_from_records
+from feedalign.data.tokenize import TokenizeOptions, tokenize_source
 from feedalign.data.records import LabeledRecord, PairRecord
 
 BOUNDARY = "\u2502"  # marks the prompt/completion boundary in the readable view

@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from feedalign.multiobjective.placement import PLACEMENTS, USER_HEADERS, place_tag  # noqa: F401 (re-exported)
 from feedalign.multiobjective.weights import sample_simplex, validate_weights
 
 __all__ = [
@@ -67,22 +68,15 @@ __all__ = [
     "condition_prompt",
     "per_example_hparams",
     "generate_steered",
-    "soup_lora_adapters",
-    "SoupPolicy",
     "SPEC_FILE",
     "spec_for_source",
-    "redraw_examples",
     "USER_HEADERS",
 ]
 
 SPEC_FILE = "steering.json"
 RENDERS = ("text", "tokens")
-PLACEMENTS = ("user", "system", "prefix", "suffix")
 _TEXT_PREFIX = re.compile(r"<w((?: [0-9.]+)+)>(?: |$)")
 _TOKEN_PREFIX = re.compile(r"((?:<w:[0-9.]+>(?: |$))+)")
-# User-turn headers of rendered conversations: ChatML (Qwen, SmolLM), feedalign's own message
-# template (data/messages.py), Llama 3, and Llama 2 / Mistral instructions.
-USER_HEADERS = ("<|im_start|>user\n", "<|user|>\n", "<|start_header_id|>user<|end_header_id|>\n\n", "[INST] ")
 
 
 def _decimals(grid: int) -> int:
@@ -214,34 +208,7 @@ class SteeringSpec:
     def condition_prompt(self, prompt: Any, w: Any) -> Any:
         """``prompt`` (a string, or a list of ``{"role", "content"}`` messages) carrying the tag
         of ``w`` where the model reads the request (``placement``, module docstring)."""
-        tag = self.prefix(w)
-        if isinstance(prompt, str):
-            if self.placement == "suffix":  # right before the completion
-                return prompt + " " + tag.rstrip(" ")
-            if self.placement != "prefix":
-                at = max((prompt.rfind(h) + len(h) for h in USER_HEADERS if h in prompt), default=-1)
-                if at >= 0:
-                    return prompt[:at] + tag + prompt[at:]
-            return tag + prompt
-        messages = [dict(m) for m in prompt]
-        roles = [m.get("role") for m in messages]
-        if self.placement == "system":
-            if "system" not in roles:
-                messages.insert(0, {"role": "system", "content": ""})
-                roles.insert(0, "system")
-            target = roles.index("system")
-        elif "user" in roles:
-            target = len(roles) - 1 - roles[::-1].index("user")
-        else:
-            raise ValueError(f"condition_prompt: messages {roles} have no 'user' turn for the weight tag; "
-                             "use placement 'system' or 'prefix'")
-        if self.placement == "prefix":
-            target = 0
-        if self.placement == "suffix":
-            messages[target]["content"] = messages[target]["content"] + " " + tag.rstrip(" ")
-        else:
-            messages[target]["content"] = tag + messages[target]["content"]
-        return messages
+        return place_tag(prompt, self.prefix(w), self.placement)
 
     def parse_prompt(self, prompt: str) -> tuple[np.ndarray | None, str]:
         """``(w, original prompt)``; ``w`` is None when the prompt carries no tag."""
@@ -368,30 +335,6 @@ def spec_for_source(steer: Any, *, trained: str | None, beta: float) -> Steering
         raise ValueError("steer: the source needs `objective:` (the objective whose pairs it trains)")
     options = {k: get(k) for k in STEER_KEYS[1:] if get(k) is not None}
     return SteeringSpec(objectives=tuple(get("objectives")), trained=trained, beta=float(beta), **options)
-
-
-def redraw_examples(examples: Sequence[Any], spec: SteeringSpec, tokenizer: Any, max_length: Any) -> list[Any]:
-    """Training examples under ``spec.draws`` weights each: the given (draw 0) examples, then
-    for every draw ``d = 1 .. draws - 1`` a copy conditioned on the weight of (seed, d, id),
-    re-tokenised. Ids are kept (the reference scores the plain prompt, so a cached reference
-    entry serves every draw); apply to the training split only, after the evaluation split, so
-    that no pair is both trained and held out. Examples need ``plain_prompt`` (steered)."""
-    if spec.draws == 1 or not examples:
-        return list(examples)
-    from feedalign.data.batching import tokenize_examples
-
-    missing = [ex.id for ex in examples if ex.plain_prompt is None or ex.steer_weights is None]
-    if missing:
-        raise ValueError(f"redraw_examples: examples {missing[:3]} are not steered (call steer_examples first)")
-    out = list(examples)
-    for draw in range(1, spec.draws):
-        ws = spec.weights_for([ex.id for ex in examples], draw)
-        fresh = [dataclasses.replace(ex, prompt=spec.condition_prompt(ex.plain_prompt, w), tokens=None,
-                                     rejected_tokens=None, reference_tokens=None, reference_rejected_tokens=None,
-                                     steer_weights=tuple(float(v) for v in w))
-                 for ex, w in zip(examples, ws)]
-        out.extend(tokenize_examples(fresh, tokenizer, max_length))
-    return out
 
 
 def save_spec(spec: SteeringSpec, directory: str | os.PathLike[str]) -> Path:

@@ -8,7 +8,8 @@ from typing import Any
 
 from feedalign.config.checks import CheckedSource
 from feedalign.config.schema import TrainConfig
-from feedalign.data.batching import EpochSampler, Example, tokenize_examples
+from feedalign.data.batching import EpochSampler, Example
+from feedalign.data.tokenize import tokenize_examples
 from feedalign.data.errors import FeedbackDataError
 from feedalign.data.records import PairRecord
 from feedalign.trainers.forward import KLSamples

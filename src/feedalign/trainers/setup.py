@@ -20,10 +20,10 @@ from feedalign.data.errors import FeedbackDataError
 from feedalign.data.records import LabeledRecord, PairRecord, ScoredRecord
 from feedalign.data.batching import (
     EpochSampler,
+    Example,
     examples_from_records,
     split_eval,
     steer_examples,
-    tokenize_examples,
 )
 from feedalign.trainers.forward import Source
 from feedalign.trainers.reference_samples import kl_samples_of, load_kl_samples, warn_in_batch_kl
@@ -236,7 +236,7 @@ def build_sources(
             examples, train.eval_fraction, train.seed, stream=index, min_eval=item.spec.min_batch_size
         )
         if item.steer is not None:  # every training pair under steer.draws weights
-            from feedalign.multiobjective.steering import redraw_examples
+            from feedalign.multiobjective.draws import redraw_examples
 
             train_ex = redraw_examples(train_ex, item.steer, tokenizer, options)
         sampler = EpochSampler(len(train_ex), train.seed, stream=index, rank=rank, world=world)

@@ -12,7 +12,8 @@ from typing import Any
 
 from feedalign.config.checks import CheckedSource
 from feedalign.config.schema import Config, TrainConfig
-from feedalign.data.batching import Example, TokenizeOptions, tokenize_source
+from feedalign.data.batching import Example
+from feedalign.data.tokenize import TokenizeOptions, tokenize_source
 from feedalign.data.errors import FeedbackDataError
 
 logger = logging.getLogger("feedalign.train")
