@@ -17,21 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from feedalign.data.errors import RowError
+from feedalign.data.validation import FEEDBACK_FIELDS
 
-CANONICAL = (
-    "prompt",
-    "chosen",
-    "rejected",
-    "completion",
-    "messages",
-    "label",
-    "labels",
-    "score",
-    "scores",
-    "objective",
-    "id",
-    "weight",
-)
+# The names a `columns:` mapping may map to: the feedback fields and the optional columns.
+CANONICAL = (*FEEDBACK_FIELDS, "objective", "id", "weight")
 
 
 def check_columns(columns: Mapping[str, Any] | None) -> dict[str, str] | None:
