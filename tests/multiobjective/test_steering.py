@@ -310,3 +310,28 @@ def test_suffix_placement_ends_the_prompt_and_round_trips():
         assert plain == "write about fruit :" and w.tolist() == pytest.approx([0.3, 0.7])
         msgs = spec.condition_prompt([{"role": "user", "content": "hi"}], [0.3, 0.7])
         assert msgs == [{"role": "user", "content": "hi " + tag}]
+
+
+def test_generate_steered_renders_message_prompts_with_the_chat_template_and_the_tag_in_the_user_turn(monkeypatch):
+    from feedalign.multiobjective import steering
+    from feedalign.policies import hf
+    from feedalign.policies.tiny import build_chat_tokenizer
+
+    tokenizer = build_chat_tokenizer()
+    seen = {}
+
+    def fake_generate(model, tok, texts, **kwargs):
+        seen["texts"] = list(texts)
+        return ["" for _ in texts]
+
+    monkeypatch.setattr(hf, "generate", fake_generate)
+    spec = SteeringSpec(("helpful", "concise"), trained="helpful", grid=4)
+    w = [0.25, 0.75]
+    messages = [{"role": "user", "content": "hi"}]
+    steering.generate_steered(None, tokenizer, spec, [messages, "plain", "wrapped"], w)
+    tagged = tokenizer.apply_chat_template([{"role": "user", "content": spec.prefix(w) + "hi"}],
+                                           add_generation_prompt=True, tokenize=False)
+    assert seen["texts"] == [tagged, spec.prefix(w) + "plain", spec.prefix(w) + "wrapped"]
+    steering.generate_steered(None, tokenizer, spec, ["plain"], w, chat=True)
+    assert seen["texts"] == [tokenizer.apply_chat_template(
+        [{"role": "user", "content": spec.prefix(w) + "plain"}], add_generation_prompt=True, tokenize=False)]

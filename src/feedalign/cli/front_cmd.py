@@ -247,6 +247,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     steer.add_argument("--max-new-tokens", type=int, default=64)
     steer.add_argument("--temperature", type=float, default=1.0)
     steer.add_argument("--seed", type=int, default=0)
+    steer.add_argument("--chat", action="store_true",
+                       help="render each prompt as one user turn of the tokenizer's chat template (as a source "
+                            "with chat_template: true was trained)")
     steer.set_defaults(func=_steer)
 
 
@@ -286,7 +289,7 @@ def _steer(args: argparse.Namespace) -> int:
     if not (abs(served - w) < 1e-9).all():
         print(f"note: weights {w.tolist()} served as {served.tolist()} (grid 1/{spec.grid})", file=sys.stderr)
     outs = generate_steered(model, tokenizer, spec, args.prompt, w, max_new_tokens=args.max_new_tokens,
-                            temperature=args.temperature, seed=args.seed)
+                            temperature=args.temperature, seed=args.seed, chat=args.chat)
     for prompt, out in zip(args.prompt, outs):
         print(json.dumps({"prompt": prompt, "conditioned_prompt": spec.condition_prompt(prompt, w), "completion": out}))
     return 0

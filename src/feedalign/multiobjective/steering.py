@@ -382,8 +382,21 @@ def per_example_hparams(ws: Any, k: int, spec: SteeringSpec | None = None) -> di
     return spec.per_example_hparams(arr, k)
 
 
-def generate_steered(model: Any, tokenizer: Any, spec: SteeringSpec, prompts: Sequence[str], w: Any, **kwargs: Any) -> list[str]:
-    """Sample completions of ``prompts`` conditioned on weight ``w`` (snapped to the grid)."""
+def generate_steered(model: Any, tokenizer: Any, spec: SteeringSpec, prompts: Sequence[Any], w: Any, *,
+                     chat: bool = False, **kwargs: Any) -> list[str]:
+    """Sample completions of ``prompts`` conditioned on weight ``w`` (snapped to the grid).
+
+    Rendered as in training: a message list gets the tag in its turn (``placement``) and is
+    rendered with the tokenizer's chat template; a string prompt is conditioned as it is, or,
+    with ``chat`` (sources with ``chat_template: true``), as one user message of the template."""
+    from feedalign.data.chat import render_prompt
     from feedalign.policies.hf import generate
 
-    return generate(model, tokenizer, [spec.condition_prompt(p, w) for p in prompts], **kwargs)
+    texts = []
+    for p in prompts:
+        if isinstance(p, str) and not chat:
+            texts.append(spec.condition_prompt(p, w))
+            continue
+        messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+        texts.append(render_prompt(tokenizer, spec.condition_prompt(messages, w)))
+    return generate(model, tokenizer, texts, **kwargs)
