@@ -142,9 +142,11 @@ def test_a_stale_lock_of_a_killed_process_is_taken_over(tmp_path):
 
 def test_sigterm_while_loading_is_one_line_and_exit_143(env, tmp_path):
     cfg_path, out = _write_cfg(env, tmp_path)
-    proc = _start(["train", str(cfg_path)])  # not --quiet: the loading lines tell where it is
+    # Far more steps than the run can finish before the signal lands, even when this process
+    # reads the child's log late on a busy machine: the signal never meets the last step.
+    proc = _start(["train", str(cfg_path), "train.max_steps=100000", "train.save_every=0"])
     lines = []
-    for line in proc.stderr:
+    for line in proc.stderr:  # not --quiet: the loading lines tell where it is
         lines.append(line)
         if "source dpo:" in line:  # data loaded, model not yet trained
             proc.send_signal(signal.SIGTERM)
