@@ -225,7 +225,9 @@ def rows_pairwise(ctx: BenchContext) -> list[dict[str, Any]]:
     rl = torch.softmax(ctx.env.ref_logp + model.table.detach().to(DTYPE) / beta, -1)
     rows.append(make_row(ctx, method="bt_reward + exact KL-RL", feedback="pairs BT(w.r)", target="pi*_w",
                          probs=rl, target_probs=ctx.target, n_feedback=n_rows(ctx.pairs), bound=bound))
-    return rows
+    from feedalign.bench.exact_ties import rows_ties
+
+    return rows + rows_ties(ctx)
 
 
 # ---------------------------------------------------------------------------- runner
