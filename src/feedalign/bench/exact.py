@@ -252,14 +252,19 @@ def run_exact_bench(config: ExactBenchConfig | None = None, *, groups: tuple[str
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        from tqdm.auto import tqdm
+
         ctx = BenchContext(config)
         rows: list[dict[str, Any]] = []
-        for name in groups or tuple(all_groups):
-            start = time.perf_counter()
-            group_rows = all_groups[name](ctx)
-            if log:
-                log(f"[{name}] {len(group_rows)} rows in {time.perf_counter() - start:.1f}s")
-            rows.extend(group_rows)
+        names = list(groups or tuple(all_groups))
+        with tqdm(names, desc="bench exact", unit="group", disable=log is None) as bar:
+            for name in bar:
+                bar.set_postfix_str(name)
+                start = time.perf_counter()
+                group_rows = all_groups[name](ctx)
+                if log:
+                    bar.write(f"[{name}] {len(group_rows)} rows in {time.perf_counter() - start:.1f}s")
+                rows.extend(group_rows)
     finally:
         torch.set_num_threads(threads)
     return rows

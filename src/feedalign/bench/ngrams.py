@@ -196,7 +196,9 @@ def _sweep(c: NGramBenchConfig, task: NGramTask, steered: Any, spec: Any) -> tup
 
     prompts = [PROMPT] * c.samples_per_weight
     points, stderr, vectors, seqs_all = [], [], [], []
-    for i, w in enumerate(c.weights):
+    from tqdm.auto import tqdm
+
+    for i, w in enumerate(tqdm(c.weights, desc="ngrams sweep", unit="weight", leave=False)):
         seqs = generate_steered(steered.model, steered.tokenizer, spec, prompts, w,
                                 max_new_tokens=task.max_length + 1, temperature=1.0, seed=c.seed + 10 + i,
                                 batch_size=64)
