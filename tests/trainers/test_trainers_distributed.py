@@ -121,7 +121,7 @@ def test_adapter_disabled_forward_is_the_adapter_reference():
     from peft import LoraConfig, get_peft_model
 
     from feedalign.policies.reference import AdapterReference
-    from feedalign.trainers.parallel import make_run_reference
+    from feedalign.policies.reference import make_run_reference
 
     model, tokenizer = _tiny_lm()
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))

@@ -108,7 +108,7 @@ def test_lora_cached_reference_is_filled_before_training(env, tmp_path, monkeypa
     """One process: a LoRA policy's cached reference (adapter disabled) is computed before
     step 1, so no training step runs a reference forward (as with a copy reference)."""
     from feedalign.trainers import TrainerCallback
-    from feedalign.trainers.parallel import PolicyAdapterReference
+    from feedalign.policies.reference import PolicyAdapterReference
 
     calls = []
     real = PolicyAdapterReference.logps

@@ -52,7 +52,7 @@ class Runtime:
                 from feedalign.policies.hf import batch_logps
 
                 return batch_logps(self.model, tensors, chunk_size=self.chunk_size)
-            from feedalign.trainers.parallel import packed_fields
+            from feedalign.policies.reference import packed_fields
 
             return self.policy(
                 tensors["input_ids"], tensors.get("attention_mask"), tensors["completion_mask"],

@@ -32,13 +32,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from feedalign.policies.reference import (  # noqa: F401 - the run's reference lives there
-    PACKED_FIELDS,
-    PolicyAdapterReference,
-    bind_reference,
-    make_run_reference,
-    packed_fields,
-)
 from feedalign.policies.reference import eval_mode as _eval_mode
 
 MODEL_PREFIX = "model."  # LogpsModule's name for the policy in state dicts

@@ -16,17 +16,16 @@ from feedalign.config.schema import Config
 from feedalign.trainers import checkpoint as ckpt
 from feedalign.trainers import resume as resume_checks
 from feedalign.data.batching import Batch, collate, collate_texts, move_to
+from feedalign.policies.reference import bind_reference, make_run_reference
 from feedalign.trainers.forward import Runtime, Source
 from feedalign.trainers.model_checks import check_lora_targets
 from feedalign.trainers.parallel import (
     LogpsModule,
-    bind_reference,
     check_reference_strategy,
     is_zero3,
     load_optimizer_state,
     load_trainable_weights,
     eval_shards,
-    make_run_reference,
     optimizer_state,
     sharding,
     trainable_weights,
@@ -208,7 +207,7 @@ def precompute_reference(run: Run) -> int:
     number of newly computed rows (0 when there is nothing to do).
     """
     from feedalign.policies.reference import CachedReference, CopyReference
-    from feedalign.trainers.parallel import PolicyAdapterReference
+    from feedalign.policies.reference import PolicyAdapterReference
 
     reference = run.runtime.reference
     if not isinstance(reference, CachedReference):
