@@ -171,10 +171,21 @@ class SteeringSpec:
         return self.levels(w) / self.grid
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
-        """``n`` weights ``[n, m]``: uniform on the simplex, then snapped."""
+        """``n`` weights ``[n, m]``: uniform on the trainable region (:meth:`_region`), snapped."""
         if n == 0:
             return np.zeros((0, self.m))
-        return self.snap(sample_simplex(self.m, n, self.seed if seed is None else seed))
+        return self.snap(self._region(sample_simplex(self.m, n, self.seed if seed is None else seed)))
+
+    def _region(self, u: np.ndarray) -> np.ndarray:
+        """Map uniform simplex draws ``u`` onto the trainable region ``{w : w_k >= bound}``,
+        ``w = bound * e_k + (1 - bound) * u`` (uniform there too; ``bound`` = the grid level of
+        ``min_weight``): a draw below the bound is not piled onto it by rounding."""
+        if self.k is None or self.min_level == 0:
+            return u
+        bound = self.min_level / self.grid
+        out = (1.0 - bound) * u
+        out[..., self.k] += bound
+        return out
 
     def weights_for(self, example_ids: Sequence[str], draw: int = 0) -> np.ndarray:
         """One weight per example id ``[n, m]``, a function of (seed, id, draw) only, so it
@@ -183,7 +194,7 @@ class SteeringSpec:
         for i, ex_id in enumerate(example_ids):
             digest = hashlib.sha256(f"{self.seed}|{draw}|{ex_id}".encode()).digest()
             rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-            out[i] = self.snap(sample_simplex(self.m, 1, rng)[0])
+            out[i] = self.snap(self._region(sample_simplex(self.m, 1, rng)[0]))
         return out
 
     # ---------------------------------------------------------------- rendering
@@ -269,33 +280,11 @@ class SteeringSpec:
         return added
 
     def prepare_model(self, model: Any, tokenizer: Any) -> bool:
-        """Grow ``model``'s embeddings to ``len(tokenizer)``; returns whether it grew.
+        """Grow ``model``'s embeddings to ``len(tokenizer)`` with ordinal level-token rows
+        (:func:`feedalign.multiobjective.level_tokens.grow_embeddings`); whether it grew."""
+        from feedalign.multiobjective.level_tokens import grow_embeddings
 
-        The new level-token rows are ordinal: ``e(<w:v>) = mean + (1 - v) * a + v * b`` with
-        ``a, b ~ N(0, std^2)`` per dimension (seeded by ``seed``; mean and std of the old
-        rows), so the weights are told apart, and ordered, even when the embeddings stay frozen
-        (e.g. LoRA). An untied output embedding gets the mean row for every new token.
-        """
-        emb = model.get_input_embeddings()
-        old = emb.weight.shape[0]
-        if len(tokenizer) <= old:
-            return False
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        emb, out = model.get_input_embeddings(), model.get_output_embeddings()
-        with torch.no_grad():
-            base = emb.weight[:old].float()
-            mean, std = base.mean(0), base.std(0)
-            gen = torch.Generator().manual_seed(self.seed)
-            a, b = (torch.randn(base.shape[1], generator=gen) * std for _ in range(2))
-            emb.weight[old:] = mean.to(emb.weight.dtype)
-            for level, token in enumerate(self.level_tokens()):
-                row = tokenizer.convert_tokens_to_ids(token)
-                if row is not None and row >= old:
-                    v = level / self.grid
-                    emb.weight[row] = (mean + (1 - v) * a + v * b).to(emb.weight.dtype)
-            if out is not None and out.weight is not emb.weight and out.weight.shape[0] > old:
-                out.weight[old:] = out.weight[:old].mean(0, keepdim=True)
-        return True
+        return grow_embeddings(self, model, tokenizer)
 
     def check_tokenizer(self, tokenizer: Any) -> None:
         """Raise unless every grid value's prefix tokenises without ``<unk>`` and distinctly."""
