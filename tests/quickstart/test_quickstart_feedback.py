@@ -43,7 +43,8 @@ def test_duplicate_samples_get_unique_ids_and_round_trip_through_the_loader(tmp_
     # the same completion sampled several times for one prompt, judged alike
     pool = _pool([["a a", "a a", "a a", "b"], ["a", "a b", "b b b", "a"]] * 3)
     sets = simulate_feedback(pool, _score, seed=1, pair_temperature=0.1, thumb_temperature=0.1)
-    assert set(sets) == {"pairs_helpful", "thumbs_helpful", "thumbs_concise", "accepted_overall", "rejected_overall"}
+    assert set(sets) == {"pairs_helpful", "pairs_concise", "thumbs_helpful", "thumbs_concise", "accepted_overall",
+                         "rejected_overall"}
     paths, counts = write_and_reload(sets, tmp_path / "feedback")
     for name, records in sets.items():
         assert len({r.id for r in records}) == len(records)

@@ -1,7 +1,8 @@
 """`feedalign quickstart --out DIR`: the whole offline pipeline on a built-in task.
 
     feedalign quickstart --out DIR [--seed N] [--quick] [--methods dpo,kto,bco,pmpo]
-                         [--no-plots] [--no-front] [--threads N] [--strict] [--overwrite]
+                         [--no-plots] [--no-front] [--front-points K] [--threads N] [--strict]
+                         [--overwrite]
 
 Exit codes: 0 the pipeline completed (margins are reported, pass or fail); 1 with --strict
 when a method missed its margin; 2 bad arguments or a non-empty DIR without --overwrite.
@@ -34,6 +35,9 @@ def register(subparsers: Any) -> None:
                         help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)}; available: {','.join(METHODS)})")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     parser.add_argument("--no-front", action="store_true", help="skip the multi-objective front stage")
+    parser.add_argument("--front-points", type=int, default=None, metavar="K",
+                        help="weights of the front sweep, evenly spaced in w_helpful (default 5; the MODPO sweep "
+                             "trains one run per weight)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1: fastest for this model size)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any method misses its margin")
     parser.add_argument("--overwrite", action="store_true",
@@ -49,6 +53,12 @@ def _settings(args: argparse.Namespace) -> Any:
                                "front": not args.no_front}
     if args.threads is not None:
         options["threads"] = args.threads
+    if args.front_points is not None:
+        if args.front_points < 2:
+            raise ValueError(f"--front-points must be >= 2, got {args.front_points}")
+        import numpy as np
+
+        options["front_weights"] = tuple(float(round(v, 6)) for v in np.linspace(0.0, 1.0, args.front_points))
     return QuickstartSettings.preset("quick" if args.quick else "full", **options)
 
 

@@ -175,15 +175,18 @@ STEER_INPUTS = ("weight", "margin_weights")
 
 
 def check_steer(source: DataSourceConfig, spec: Any, hparams: dict[str, Any], seed: int, prefix: str) -> Any:
-    """The SteeringSpec of a ``steer:`` source (None without one). Steering needs a pair loss
-    whose signature takes the per-example ``weight`` and ``margin_weights`` (MODPO-style)."""
+    """The SteeringSpec of a ``steer:`` source (None without one). ``mode: modpo`` (default)
+    needs a pair loss whose signature takes the per-example ``weight`` and ``margin_weights``;
+    ``mode: scalarize`` takes any loss."""
     if source.steer is None:
         return None
     key = f"{prefix}.steer"
-    if spec.feedback != "pair" or not all(name in spec.fn_hparams for name in STEER_INPUTS):
+    modpo_mode = source.steer.get("mode", "modpo") == "modpo"
+    if modpo_mode and (spec.feedback != "pair" or not all(name in spec.fn_hparams for name in STEER_INPUTS)):
         raise ConfigError(
             f"loss '{spec.name}' takes no per-example {' / '.join(STEER_INPUTS)} inputs, so a "
-            "weight-conditioned (steerable) run cannot use it; use a loss such as modpo, or remove steer",
+            "MODPO-style steered run cannot use it; use a loss such as modpo, set steer.mode: scalarize "
+            "(one source per objective), or remove steer",
             key=key,
         )
     from feedalign.multiobjective.steering import spec_for_source

@@ -8,6 +8,17 @@ then MODPO's target for that ``w``,
 ``pi*_w(y | x) ∝ pi_ref(y | x) * exp(w . r(x, y) / beta)`` (docs/ALGORITHMS.md 1, 10), so one
 model learns the whole family and is steered at inference by choosing the prefix.
 
+Two modes. ``mode="modpo"`` (above): one pair source per steered run suffices, but at a
+small ``w_k`` the margin term ``w_{-k} . (m_w - m_l) / w_k`` saturates the logistic, so only
+the rare pairs whose label disagrees with the margins carry gradient and the far end of the
+front learns slowly. ``mode="scalarize"``: each objective has its own source and loss (any
+loss: DPO on helpful pairs, BCO on concise thumbs, ...); the examples of the source of
+objective k draw ``w ~ Dirichlet(1 + e_k)``, whose density is ``m * w_k`` times the uniform
+one, so the run minimises ``E_{w ~ U(simplex)} [sum_k w_k L_k(pi(. | w))]`` up to the factor
+``1 / m`` with every example carrying weight 1 (no example is wasted on ``w_k ~ 0``). Its
+optimum per ``w`` is the minimiser of the weighted sum of the losses, which has no closed form
+in general (for DPO-style losses on BT data it is not ``pi*_w``): measure the front.
+
 Where the tag goes (``placement``). The model must read the weight where it reads the request:
   * a list of chat messages: the tag starts the content of the last ``user`` message
     (``placement="user"``, the default) or of the system message (``"system"``; one is
@@ -46,12 +57,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,6 +83,7 @@ __all__ = [
 
 SPEC_FILE = "steering.json"
 RENDERS = ("text", "tokens")
+MODES = ("modpo", "scalarize")
 _TEXT_PREFIX = re.compile(r"<w((?: [0-9.]+)+)>(?: |$)")
 _TOKEN_PREFIX = re.compile(r"((?:<w:[0-9.]+>(?: |$))+)")
 
@@ -101,6 +110,11 @@ class SteeringSpec:
         min_weight: lower bound on ``w_k`` for the trained objective (default ``1 / grid``).
         placement: ``"user"``, ``"system"``, ``"prefix"`` or ``"suffix"`` (module docstring).
         draws: weights drawn per training example (>= 1, see :func:`redraw_examples`).
+        concentration: the draws' Dirichlet parameter alpha (default 1: uniform on the
+            simplex); alpha < 1 puts most draws near the vertices (module docstring).
+        mode: ``"modpo"`` (the loss takes per-example ``weight`` / ``margin_weights``) or
+            ``"scalarize"`` (any loss; the source's examples draw ``w ~ Dirichlet(1 + e_k)``,
+            density proportional to ``w_k``, see the module docstring).
     """
 
     objectives: tuple[str, ...]
@@ -112,6 +126,8 @@ class SteeringSpec:
     min_weight: float | None = None
     placement: str = "user"
     draws: int = 1
+    mode: str = "modpo"
+    concentration: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -129,6 +145,10 @@ class SteeringSpec:
             raise ValueError(f"SteeringSpec: min_weight must be in [0, 1], got {self.min_weight}")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"SteeringSpec: placement={self.placement!r}; expected one of {PLACEMENTS}")
+        if not isinstance(self.concentration, (int, float)) or not 0 < self.concentration < float("inf"):
+            raise ValueError(f"SteeringSpec: concentration must be a number > 0, got {self.concentration!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"SteeringSpec: mode={self.mode!r}; expected one of {MODES}")
         if not isinstance(self.draws, int) or self.draws < 1:
             raise ValueError(f"SteeringSpec: draws must be an int >= 1, got {self.draws!r}")
 
@@ -143,7 +163,7 @@ class SteeringSpec:
 
     @property
     def min_level(self) -> int:
-        if self.k is None:
+        if self.k is None or self.mode == "scalarize":
             return 0
         bound = 1.0 / self.grid if self.min_weight is None else self.min_weight
         return min(self.grid, int(np.ceil(bound * self.grid - 1e-9)))
@@ -174,7 +194,22 @@ class SteeringSpec:
         """``n`` weights ``[n, m]``: uniform on the trainable region (:meth:`_region`), snapped."""
         if n == 0:
             return np.zeros((0, self.m))
-        return self.snap(self._region(sample_simplex(self.m, n, self.seed if seed is None else seed)))
+        return self.snap(self._region(self._draw(n, self.seed if seed is None else seed)))
+
+    def _draw(self, n: int, generator: Any) -> np.ndarray:
+        """``n`` raw draws from Dirichlet(alpha * 1), alpha = ``concentration`` (alpha = 1 is
+        :func:`sample_simplex`); in ``scalarize`` mode with a trained objective from
+        Dirichlet(alpha * 1 + e_k), whose density is the former's times ``w_k / E[w_k]``."""
+        scalarize = self.mode == "scalarize" and self.k is not None
+        if self.concentration == 1.0 and not scalarize:
+            return sample_simplex(self.m, n, generator)
+        rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
+        shape = np.full(self.m, float(self.concentration))
+        if scalarize:
+            shape[self.k] += 1.0
+        g = rng.gamma(shape, size=(int(n), self.m))
+        g = np.maximum(g, np.finfo(np.float64).tiny)  # tiny alpha underflows to 0
+        return g / g.sum(axis=1, keepdims=True)
 
     def _region(self, u: np.ndarray) -> np.ndarray:
         """Map uniform simplex draws ``u`` onto the trainable region ``{w : w_k >= bound}``,
@@ -194,7 +229,7 @@ class SteeringSpec:
         for i, ex_id in enumerate(example_ids):
             digest = hashlib.sha256(f"{self.seed}|{draw}|{ex_id}".encode()).digest()
             rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-            out[i] = self.snap(self._region(sample_simplex(self.m, 1, rng)[0]))
+            out[i] = self.snap(self._region(self._draw(1, rng)[0]))
         return out
 
     # ---------------------------------------------------------------- rendering
@@ -306,7 +341,7 @@ class SteeringSpec:
         return {"format": "feedalign.steering", "version": 1, **dataclasses.asdict(self)}
 
 
-STEER_KEYS = ("objectives", "grid", "seed", "render", "min_weight", "placement", "draws")
+STEER_KEYS = ("objectives", "grid", "seed", "render", "min_weight", "placement", "draws", "mode", "concentration")
 
 
 def spec_for_source(steer: Any, *, trained: str | None, beta: float) -> SteeringSpec:
@@ -324,32 +359,6 @@ def spec_for_source(steer: Any, *, trained: str | None, beta: float) -> Steering
         raise ValueError("steer: the source needs `objective:` (the objective whose pairs it trains)")
     options = {k: get(k) for k in STEER_KEYS[1:] if get(k) is not None}
     return SteeringSpec(objectives=tuple(get("objectives")), trained=trained, beta=float(beta), **options)
-
-
-def save_spec(spec: SteeringSpec, directory: str | os.PathLike[str]) -> Path:
-    """Write ``steering.json`` next to a steerable model."""
-    path = Path(directory) / SPEC_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(spec.to_dict(), indent=2) + "\n", encoding="utf-8")
-    return path
-
-
-def load_spec(directory_or_file: str | os.PathLike[str]) -> SteeringSpec:
-    """Read ``steering.json`` (a model directory or the file itself)."""
-    path = Path(directory_or_file)
-    path = path / SPEC_FILE if path.is_dir() else path
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: not found; a steerable model directory holds {SPEC_FILE}") from None
-    if raw.pop("format", None) != "feedalign.steering":
-        raise ValueError(f"{path}: field 'format' must be 'feedalign.steering'")
-    raw.pop("version", None)
-    names = {f.name for f in dataclasses.fields(SteeringSpec)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ValueError(f"{path}: unknown fields {unknown}; valid: {sorted(names)}")
-    return SteeringSpec(**raw)
 
 
 def sample_weights(n: int, m: int, seed: int = 0, *, grid: int | None = None) -> np.ndarray:
@@ -371,21 +380,5 @@ def per_example_hparams(ws: Any, k: int, spec: SteeringSpec | None = None) -> di
     return spec.per_example_hparams(arr, k)
 
 
-def generate_steered(model: Any, tokenizer: Any, spec: SteeringSpec, prompts: Sequence[Any], w: Any, *,
-                     chat: bool = False, **kwargs: Any) -> list[str]:
-    """Sample completions of ``prompts`` conditioned on weight ``w`` (snapped to the grid).
-
-    Rendered as in training: a message list gets the tag in its turn (``placement``) and is
-    rendered with the tokenizer's chat template; a string prompt is conditioned as it is, or,
-    with ``chat`` (sources with ``chat_template: true``), as one user message of the template."""
-    from feedalign.data.chat import render_prompt
-    from feedalign.policies.hf import generate
-
-    texts = []
-    for p in prompts:
-        if isinstance(p, str) and not chat:
-            texts.append(spec.condition_prompt(p, w))
-            continue
-        messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
-        texts.append(render_prompt(tokenizer, spec.condition_prompt(messages, w)))
-    return generate(model, tokenizer, texts, **kwargs)
+# Reading/writing the spec and sampling at a weight live in steer_io (re-exported here).
+from feedalign.multiobjective.steer_io import generate_steered, load_spec, save_spec  # noqa: E402

@@ -70,7 +70,7 @@ def simulate_feedback(pool: SamplePool, scorer: Any, *, seed: int, pair_temperat
     from feedalign.envs import annotators as ann
 
     samples = pool.judged()
-    seeds = np.random.SeedSequence([seed, 1234]).generate_state(5)
+    seeds = np.random.SeedSequence([seed, 1234]).generate_state(6)
     sets = {
         "pairs_helpful": ann.bt_pairs(samples, scorer, objective="helpful", temperature=pair_temperature,
                                       seed=int(seeds[0])),
@@ -80,6 +80,8 @@ def simulate_feedback(pool: SamplePool, scorer: Any, *, seed: int, pair_temperat
                                               seed=int(seeds[2])),
         "accepted_overall": ann.positive_only(samples, scorer, weights=OVERALL, top_k=1, seed=int(seeds[3])),
         "rejected_overall": ann.negative_only(samples, scorer, weights=OVERALL, bottom_k=1, seed=int(seeds[4])),
+        "pairs_concise": ann.bt_pairs(samples, scorer, objective="concise", temperature=pair_temperature,
+                                      seed=int(seeds[5])),
     }
     return {name: _with_ids(records, name) for name, records in sets.items()}
 

@@ -38,6 +38,13 @@ MIN_WEIGHT = 0.05  # MODPO divides by w_helpful: the sweep's w_helpful = 0 is se
 # violations).
 STEERABLE_STEP_FACTOR = 1.0
 STEERABLE_DRAWS = 4
+# Weight draws ~ Dirichlet(0.3): most near the vertices, where the targets differ most, so the
+# weight tokens learn within the soups' compute (docs/multiobjective.md: uniform draws, 0.2,
+# 0.5 and draws 1 / 2 / 8 measured).
+STEERABLE_CONCENTRATION = 0.3
+# Margins: the steerable run uses the exact concise score (an oracle reward model that costs
+# no training); the MODPO sweep the BT reward model, as the MODPO paper runs it.
+STEERABLE_MARGINS, SWEEP_MARGINS = "exact", "reward_model"
 
 
 def _single_objective_method(ctx: Any, objective: str) -> str | None:
@@ -82,13 +89,21 @@ def soup_policy(ctx: Any) -> FrontPolicy | None:
     return generate_for, info
 
 
-def _modpo_source(ctx: Any, **extra: Any) -> dict[str, Any]:
-    s = ctx.settings
+def _margins(ctx: Any, kind: str) -> dict[str, Any]:
+    """MODPO's concise margins: ``reward_model``, the BT reward model's head
+    (:mod:`.front_rm`, the paper's protocol), or ``exact``, the task's score times 1 / T."""
+    if kind == "reward_model":
+        from feedalign.quickstart.front_rm import margin_block
+
+        return margin_block(ctx)
+    return {"kind": "callable", "target": "feedalign.envs.text_task:objective_margins",
+            "options": {"objectives": ["concise"], "scale": 1.0 / ctx.settings.pair_temperature}}
+
+
+def _modpo_source(ctx: Any, margins: str, **extra: Any) -> dict[str, Any]:
     return {"loss": "modpo", "path": str(ctx.feedback_paths["pairs_helpful"]), "objective": "helpful",
             "hparams": {"beta": 0.1, "scale_by_weight": True, **extra.pop("hparams", {})},
-            "margins": {"kind": "callable", "target": "feedalign.envs.text_task:objective_margins",
-                        "options": {"objectives": ["concise"], "scale": 1.0 / s.pair_temperature}},
-            **extra}
+            "margins": _margins(ctx, margins), **extra}
 
 
 def _budget(ctx: Any) -> tuple[int, float]:
@@ -110,12 +125,13 @@ def steerable_policy(ctx: Any) -> FrontPolicy | None:
         return None
     steps, lr = _budget(ctx)
     steps = max(1, round(steps * STEERABLE_STEP_FACTOR))
-    steer = {"objectives": list(OBJECTIVES), "grid": 20, "render": "tokens", "draws": STEERABLE_DRAWS}
+    steer = {"objectives": list(OBJECTIVES), "grid": 20, "render": "tokens", "draws": STEERABLE_DRAWS,
+             "concentration": STEERABLE_CONCENTRATION}
     shared = ctx.tokenizer
     ctx.tokenizer = copy.deepcopy(shared)  # the run adds weight tokens to its tokenizer
     try:
-        result = train_run(ctx, "steerable", Path(ctx.report["reference"]["dir"]), _modpo_source(ctx, steer=steer),
-                           lr=lr, steps=steps)
+        result = train_run(ctx, "steerable", Path(ctx.report["reference"]["dir"]),
+                           _modpo_source(ctx, STEERABLE_MARGINS, steer=steer), lr=lr, steps=steps)
     finally:
         ctx.tokenizer = shared
     model, spec = result.model.eval(), load_spec(result.final_dir)
@@ -125,8 +141,9 @@ def steerable_policy(ctx: Any) -> FrontPolicy | None:
         return generate_steered(model, tokenizer, spec, prompts, w, **_generate_kwargs(ctx))
 
     info = {"policy": "steerable MODPO (one run)", "train_seconds": ctx.runs["steerable"]["seconds"],
-            "train_steps": steps,
-            "description": f"one MODPO run, weight tokens in the prompt, {STEERABLE_DRAWS} weights per pair"}
+            "train_steps": steps, "margins": STEERABLE_MARGINS,
+            "description": f"one MODPO run, weight tokens in the prompt, {STEERABLE_DRAWS} weights per pair "
+                           f"drawn from Dirichlet({STEERABLE_CONCENTRATION:g}), {STEERABLE_MARGINS} concise margins"}
     return generate_for, info
 
 
@@ -144,7 +161,7 @@ def modpo_sweep_policy(ctx: Any) -> FrontPolicy | None:
         wk = max(MIN_WEIGHT, float(w1))
         name = f"modpo_w{wk:.2f}"
         result = train_run(ctx, name, Path(ctx.report["reference"]["dir"]),
-                           _modpo_source(ctx, hparams={"weight": wk, "margin_weights": [1.0 - wk]}),
+                           _modpo_source(ctx, SWEEP_MARGINS, hparams={"weight": wk, "margin_weights": [1.0 - wk]}),
                            lr=lr, steps=max(1, steps // 2))
         models[round(float(w1), 6)] = result.model.eval()
         seconds += ctx.runs[name]["seconds"]
@@ -152,9 +169,11 @@ def modpo_sweep_policy(ctx: Any) -> FrontPolicy | None:
     def generate_for(w: np.ndarray, prompts: list[str]) -> list[str]:
         return generate(models[round(float(w[0]), 6)], ctx.tokenizer, prompts, **_generate_kwargs(ctx))
 
-    info = {"policy": "MODPO sweep (one run per weight)", "train_seconds": seconds,
-            "train_steps": max(1, steps // 2) * len(models),
-            "description": f"{len(models)} MODPO runs, w_helpful >= {MIN_WEIGHT}"}
+    rm_seconds = ctx.runs["margin_rm"]["train_seconds"] if SWEEP_MARGINS == "reward_model" else 0.0
+    info = {"policy": "MODPO sweep (one run per weight)", "train_seconds": seconds + rm_seconds,
+            "train_steps": max(1, steps // 2) * len(models), "margins": SWEEP_MARGINS,
+            "description": f"{len(models)} MODPO runs, w_helpful >= {MIN_WEIGHT}, {SWEEP_MARGINS} concise margins"
+                           + (f" (train seconds include the reward model's {rm_seconds:.1f}s)" if rm_seconds else "")}
     return generate_for, info
 
 
@@ -211,6 +230,8 @@ def run_front_stage(ctx: Any) -> dict[str, Any]:
     out = {"status": "done", **info, "n_prompts": len(prompts), **result.to_dict(), "methods": methods,
            "methods_plot": str(png)}
     out.pop("samples", None)
+    if "margin_rm" in ctx.runs:  # the MODPO runs' margin reward model and its calibration
+        out["reward_model"] = {k: v for k, v in ctx.runs["margin_rm"].items() if k != "margins"}
     return out
 
 

@@ -62,14 +62,18 @@ class Stage:
 # --------------------------------------------------------------------------- training
 
 
-def train_run(ctx: Context, name: str, model_path: Path, source: dict[str, Any], *, lr: float, steps: int) -> Any:
-    """One run of the trainer (``DIR/runs/<name>``): metrics.jsonl and final/ land there."""
+def train_run(ctx: Context, name: str, model_path: Path, source: dict[str, Any] | list[dict[str, Any]], *,
+              lr: float, steps: int) -> Any:
+    """One run of the trainer (``DIR/runs/<name>``): metrics.jsonl and final/ land there. A
+    list of sources (each with its own ``name``) trains them together, one micro-batch of each
+    per step."""
     from feedalign.trainers import train
 
     s = ctx.settings
+    sources = source if isinstance(source, list) else [{"name": name, **source}]
     config = {
         "model": {"path": str(model_path)},
-        "data": [{"name": name, "max_length": s.max_length, **source}],
+        "data": [{"max_length": s.max_length, **src} for src in sources],
         "train": {
             "output_dir": str(ctx.path("runs", name)), "seed": s.seed, "lr": lr, "max_steps": steps,
             "micro_batch_size": s.batch_size, "scheduler": "constant", "warmup_steps": min(10, steps // 10),

@@ -23,6 +23,7 @@ OBJECTIVES = ("helpful", "concise")
 FEEDBACK_SETS: dict[str, str] = {
     "sft_demonstrations": "positive-only demonstrations of the task (prompt/completion/label)",
     "pairs_helpful": "Bradley-Terry preference pairs on 'helpful' (prompt/chosen/rejected)",
+    "pairs_concise": "Bradley-Terry preference pairs on 'concise' (the front's margin reward model)",
     "thumbs_helpful": "logistic thumbs up/down on 'helpful' (prompt/completion/label)",
     "thumbs_concise": "logistic thumbs up/down on 'concise' (prompt/completion/label)",
     "accepted_overall": "positive-only: best of k samples on 0.5*helpful + 0.5*concise",

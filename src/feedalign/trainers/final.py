@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import shutil
 from collections.abc import Mapping
@@ -23,6 +25,12 @@ def _save_steering_spec(run: Run, directory: Path) -> None:
 
     specs = [s.steer for s in run.sources if s.steer is not None]
     if not specs:
+        return
+    # One source per objective (scalarize) differs only in the trained objective: the model
+    # serves every weight, so the saved spec names none.
+    merged = {dataclasses.replace(spec, trained=None) for spec in specs}
+    if len(specs) > 1 and len(merged) == 1:
+        save_spec(merged.pop(), directory)
         return
     if any(spec != specs[0] for spec in specs[1:]):
         logger.warning("steered sources use different steering specs; final/ holds the first one's")

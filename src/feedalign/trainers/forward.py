@@ -140,7 +140,7 @@ def _ties(batch: Batch, device: torch.device) -> Tensor | None:
 def _steer_hparams(source: Source, batch: Batch, device: torch.device) -> dict[str, Tensor]:
     """A steered source's per-example ``weight`` [B] and ``margin_weights`` [B, m-1], from
     each example's own weight vector; they replace the static hyperparameters."""
-    if source.steer is None:
+    if source.steer is None or source.steer.mode == "scalarize":  # scalarize: w enters via the draws
         return {}
     from feedalign.multiobjective.steering import per_example_hparams
 
