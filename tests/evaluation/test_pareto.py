@@ -343,3 +343,17 @@ def test_trend_test_inflates_se_by_scatter_and_handles_three_objectives():
     res = trend_test(w3, vals, np.full_like(vals, 0.01))
     assert [t["status"] for t in res] == ["increasing"] * 3
     assert [t["slope"] for t in res] == pytest.approx([0.8] * 3)
+
+
+def test_trend_test_is_not_set_by_a_saturated_end_of_the_sweep():
+    from feedalign.evaluation.pareto import trend_test
+
+    # A MODPO sweep measured on the text task: concise saturates at w_concise >= 0.75, where its
+    # means have tiny errors; inverse-variance weights made this strong rise look flat (z 0.2).
+    w_c = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    weights = np.stack([1 - w_c, w_c], axis=1)
+    vals = np.stack([1 - w_c, [0.365, 0.537, 0.852, 0.917, 0.916]], axis=1)
+    se = np.stack([np.full(5, 0.02), [0.019, 0.018, 0.012, 0.004, 0.004]], axis=1)
+    out = trend_test(weights, vals, se, names=("helpful", "concise"))
+    assert out[1]["status"] == "increasing" and out[1]["z"] > 3
+    assert out[1]["slope"] == pytest.approx(np.polyfit(w_c, vals[:, 1], 1)[0])

@@ -264,10 +264,12 @@ def trend_test(weights: Any, values: Any, stderr: Any = None, *, names: Sequence
     """End-to-end trend of each objective in its own weight, with its standard error.
 
     Steering should make objective ``j`` rise with ``w_j``. For each ``j`` this fits the
-    weighted least-squares line ``J_j(w) ~ a + b * w_j`` over the whole sweep (weights
-    ``1 / stderr^2``) and reports the slope ``b`` with its standard error
-    ``se = sqrt(max(1, chi2 / (K - 2)) / sum_k a_k (w_kj - mean_w)^2)`` (the reduced chi-square
-    inflates ``se`` when the points scatter around the line more than their own errors).
+    least-squares line ``J_j(w) ~ a + b * w_j`` over the whole sweep and reports the slope
+    ``b = sum_k c_k J_kj`` (``c_k = (w_kj - mean_w) / sum (w_kj - mean_w)^2``) with its standard
+    error ``se = sqrt(sum_k c_k^2 se_kj^2 * max(1, chi2 / (K - 2)))``,
+    ``chi2 = sum_k resid_k^2 / mean_k(se_kj^2)`` (the reduced chi-square inflates ``se`` when
+    the points scatter around the line more than the errors say). Equal weights, not ``1 / se^2``: a saturated end of the sweep,
+    whose means have tiny errors, would otherwise set the slope alone.
     ``status`` is ``"increasing"`` when ``b > z * se``, ``"reversed"`` when ``b < -z * se``
     and ``"flat"`` otherwise: a reversed or flat trend is a significant failure to steer,
     which comparing neighbouring weights only cannot see (small steps hide in the noise).
@@ -296,16 +298,20 @@ def trend_test(weights: Any, values: Any, stderr: Any = None, *, names: Sequence
         if np.ptp(x) <= 0 or x.size < 2:
             continue
         s = se_in[:, j]
-        # Zero errors (e.g. deterministic scores) fall back to equal weights.
-        a = np.ones_like(x) if np.all(s <= 0) else 1.0 / np.maximum(s, s[s > 0].min() if np.any(s > 0) else 1.0) ** 2
-        xm, ym = np.average(x, weights=a), np.average(y, weights=a)
-        sxx = float(np.sum(a * (x - xm) ** 2))
-        slope = float(np.sum(a * (x - xm) * (y - ym)) / sxx)
+        # Ordinary least squares: a saturated end of a sweep (means with tiny errors) must
+        # not outweigh the rest, as inverse-variance weights would let it.
+        xm, ym = float(x.mean()), float(y.mean())
+        sxx = float(np.sum((x - xm) ** 2))
+        slope = float(np.sum((x - xm) * (y - ym)) / sxx)
         resid = y - ym - slope * (x - xm)
         dof = x.size - 2
-        chi2 = float(np.sum(a * resid**2)) / dof if dof > 0 else 0.0
-        scale = chi2 if np.all(s <= 0) else max(1.0, chi2)
-        se = float(np.sqrt(scale / sxx))
+        if np.all(s <= 0):  # no stated errors (e.g. deterministic scores): the residuals
+            se = float(np.sqrt(np.sum(resid**2) / dof / sxx)) if dof > 0 else 0.0
+        else:  # the means' errors propagated, inflated when the points scatter more than them
+            # Residuals against the mean squared error, not each point's own: a mean with a
+            # near-zero error (every sample alike) must not blow the ratio up.
+            chi2 = float(np.sum(resid**2) / np.mean(s**2)) / dof if dof > 0 else 0.0
+            se = float(np.sqrt(np.sum(((x - xm) / sxx * s) ** 2) * max(1.0, chi2)))
         zval = slope / se if se > 0 else (np.inf if slope > 0 else -np.inf if slope < 0 else 0.0)
         status = "increasing" if zval > z else "reversed" if zval < -z else "flat"
         out.append({"objective": names[j], "index": j, "slope": slope, "se": se, "z": float(zval),
