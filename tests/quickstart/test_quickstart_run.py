@@ -119,6 +119,14 @@ def test_markdown_plots_and_front(quick_run):
     assert front["status"] == "done" and front["components"] == {"helpful": "dpo", "concise": "bco"}
     assert [row["weights"] for row in front["per_weight"]] == [[w, 1 - w] for w in (0.0, 0.25, 0.5, 0.75, 1.0)]
     assert (out / "front" / "front.json").is_file() and (out / "front" / "front.png").is_file()
+    assert [e["name"] for e in front["methods"]] == ["soups", "steerable", "modpo_sweep"]
+    rm = front["reward_model"]  # the sweep's margin model: BT heads, calibrated on held-out pairs
+    assert rm["heads"] == ["helpful", "concise"] and rm["normalization"] == "none"
+    for head in rm["heads"]:
+        fit = rm["calibration"][head]
+        assert fit["n"] >= 10 and fit["se"] > 0 and len(fit["table"]) >= 2
+    assert rm["margin_scale"]["concise"] == pytest.approx(rm["calibration"]["concise"]["slope"])
+    assert "Margin reward model" in md and "b = " in md
 
 
 @pytest.mark.slow

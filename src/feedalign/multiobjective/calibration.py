@@ -14,7 +14,7 @@ Two checks on held-out pairs with the model's reward differences ``d = r(chosen)
   * :func:`bt_slope`: the maximum-likelihood ``b`` of ``P(chosen) = sigma(b * d)`` with its
     standard error ``1 / sqrt(sum sigma'(b d) d^2)`` (Fisher information). On the right scale
     ``b = 1``; ``b < 1`` means the margins are over-scaled, ``b > 1`` under-scaled, and
-    ``1 / b`` is the factor to multiply them by.
+    ``b`` is the factor to multiply them by (they are ``1 / b`` times too large).
   * :func:`calibration_table`: predicted ``sigma(d)`` against the empirical win rate in bins.
 
 numpy only.

@@ -9,7 +9,8 @@ objective's implicit reward (its labels use the same ``T``; docs/ALGORITHMS.md 1
 reference's evaluation samples on TEST prompts, labelled by the same annotator with another
 seed) :func:`~feedalign.multiobjective.calibration.bt_slope` fits ``P(first chosen) =
 sigma(b * d)``; ``b = 1`` within its standard error means the margins are on scale (``1 / b``
-would be the factor they are off by). Per head, the fit and the table of predicted vs
+would be the factor they are off by; the MODPO runs multiply the margins by ``b``,
+:func:`margin_block`). Per head, the fit and the table of predicted vs
 empirical win rates go to ``report["front"]["reward_model"]["calibration"]``.
 """
 
@@ -98,13 +99,18 @@ def calibration(ctx: Any, model: Any, tokenizer: Any, objective: str) -> dict[st
             "table": calibration_table(d, first, bins=8)}
 
 
-def margin_block(ctx: Any, heads: tuple[str, ...] = ("concise",)) -> dict[str, Any]:
-    """The ``margins:`` block of a MODPO source: the reward model's ``heads``, unnormalised."""
+def margin_block(ctx: Any, head: str = "concise", *, calibrate: bool = True) -> dict[str, Any]:
+    """The ``margins:`` block of a MODPO source: the reward model's ``head``, unnormalised and,
+    with ``calibrate``, multiplied by its held-out BT slope ``b`` (temperature scaling: the
+    margins are then on the pairs' reward scale whatever the head's over- or under-confidence)."""
     info = train_margin_model(ctx)
     if info is None:
         raise ValueError("the front's MODPO runs need pairs_helpful and pairs_concise feedback for their reward model")
+    fit = info["calibration"].get(head, {})
+    scale = float(fit["slope"]) if calibrate and "slope" in fit else 1.0
+    info.setdefault("margin_scale", {})[head] = scale
     return {"kind": "reward_model", "target": info["dir"],
-            "options": {"heads": list(heads), "normalize": False, "max_length": ctx.settings.max_length}}
+            "options": {"heads": [head], "normalize": False, "scale": scale, "max_length": ctx.settings.max_length}}
 
 
 __all__ = ["train_margin_model", "margin_block", "calibration", "heldout_pairs", "HEADS"]

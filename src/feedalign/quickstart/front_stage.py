@@ -9,10 +9,11 @@ DIR/front/front.{json,png,md}, the others' DIR/front/<method>/front.*):
     ``theta(w) = w_helpful * theta_helpful + w_concise * theta_concise``; its compute is the
     two component runs;
   * ``steerable``: ONE weight-conditioned MODPO run (``steer:``, weight tokens in the prompt,
-    ``draws`` weights per pair) on the helpful pairs, with the task's exact ``concise`` score
-    as margin on the pairs' reward scale (1 / pair temperature), for as many steps as the
-    soups' two runs together;
-  * ``modpo_sweep``: one MODPO run per weight (the paper's protocol), same pairs and margins.
+    ``draws`` weights per pair from Dirichlet(``concentration``)) on the helpful pairs, with the
+    task's exact ``concise`` score as margin on the pairs' reward scale (1 / pair temperature),
+    processing as many sequences as the soups' two runs together;
+  * ``modpo_sweep``: one MODPO run per weight (the paper's protocol), same pairs, margins from
+    a Bradley-Terry reward model (:mod:`.front_rm`, calibrated on held-out pairs).
 
 ``report["front"]`` keeps the soup's front (as before) and adds ``methods``: one entry per
 method with ``name``, ``hv``, ``eu``, ``eu_cond``, ``significant_violations`` (neighbours and
@@ -33,10 +34,10 @@ from feedalign.quickstart.settings import OBJECTIVES
 
 FrontPolicy = tuple[Callable[[np.ndarray, list[str]], list[str]], dict[str, Any]]
 MIN_WEIGHT = 0.05  # MODPO divides by w_helpful: the sweep's w_helpful = 0 is served as 0.05
-# The steerable run's steps as a multiple of the soups' total (docs/multiobjective.md: at 1 it
-# does not yet steer on the full preset; at 1.5 and 2 it beats the soups with 0 significant
-# violations).
-STEERABLE_STEP_FACTOR = 1.0
+# The steerable run's steps as a multiple of the soups' total: the soups are 150 DPO steps (32
+# pairs, 64 sequences each) and 150 BCO steps (32 single completions); a MODPO step is 32 pairs,
+# so 0.75 x 300 = 225 steps process as many sequences as the soups' two runs together.
+STEERABLE_STEP_FACTOR = 0.75
 STEERABLE_DRAWS = 4
 # Weight draws ~ Dirichlet(0.3): most near the vertices, where the targets differ most, so the
 # weight tokens learn within the soups' compute (docs/multiobjective.md: uniform draws, 0.2,
@@ -251,5 +252,13 @@ def methods_markdown(front: dict[str, Any]) -> str:
                      "trend (z)": ", ".join(f"{t['objective']} {t['z']:.1f}" for t in e["trend"]),
                      **{f"{o} at w_helpful {w_ends}": f"{ends[0][o]:.3f} / {ends[1][o]:.3f}" for o in OBJECTIVES},
                      "train seconds": f"{e['train_seconds']:.1f}", "train steps": e.get("train_steps")})
-    return ("\n\nMethods over the same weights and prompts (plot: front/methods.png; training time measured "
+    text = ("\n\nMethods over the same weights and prompts (plot: front/methods.png; training time measured "
             "in this run):\n\n" + markdown_table(rows))
+    rm = front.get("reward_model")
+    if rm:
+        fits = [f"{h}: b = {c['slope']:.2f} +- {c['se']:.2f} on {c['n']} held-out pairs, pair accuracy "
+                f"{c['pair_accuracy']:.2f}" for h, c in rm["calibration"].items() if "slope" in c]
+        text += ("\n\nMargin reward model (Bradley-Terry heads, unnormalised; P(first chosen) = sigma(b * d) "
+                 "fitted on held-out pairs, b = 1 on the MODPO scale): " + "; ".join(fits)
+                 + f". The MODPO sweep's margins are multiplied by b ({rm.get('margin_scale', {})}).")
+    return text
