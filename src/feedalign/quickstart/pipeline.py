@@ -7,6 +7,7 @@
     align     one training run per method, each from the reference, through the one trainer
     evaluate  sample every policy on held-out prompts, score with the ground truth
     front     steer between the two objectives and measure the front (>= 5 weights)
+    front3    (``objectives=3`` only) the same over helpful, concise and polite (front_many.py)
     report    DIR/report.json, DIR/report.md, DIR/plots/*.png
 
 More stages plug in with :func:`default_stages` + ``run_quickstart(stages=...)``; a stage
