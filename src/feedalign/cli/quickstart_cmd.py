@@ -1,8 +1,8 @@
 """`feedalign quickstart --out DIR`: the whole offline pipeline on a built-in task.
 
     feedalign quickstart --out DIR [--seed N] [--quick] [--methods dpo,kto,bco,pmpo]
-                         [--no-plots] [--no-front] [--front-points K] [--threads N] [--strict]
-                         [--overwrite]
+                         [--no-plots] [--no-front] [--front-points K] [--objectives 2|3]
+                         [--threads N] [--strict] [--overwrite]
 
 Exit codes: 0 the pipeline completed (margins are reported, pass or fail); 1 with --strict
 when a method missed its margin; 2 bad arguments or a non-empty DIR without --overwrite.
@@ -38,6 +38,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--front-points", type=int, default=None, metavar="K",
                         help="weights of the front sweep, evenly spaced in w_helpful (default 5; the MODPO sweep "
                              "trains one run per weight)")
+    parser.add_argument("--objectives", type=int, default=2, metavar="M",
+                        help="objectives of the front: 2 (helpful, concise; default) or 3 (adds polite: a second "
+                             "front over a simplex grid, written to DIR/front3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1: fastest for this model size)")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any method misses its margin")
     parser.add_argument("--overwrite", action="store_true",
@@ -53,6 +56,9 @@ def _settings(args: argparse.Namespace) -> Any:
                                "front": not args.no_front}
     if args.threads is not None:
         options["threads"] = args.threads
+    if args.objectives not in (2, 3):
+        raise ValueError(f"--objectives must be 2 or 3, got {args.objectives}")
+    options["objectives"] = args.objectives
     if args.front_points is not None:
         if args.front_points < 2:
             raise ValueError(f"--front-points must be >= 2, got {args.front_points}")
@@ -87,6 +93,10 @@ def run_quickstart_cmd(args: argparse.Namespace) -> int:
         m = front["metrics"]
         print(f"front ({front['policy']}, {len(front['per_weight'])} weights): hypervolume {m['hypervolume']:.4f}, "
               f"EU_front {m['eu_front']:.4f}")
+    front3 = report.get("front3", {})
+    for e in front3.get("methods", []):
+        print(f"front3 {e['name']} ({front3['n_weights']} weights): hypervolume {e['hv']:.4f} "
+              f"({e['hv_ratio']:.3f} of the dense ideal front), EU_front {e['eu']:.4f}")
     print(f"report: {ctx.path(REPORT_MD)}  (data: {ctx.path(REPORT_JSON)})")
     if not report["all_passed"]:
         failed = [n for n, m in report["methods"].items() if not m["passed"]]

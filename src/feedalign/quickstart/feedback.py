@@ -86,6 +86,18 @@ def simulate_feedback(pool: SamplePool, scorer: Any, *, seed: int, pair_temperat
     return {name: _with_ids(records, name) for name, records in sets.items()}
 
 
+def simulate_polite_feedback(pool: SamplePool, scorer: Any, *, seed: int, thumb_temperature: float) -> dict[str, list[Any]]:
+    """The third objective's set (``objectives=3`` only): ``thumbs_polite``, logistic thumbs on
+    ``polite`` judged by ``scorer`` (a task with ``polite=True``), with a seed of its own so the
+    other sets are those of a two-objective run."""
+    from feedalign.envs import annotators as ann
+
+    seeds = np.random.SeedSequence([seed, 1235]).generate_state(1)
+    records = ann.logistic_thumbs(pool.judged(), scorer, objective="polite", temperature=thumb_temperature,
+                                  seed=int(seeds[0]))
+    return {"thumbs_polite": _with_ids(records, "thumbs_polite")}
+
+
 def write_and_reload(sets: dict[str, list[Any]], directory: Path) -> tuple[dict[str, Path], dict[str, dict[str, int]]]:
     """Write each set to ``directory/<name>.jsonl``, load it back through the validating loader
     and count it. Returns (paths, counts) with counts like ``{"pairs": n}`` or

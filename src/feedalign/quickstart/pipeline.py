@@ -7,6 +7,7 @@
     align     one training run per method, each from the reference, through the one trainer
     evaluate  sample every policy on held-out prompts, score with the ground truth
     front     steer between the two objectives and measure the front (>= 5 weights)
+    front3    (``objectives=3`` only) the same over helpful, concise and polite (front_many.py)
     report    DIR/report.json, DIR/report.md, DIR/plots/*.png
 
 More stages plug in with :func:`default_stages` + ``run_quickstart(stages=...)``; a stage
@@ -24,6 +25,7 @@ from typing import Any
 from feedalign.quickstart.settings import (
     FEEDBACK_SETS,
     OBJECTIVES,
+    POLITE_FEEDBACK_SETS,
     MethodSpec,
     QuickstartSettings,
 )
@@ -142,13 +144,20 @@ def stage_feedback(ctx: Context) -> None:
                        batch_size=s.generate_batch_size)
     sets = simulate_feedback(pool, ctx.task.score, seed=s.seed, pair_temperature=s.pair_temperature,
                              thumb_temperature=s.thumb_temperature)
+    if s.objectives == 3:
+        from feedalign.envs.text_task import TextTask
+        from feedalign.quickstart.feedback import simulate_polite_feedback
+
+        sets.update(simulate_polite_feedback(pool, TextTask(seed=s.seed, polite=True).score, seed=s.seed,
+                                             thumb_temperature=s.thumb_temperature))
     paths, counts = write_and_reload(sets, ctx.path("feedback"))
     ctx.feedback_paths.update(paths)
     ctx.feedback_counts.update(counts)
+    descriptions = {**FEEDBACK_SETS, **POLITE_FEEDBACK_SETS}
     ctx.report["feedback"] = {
-        name: {"path": str(ctx.feedback_paths[name]), "description": FEEDBACK_SETS[name],
+        name: {"path": str(ctx.feedback_paths[name]), "description": descriptions[name],
                "counts": ctx.feedback_counts[name]}
-        for name in FEEDBACK_SETS if name in ctx.feedback_paths
+        for name in descriptions if name in ctx.feedback_paths
     }
     ctx.report["feedback_pool"] = {
         "prompts": len(prompts), "samples_per_prompt": s.pool_samples, "temperature": s.temperature,
@@ -198,6 +207,12 @@ def stage_front(ctx: Context) -> None:
     ctx.report["front"] = run_front_stage(ctx)
 
 
+def stage_front3(ctx: Context) -> None:
+    from feedalign.quickstart.front_many import run_front_many_stage
+
+    ctx.report["front3"] = run_front_many_stage(ctx)
+
+
 def stage_report(ctx: Context) -> None:
     from feedalign.quickstart.report import build_report, write_outputs
 
@@ -215,7 +230,10 @@ def default_stages(settings: QuickstartSettings) -> list[Stage]:
         Stage("front", "steer between helpful and concise: the front", stage_front),
         Stage("report", "write report.json, report.md and plots", stage_report),
     ]
-    return [st for st in stages if settings.front or st.name != "front"]
+    if settings.objectives == 3:
+        stages.insert(-1, Stage("front3", "steer between helpful, concise and polite: the 3-objective front",
+                                stage_front3))
+    return [st for st in stages if settings.front or st.name not in ("front", "front3")]
 
 
 MARKER = ".feedalign-quickstart"  # written first into every quickstart output directory

@@ -253,6 +253,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def write_markdown(ctx: Any, images: list[Path]) -> Path:
     from feedalign.evaluation.report import write_markdown_report
+    from feedalign.quickstart.front_many import front3_markdown
 
     report = ctx.report
     verdict = "all methods passed" if report["all_passed"] else "some methods FAILED"
@@ -265,6 +266,7 @@ def write_markdown(ctx: Any, images: list[Path]) -> Path:
         ("Feedback (simulated on samples of the reference)", _feedback_rows(report)),
         ("Training", _training_rows(report)),
         _front_section(report),
+        *front3_markdown(report),
         ("Sample completions (first three held-out prompts)", _sample_rows(report)),
         ("Environment", _environment_text(report)),
         ("Timing (seconds)", [{"stage": k, "seconds": round(v, 1)} for k, v in report["timing"]["stages_seconds"].items()]),

@@ -29,6 +29,11 @@ FEEDBACK_SETS: dict[str, str] = {
     "accepted_overall": "positive-only: best of k samples on 0.5*helpful + 0.5*concise",
     "rejected_overall": "negative-only: worst of k samples on 0.5*helpful + 0.5*concise",
 }
+# Written only with ``objectives=3`` (the third objective ``polite``; front_many.py), so a
+# two-objective run's files and report are unchanged.
+POLITE_FEEDBACK_SETS: dict[str, str] = {
+    "thumbs_polite": "logistic thumbs up/down on 'polite' (prompt/completion/label; --objectives 3)",
+}
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "quick": True, "sft_examples": 256, "sft_steps": 40, "pool_prompts": 48, "pool_samples": 4,
         "step_scale": 0.1, "eval_prompts": 48, "front_prompts": 32, "generate_batch_size": 64, "batch_size": 16,
+        "front3_per_axis": 3,
     },
 }
 
@@ -145,6 +151,10 @@ class QuickstartSettings:
     front: bool = True
     front_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     front_prompts: int = 256
+    # objectives of the front: 2 (helpful, concise) or 3 (adds ``polite``: a second front
+    # stage over simplex_grid(3, front3_per_axis), see front_many.py)
+    objectives: int = 2
+    front3_per_axis: int = 5
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -158,6 +168,10 @@ class QuickstartSettings:
         for key in ("sft_examples", "sft_steps", "batch_size", "pool_prompts", "eval_prompts", "threads"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.objectives not in (2, 3):
+            raise ValueError(f"objectives must be 2 or 3, got {self.objectives}")
+        if self.front3_per_axis < 2:
+            raise ValueError(f"front3_per_axis must be >= 2, got {self.front3_per_axis}")
         if self.pool_samples < 2:
             raise ValueError(f"pool_samples must be >= 2 (pairs and best/worst need two), got {self.pool_samples}")
 
