@@ -68,6 +68,8 @@ class NGramBenchConfig:
     placement: str = "prefix"
     temperatures: tuple[float, ...] = (1.0, 0.5)  # sampling temperatures of the sweep
     constrained: bool = True  # valid lengths and letters enforced at generation time
+    feedback: str = "modpo"  # "modpo": pairs per objective + margins; "choice": users' weighted choices
+    conflict: bool = False  # choice: only pairs whose objectives disagree
 
     def __post_init__(self) -> None:
         if not 0 <= self.prior_focus <= 1:
@@ -75,6 +77,8 @@ class NGramBenchConfig:
         if self.beta <= 0 or self.pair_temperature <= 0:
             raise ValueError("beta and pair_temperature must be > 0")
         object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
+        if self.feedback not in ("modpo", "choice"):
+            raise ValueError(f"feedback must be 'modpo' or 'choice', got {self.feedback!r}")
         if not self.temperatures or any(t <= 0 for t in self.temperatures):
             raise ValueError(f"temperatures must be > 0 (at least one), got {self.temperatures}")
 
@@ -181,9 +185,12 @@ def _front_metrics(task: NGramTask, vectors: np.ndarray, exact_hv: float, weight
             "n_nondominated": int(nondominated(vectors).shape[0])}
 
 
-def _train_reference(c: NGramBenchConfig, task: NGramTask, out: Path) -> tuple[Any, float]:
+def _train_reference(c: NGramBenchConfig, task: NGramTask, out: Path) -> tuple[Any, float, Any]:
     """Steps 1-2: a tiny LM saved to ``out/init``, fine-tuned on prior sequences (saved back
-    to ``out/init`` so the steerable run starts from it)."""
+    to ``out/init`` so the steerable run starts from it). With ``feedback="choice"`` the level
+    tokens are added first and the prior is shown under random tags
+    (:mod:`feedalign.bench.ngrams_choice`); returns that run's SteeringSpec (else None)."""
+    from feedalign.bench.ngrams_choice import choice_spec, tagged_prior
     from feedalign.data.records import LabeledRecord
     from feedalign.policies.tiny import build_char_tokenizer, build_tiny_causal_lm, save_tiny
     from feedalign.trainers.loop import train
@@ -191,16 +198,23 @@ def _train_reference(c: NGramBenchConfig, task: NGramTask, out: Path) -> tuple[A
     tokenizer = build_char_tokenizer(task.alphabet + PROMPT + " ")  # the space separates weight tokens
     model = build_tiny_causal_lm(len(tokenizer), hidden=c.hidden, layers=c.layers, heads=4, kv_heads=2,
                                  intermediate=2 * c.hidden, seed=c.seed, max_position_embeddings=64)
+    prior = prior_sequences(task, c.n_prior, c.prior_focus, c.seed)
+    spec = None
+    if c.feedback == "choice":
+        spec = choice_spec(task.objectives, c.steer_grid, c.seed)
+        spec.prepare(tokenizer, model)
+        sft = tagged_prior(spec, PROMPT, prior, c.seed + 3)
+    else:
+        sft = [LabeledRecord(PROMPT, s, True) for s in prior]
     save_tiny(model, tokenizer, out / "init")
-    sft = [LabeledRecord(PROMPT, s, True) for s in prior_sequences(task, c.n_prior, c.prior_focus, c.seed)]
     t0 = time.perf_counter()
     ref = train(_train_config(c, out, "sft", {"loss": "sft"}, c.sft_steps, c.lr), records={"sft": sft})
     seconds = time.perf_counter() - t0
     save_tiny(ref.model, ref.tokenizer, out / "init")
-    return ref, seconds
+    return ref, seconds, spec
 
 
-def _train_steerable(c: NGramBenchConfig, task: NGramTask, out: Path) -> tuple[Any, float]:
+def _train_steerable(c: NGramBenchConfig, task: NGramTask, out: Path, spec: Any = None) -> tuple[Any, float]:
     """Steps 3-4. One steered MODPO source per objective k (its own BT pairs, the others' exact
     scores as margins): every source's population optimum is pi*_w at every w, and each
     objective's direction gets direct pair signal where its weight is large."""
@@ -208,6 +222,17 @@ def _train_steerable(c: NGramBenchConfig, task: NGramTask, out: Path) -> tuple[A
     from feedalign.trainers.loop import train
 
     names = task.objectives
+    if c.feedback == "choice":
+        from feedalign.bench.ngrams_choice import choice_pairs
+
+        pool = prior_sequences(task, 2 * c.n_pairs, c.prior_focus, c.seed + 1)
+        records = {"choice": choice_pairs(task, spec, PROMPT, pool, n_pairs=c.n_pairs, draws=c.draws,
+                                          temperature=c.pair_temperature, seed=c.seed + 20, conflict=c.conflict)}
+        cfg = _train_config(c, out, "steer", {}, c.steer_steps, c.steer_lr)
+        cfg["data"] = [{"name": "choice", "loss": "dpo", "hparams": {"beta": c.beta}}]
+        t0 = time.perf_counter()
+        steered = train(cfg, records=records)
+        return steered, time.perf_counter() - t0
 
     def scorer(prompt: str, completion: str) -> dict[str, float]:
         return dict(zip(names, task.score_many([completion])[0].tolist()))
@@ -270,6 +295,9 @@ def _evaluate(c: NGramBenchConfig, task: NGramTask, ref: Any, steered: Any, spec
     from feedalign.policies.hf import generate
 
     weights, n = c.weights, len(c.weights) * c.samples_per_weight
+    # the reference was fine-tuned on what it is asked here: the bare prompt, or (choice) tagged ones
+    ref_prompts = ([spec.condition_prompt(PROMPT, w) for w in weights for _ in range(c.samples_per_weight)]
+                   if c.feedback == "choice" else [PROMPT] * n)
     rows: dict[str, Any] = {"steerable": {}, "reference": {}}
     for t in c.temperatures:
         sweep = _sweep(c, task, steered, spec, t, c.constrained)
@@ -279,11 +307,11 @@ def _evaluate(c: NGramBenchConfig, task: NGramTask, ref: Any, steered: Any, spec
             "per_weight": [{"weights": w.tolist(), "means": p.tolist(), "stderr": s.tolist()}
                            for w, p, s in zip(weights, sweep["points"], sweep["stderr"])],
             "examples": sweep["seqs"][:: max(1, n // 8)][:8]}
-        ref_seqs = generate(ref.model, ref.tokenizer, [PROMPT] * n, temperature=t, seed=c.seed + 5, batch_size=64,
+        ref_seqs = generate(ref.model, ref.tokenizer, ref_prompts, temperature=t, seed=c.seed + 5, batch_size=64,
                             **generation_constraints(task, ref.tokenizer, c.constrained))
         rows["reference"][f"{t:g}"] = _samples_summary(task, ref_seqs, exact_hv, weights, c.seed)
     free = _sweep(c, task, steered, spec, 1.0, False)["seqs"]
-    ref_free = generate(ref.model, ref.tokenizer, [PROMPT] * n, temperature=1.0, seed=c.seed + 5, batch_size=64,
+    ref_free = generate(ref.model, ref.tokenizer, ref_prompts, temperature=1.0, seed=c.seed + 5, batch_size=64,
                         **generation_constraints(task, ref.tokenizer, False))
     rows["unconstrained_valid_share"] = {
         "steerable": float(np.mean([task.invalid_reason(s) is None for s in free])),
@@ -302,11 +330,12 @@ def run_ngrams_bench(config: NGramBenchConfig, output_dir: str | Path, *, log: C
     torch.manual_seed(c.seed)
     start = time.perf_counter()
     exact_hv = task.exact_hypervolume()
-    ref, sft_seconds = _train_reference(c, task, out)
-    steered, steer_seconds = _train_steerable(c, task, out)
-    # final/ holds the first source's spec, whose weight floor is on its own objective; the
-    # sweep asks for every weight of the simplex as it is (the sources together cover it).
-    spec = replace(load_spec(out / "steer" / "final"), trained=None)
+    ref, sft_seconds, spec = _train_reference(c, task, out)
+    steered, steer_seconds = _train_steerable(c, task, out, spec)
+    if spec is None:
+        # final/ holds the first source's spec, whose weight floor is on its own objective; the
+        # sweep asks for every weight of the simplex as it is (the sources together cover it).
+        spec = replace(load_spec(out / "steer" / "final"), trained=None)
     t0 = time.perf_counter()
     rows = _evaluate(c, task, ref, steered, spec, exact_hv)
     rows["target"] = target_rows(c, task, exact_hv)
