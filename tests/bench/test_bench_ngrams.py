@@ -68,7 +68,7 @@ def test_target_rows_reach_the_front_when_sharp():
     """The exact pi*_w samples at a sharp target (many nats per occurrence, low temperature)
     reach the front beyond its three vertices (0.706 of its HV); at a large beta they stay near
     the prior."""
-    sharp = NGramBenchConfig(beta=0.1, samples_per_weight=8, temperatures=(0.5,), sweep_per_axis=5)
+    sharp = NGramBenchConfig(beta=0.1, pair_temperature=0.05, samples_per_weight=8, temperatures=(0.5,), sweep_per_axis=5)
     task = sharp.task
     rows = target_rows(sharp, task, task.exact_hypervolume())
     assert rows["nats_per_occurrence"] == pytest.approx(1 / (18 * 0.05 * 0.1))

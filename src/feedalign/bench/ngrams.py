@@ -50,26 +50,28 @@ class NGramBenchConfig:
     n_prior: int = 4000
     prior_focus: float = 0.8
     sft_steps: int = 300
-    n_pairs: int = 4000
-    pair_temperature: float = 0.05
-    steer_steps: int = 400
-    draws: int = 2
-    # pi*_w ∝ pi_ref exp(w.u / (T beta)): 1 / (T beta) = 40, i.e. 2.2 nats per occurrence (1/18).
-    beta: float = 0.5
+    n_pairs: int = 2000
+    # Labels P = sigma(w.(u_a - u_b) / T) teach the reward w.u / T; the target is
+    # pi*_w ∝ pi_ref exp(w.u / (T beta)): 1 / (18 T beta) = 7.9 nats per occurrence.
+    pair_temperature: float = 0.01
+    steer_steps: int = 800
+    draws: int = 4  # choice: users per pair; modpo: weights per pair
+    beta: float = 0.7
     lr: float = 3e-3
-    steer_lr: float = 1e-3
+    steer_lr: float = 3e-3
     batch_size: int = 16
     hidden: int = 64
     layers: int = 2
     sweep_per_axis: int | None = None  # default: 11 for m = 2, 6 for m >= 3
     samples_per_weight: int = 32
     steer_grid: int = 10
-    min_weight: float | None = None  # per source, on its own objective; default 1 / m
-    placement: str = "prefix"
-    temperatures: tuple[float, ...] = (1.0, 0.5)  # sampling temperatures of the sweep
+    min_weight: float | None = None  # modpo: per source, on its own objective; default 1 / m
+    placement: str = "suffix"  # modpo: where the steering spec's tag goes
+    temperatures: tuple[float, ...] = (1.0, 0.5, 0.25)  # sampling temperatures of the sweep
     constrained: bool = True  # valid lengths and letters enforced at generation time
-    feedback: str = "modpo"  # "modpo": pairs per objective + margins; "choice": users' weighted choices
+    feedback: str = "choice"  # "choice": users' weighted choices; "modpo": pairs per objective + margins
     conflict: bool = False  # choice: only pairs whose objectives disagree
+    user_alpha: float = 0.3  # choice: users' weights ~ Dirichlet(user_alpha)
 
     def __post_init__(self) -> None:
         if not 0 <= self.prior_focus <= 1:
@@ -84,8 +86,8 @@ class NGramBenchConfig:
 
     @classmethod
     def quick(cls, **changes: Any) -> NGramBenchConfig:
-        base = cls(n_prior=300, sft_steps=20, n_pairs=200, steer_steps=10, hidden=32, layers=1,
-                   samples_per_weight=4, sweep_per_axis=3)
+        base = cls(n_prior=300, sft_steps=20, n_pairs=100, steer_steps=10, hidden=32, layers=1,
+                   samples_per_weight=4, sweep_per_axis=3, temperatures=(1.0, 0.5))
         return replace(base, **changes)
 
     @property
@@ -201,7 +203,7 @@ def _train_reference(c: NGramBenchConfig, task: NGramTask, out: Path) -> tuple[A
     prior = prior_sequences(task, c.n_prior, c.prior_focus, c.seed)
     spec = None
     if c.feedback == "choice":
-        spec = choice_spec(task.objectives, c.steer_grid, c.seed)
+        spec = choice_spec(task.objectives, c.steer_grid, c.seed, c.user_alpha)
         spec.prepare(tokenizer, model)
         sft = tagged_prior(spec, PROMPT, prior, c.seed + 3)
     else:

@@ -41,6 +41,7 @@ class WeightTags:
     objectives: tuple[str, ...]
     grid: int = 10
     seed: int = 0
+    alpha: float = 1.0  # users' weights ~ Dirichlet(alpha): 1 uniform, < 1 nearer the vertices
 
     @property
     def m(self) -> int:
@@ -67,10 +68,9 @@ class WeightTags:
         return np.array([int(v) for v in match.group(2).split(",")]) / self.grid, match.group(1)
 
     def sample(self, n: int, seed: int) -> np.ndarray:
-        """``n`` weights ``[n, m]`` uniform on the simplex, snapped to the grid."""
-        from feedalign.multiobjective.weights import sample_simplex
-
-        return np.array([np.array(self.levels(w)) / self.grid for w in sample_simplex(self.m, n, seed)])
+        """``n`` weights ``[n, m]`` from Dirichlet(alpha) (uniform for 1), snapped to the grid."""
+        draws = np.random.default_rng(seed).dirichlet(np.full(self.m, self.alpha), size=n)
+        return np.array([np.array(self.levels(w)) / self.grid for w in draws]).reshape(n, self.m)
 
     def prepare(self, tokenizer: Any, model: Any) -> None:
         """Add the tokens and grow ``model``'s embeddings: ``e(w) = mean + sum_j w_j a_j`` with
@@ -93,8 +93,8 @@ class WeightTags:
                 out[old:] = out[:old].mean(0, keepdim=True)
 
 
-def choice_spec(names: list[str], grid: int, seed: int) -> WeightTags:
-    return WeightTags(tuple(names), grid, seed)
+def choice_spec(names: list[str], grid: int, seed: int, alpha: float = 1.0) -> WeightTags:
+    return WeightTags(tuple(names), grid, seed, alpha)
 
 
 def tagged_prior(spec: Any, prompt: str, seqs: list[str], seed: int) -> list[Any]:
