@@ -6,18 +6,24 @@ The task is :mod:`feedalign.envs.ngrams` (Jain et al. 2023). The benchmark, end 
      from the n-grams' letters with probability ``prior_focus`` (uniformly) and from the whole
      alphabet otherwise, so that the objectives vary across samples;
   2. reference: a tiny causal LM (built locally, character tokenizer) fine-tuned on the prior
-     data with the ``sft`` loss through the trainer;
-  3. feedback simulated on the task's objectives: for every objective k, Bradley-Terry pairs
-     of prior sequences on objective k (temperature ``pair_temperature``), the other
-     objectives entering as MODPO margins computed from the exact scores on the pairs' reward
-     scale (``margin_function``, ``scale = 1 / pair_temperature``);
-  4. ONE steerable MODPO run (``steer:``, weight tokens, ``draws`` weights per pair; one
-     source per objective) from the reference;
+     data with the ``sft`` loss through the trainer (under random weight tags for ``choice``);
+  3. feedback simulated on the task's objectives, ``feedback``:
+     ``choice`` (default): users with weights ~ Dirichlet(``user_alpha``) pick one of two prior
+     sequences with probability ``sigma(w . (u_a - u_b) / pair_temperature)``, ``draws`` users
+     per pair, the weight as one tag token after the prompt (:mod:`feedalign.bench.ngrams_choice`);
+     ``modpo``: for every objective k, Bradley-Terry pairs on objective k, the other objectives
+     entering as MODPO margins on the pairs' reward scale (``margin_function``,
+     ``scale = 1 / pair_temperature``);
+  4. ONE steerable run from the reference: DPO on the tagged choices, or one steered MODPO
+     source per objective (``steer:``, ``draws`` weights per pair, ``min_weight``);
   5. sampling at every weight of ``simplex_grid(m, sweep_per_axis)`` (``samples_per_weight``
-     each, temperature 1), scoring, and the metrics: hypervolume of ALL sampled objective vectors
+     each, at every temperature of ``temperatures``) under the generation constraints of
+     :func:`generation_constraints` (every sample is a valid candidate, as in the GFlowNet's
+     action space), scoring, and the metrics: hypervolume of ALL sampled objective vectors
      (w.r.t. the origin) divided by the exact front's hypervolume, the same for the reference's
-     samples, expected utility, the end-to-end trend of each objective in its weight, and
-     diversity (distinct share, mean pairwise edit distance).
+     samples and for exact samples of the target (:func:`target_rows`), expected utility, the
+     end-to-end trend of each objective in its weight, diversity (distinct share, mean
+     pairwise edit distance), and the valid share both models reach without the constraints.
 
 Sequences outside the valid lengths score 0 in every objective (they count, as failures).
 """

@@ -74,10 +74,12 @@ def register_ngrams(bench_sub: argparse._SubParsersAction) -> None:
         "ngrams",
         help="one-run steerable LM on the N-grams task (Jain et al. 2023), hypervolume vs the exact front",
         description=(
-            "Fine-tunes a tiny causal LM (built locally) on prior sequences, trains ONE steerable MODPO "
-            "model from simulated pairs and exact margins, samples at a sweep of weights and reports "
-            "hypervolume against the exact Pareto front (dynamic programming), expected utility, the "
-            "trend of each objective in its weight and diversity."
+            "Fine-tunes a tiny causal LM (built locally) on prior sequences, trains ONE steerable model "
+            "from simulated feedback (users' weighted choices, or with --set feedback=modpo pairs per "
+            "objective and exact margins), samples at a sweep of weights and temperatures under the "
+            "task's validity constraints and reports hypervolume against the exact Pareto front "
+            "(dynamic programming), expected utility, the trend of each objective in its weight and "
+            "diversity."
         ),
     )
     ngrams.add_argument("--objectives", type=int, default=2, help="2, 3 or 4 bigram objectives (1-4 unigrams)")
