@@ -195,9 +195,9 @@ def _front_metrics(task: NGramTask, vectors: np.ndarray, exact_hv: float, weight
 
 def _train_reference(c: NGramBenchConfig, task: NGramTask, out: Path) -> tuple[Any, float, Any]:
     """Steps 1-2: a tiny LM saved to ``out/init``, fine-tuned on prior sequences (saved back
-    to ``out/init`` so the steerable run starts from it). With ``feedback="choice"`` the level
+    to ``out/init`` so the steerable run starts from it). With ``feedback="choice"`` the tag
     tokens are added first and the prior is shown under random tags
-    (:mod:`feedalign.bench.ngrams_choice`); returns that run's SteeringSpec (else None)."""
+    (:mod:`feedalign.bench.ngrams_choice`); returns that run's WeightTags (else None)."""
     from feedalign.bench.ngrams_choice import choice_spec, tagged_prior
     from feedalign.data.records import LabeledRecord
     from feedalign.policies.tiny import build_char_tokenizer, build_tiny_causal_lm, save_tiny
