@@ -14,6 +14,7 @@ from feedalign.envs.ngrams import (
     edit_distance,
     exact_front_counts,
     ngram_task,
+    tilted_samples,
 )
 from feedalign.evaluation.pareto import nondominated
 
@@ -97,3 +98,23 @@ def test_edit_distance_and_diversity():
     d = diversity(["AAA", "AAA", "AAV"])
     assert d["distinct"] == pytest.approx(2 / 3)
     assert d["mean_edit_distance"] == pytest.approx(2 / 3)
+
+
+def test_tilted_samples_match_the_enumerated_distribution():
+    task = NGramTask(("AV", "V"), 2, 3, 1.0, "AVC")
+    probs, lam, w = np.array([0.5, 0.3, 0.2]), 0.7, np.array([0.6, 0.4])
+    seqs = ["".join(s) for n in (2, 3) for s in itertools.product("AVC", repeat=n)]
+    # uniform length, iid letters, times exp(lam * w . counts)
+    weight = np.array([np.prod([probs["AVC".index(c)] for c in s]) * np.exp(lam * w @ task.counts(s)) / 2
+                       for s in seqs])
+    exact = weight / weight.sum()
+    draws = tilted_samples(task, probs, lam, w, 20000, seed=1)
+    freq = np.array([draws.count(s) for s in seqs]) / len(draws)
+    np.testing.assert_allclose(freq, exact, atol=4 * np.sqrt(exact.max() / len(draws)))
+    # lam = 0 is the prior; a large lam at low temperature concentrates on the best sequence
+    letters = "".join(tilted_samples(task, probs, 0.0, w, 3000, seed=2))
+    np.testing.assert_allclose([letters.count(c) / len(letters) for c in "AVC"], probs, atol=0.02)
+    best = tilted_samples(ngram_task(2), np.full(20, 0.05), 12.0, [1.0, 0.0], 20, temperature=0.25)
+    assert all(ngram_task(2).counts(s)[0] >= 16 for s in best)
+    with pytest.raises(ValueError, match="letter_probs"):
+        tilted_samples(task, [0.5, 0.5], lam, w, 1)

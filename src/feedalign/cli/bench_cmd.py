@@ -74,10 +74,12 @@ def register_ngrams(bench_sub: argparse._SubParsersAction) -> None:
         "ngrams",
         help="one-run steerable LM on the N-grams task (Jain et al. 2023), hypervolume vs the exact front",
         description=(
-            "Fine-tunes a tiny causal LM (built locally) on prior sequences, trains ONE steerable MODPO "
-            "model from simulated pairs and exact margins, samples at a sweep of weights and reports "
-            "hypervolume against the exact Pareto front (dynamic programming), expected utility, the "
-            "trend of each objective in its weight and diversity."
+            "Fine-tunes a tiny causal LM (built locally) on prior sequences, trains ONE steerable model "
+            "from simulated feedback (users' weighted choices, or with --set feedback=modpo pairs per "
+            "objective and exact margins), samples at a sweep of weights and temperatures under the "
+            "task's validity constraints and reports hypervolume against the exact Pareto front "
+            "(dynamic programming), expected utility, the trend of each objective in its weight and "
+            "diversity."
         ),
     )
     ngrams.add_argument("--objectives", type=int, default=2, help="2, 3 or 4 bigram objectives (1-4 unigrams)")
@@ -86,7 +88,42 @@ def register_ngrams(bench_sub: argparse._SubParsersAction) -> None:
     ngrams.add_argument("--json", type=Path, default=None, help="write the report as JSON to this path")
     ngrams.add_argument("--output-dir", type=Path, default=None, help="where the models go (default: a temp dir)")
     ngrams.add_argument("--quick", action="store_true", help="tiny sizes (smoke test, seconds)")
+    ngrams.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a setting of NGramBenchConfig, e.g. beta=0.2 or temperatures=1,0.5 (repeatable)")
     ngrams.set_defaults(func=run_ngrams)
+
+
+def ngram_overrides(items: list[str]) -> dict[str, object]:
+    """``FIELD=VALUE`` strings -> typed NGramBenchConfig changes (ValueError names the bad one)."""
+    import dataclasses
+
+    from feedalign.bench.ngrams import NGramBenchConfig
+
+    fields = {f.name: f for f in dataclasses.fields(NGramBenchConfig)}
+    fixed = {"n_objectives", "kind", "seed"}  # they have their own options
+    out: dict[str, object] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or name not in fields or name in fixed:
+            valid = sorted(set(fields) - fixed)
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {valid}")
+        default = fields[name].default
+        try:
+            if name == "temperatures":
+                out[name] = tuple(float(v) for v in raw.split(","))
+            elif raw.lower() == "none" and (default is None or "None" in str(fields[name].type)):
+                out[name] = None
+            elif isinstance(default, bool):
+                if raw.lower() not in ("true", "false"):
+                    raise ValueError("expected true or false")
+                out[name] = raw.lower() == "true"
+            elif isinstance(default, (int, float, str)):
+                out[name] = type(default)(raw)
+            else:  # optional numbers (default None)
+                out[name] = float(raw) if "float" in str(fields[name].type) else int(raw)
+        except ValueError as err:
+            raise ValueError(f"--set {item!r}: {err}") from None
+    return out
 
 
 def run_ngrams(args: argparse.Namespace) -> int:
@@ -95,7 +132,8 @@ def run_ngrams(args: argparse.Namespace) -> int:
     from feedalign.bench.ngrams import NGramBenchConfig, run_ngrams_bench
 
     try:
-        changes = {"n_objectives": args.objectives, "kind": args.kind, "seed": args.seed}
+        changes = {"n_objectives": args.objectives, "kind": args.kind, "seed": args.seed,
+                   **ngram_overrides(args.set)}
         config = NGramBenchConfig.quick(**changes) if args.quick else NGramBenchConfig(**changes)
         config.task  # validates the variant
     except ValueError as err:
@@ -103,11 +141,12 @@ def run_ngrams(args: argparse.Namespace) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="feedalign-ngrams-") as tmp:
         report = run_ngrams_bench(config, args.output_dir or tmp, log=lambda msg: print(msg, file=sys.stderr))
-    s = report["steerable"]
-    print(f"hv_ratio {s['hv_ratio']:.4f}  hypervolume {s['hypervolume']:.4f} / exact {report['task']['exact_hypervolume']:.4f}"
-          f"  eu_front {s['eu_front']:.4f}  reference hv_ratio {report['reference']['hv_ratio']:.4f}"
-          f"  distinct {s['diversity']['distinct']:.3f}  edit {s['diversity']['mean_edit_distance']:.2f}"
-          f"  seconds {report['seconds']['total']:.0f}")
+    for t, s in report["steerable"].items():
+        print(f"T={t}  hv_ratio {s['hv_ratio']:.4f}  hypervolume {s['hypervolume']:.4f} / exact "
+              f"{report['task']['exact_hypervolume']:.4f}  eu_front {s['eu_front']:.4f}  reference hv_ratio "
+              f"{report['reference'][t]['hv_ratio']:.4f}  valid {s['valid_share']:.2f}  distinct "
+              f"{s['diversity']['distinct']:.3f}  edit {s['diversity']['mean_edit_distance']:.2f}")
+    print(f"seconds {report['seconds']['total']:.0f}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PROTEIN_ALPHABET", "BIGRAMS", "UNIGRAMS", "NGramTask", "ngram_task", "edit_distance", "diversity"]
+__all__ = ["PROTEIN_ALPHABET", "BIGRAMS", "UNIGRAMS", "NGramTask", "ngram_task", "edit_distance", "diversity",
+           "tilted_samples"]
 
 PROTEIN_ALPHABET = "ARNDCQEGHILKMFPSTWYV"
 BIGRAMS = ("AV", "VC", "CA", "AB")
@@ -179,6 +180,54 @@ def ngram_task(n_objectives: int, kind: str = "bigram") -> NGramTask:
             raise ValueError(f"ngram_task: the unigram variants have 1-4 objectives, got {n_objectives}")
         return NGramTask(UNIGRAMS[:n_objectives], 16, 18, 18.0)
     raise ValueError(f"ngram_task: kind={kind!r}; expected 'bigram' or 'unigram'")
+
+
+def _tilts(task: NGramTask, lam: float, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-letter ``exp(lam * w . unigram gains)`` [n] and per-transition bigram tilts [n, n]."""
+    if max(len(g) for g in task.ngrams) > 2:
+        raise ValueError("tilted_samples: n-grams of length <= 2 only")
+    letters = task.alphabet
+    uni = np.array([[float(g == c) for g in task.ngrams] for c in letters])
+    bi = np.array([[[float(g == a + c) for g in task.ngrams] for c in letters] for a in letters])
+    return np.exp(lam * uni @ w), np.exp(lam * bi @ w)
+
+
+def tilted_samples(task: NGramTask, letter_probs: Sequence[float], lam: float, w: Sequence[float], n: int, *,
+                   temperature: float = 1.0, seed: int = 0) -> list[str]:
+    """``n`` exact samples of ``pi(y) ∝ p(y) * exp(lam * w . counts(y))`` for the prior ``p``
+    that draws a length uniformly in the valid range and then each letter independently with
+    ``letter_probs`` (over ``task.alphabet``); n-grams of length <= 2.
+
+    The tilt factorises over transitions, so ``pi`` is a Markov chain given the length: with
+    backward messages ``b_r(a) = sum_c p(c) t1(c) t2(a, c) b_{r-1}(c)`` (``b_0 = 1``, ``t1``/``t2``
+    the unigram/bigram tilts) the length is drawn ``∝ Z_L = sum_c p(c) t1(c) b_{L-1}(c)`` and
+    letter ``i`` given the previous one ``∝ p(c) t1(c) t2(a, c) b_{L-1-i}(c)``. With
+    ``temperature != 1`` each letter's conditional is raised to ``1 / temperature`` and
+    renormalised, as a language model is sampled (the length stays drawn from ``Z_L``)."""
+    p = np.asarray(letter_probs, dtype=np.float64)
+    if p.shape != (len(task.alphabet),) or np.any(p < 0) or not np.isclose(p.sum(), 1.0):
+        raise ValueError(f"tilted_samples: letter_probs must be {len(task.alphabet)} probabilities summing to 1")
+    t1, t2 = _tilts(task, lam, np.asarray(w, dtype=np.float64))
+    step = t2 * (p * t1)[None, :]  # [a, c]: p(c) t1(c) t2(a, c)
+    msgs, logscale = [np.ones(len(p))], [0.0]  # b_r normalised to max 1, with its log scale
+    for _ in range(task.max_length):
+        b = step @ msgs[-1]
+        msgs.append(b / b.max())
+        logscale.append(logscale[-1] + float(np.log(b.max())))
+    lengths = np.arange(task.min_length, task.max_length + 1)
+    log_z = np.array([np.log(p * t1 @ msgs[L - 1]) + logscale[L - 1] for L in lengths])
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        length = int(rng.choice(lengths, p=np.exp(log_z - log_z.max()) / np.exp(log_z - log_z.max()).sum()))
+        q, seq = p * t1 * msgs[length - 1], []
+        for r in range(length - 1, -1, -1):
+            q = q ** (1.0 / temperature)
+            seq.append(int(rng.choice(len(p), p=q / q.sum())))
+            if r:
+                q = step[seq[-1]] * msgs[r - 1]
+        out.append("".join(task.alphabet[i] for i in seq))
+    return out
 
 
 def edit_distance(a: str, b: str) -> int:

@@ -57,10 +57,14 @@ def sample(
     seed: int = 0,
     batch_size: int = 8,
     chat: bool = False,
+    min_new_tokens: int = 0,
+    suppress_tokens: Sequence[int] = (),
 ) -> list[Sample]:
     """Sample one completion per prompt (text after the prompt, special tokens removed).
 
-    ``temperature == 0`` decodes greedily. Sampling is seeded per batch (``seed`` + index of
+    ``temperature == 0`` decodes greedily. Constraints on what may be generated (transformers'
+    own processors): ``min_new_tokens`` masks the stop tokens before that many new tokens,
+    ``suppress_tokens`` are never generated. Sampling is seeded per batch (``seed`` + index of
     the batch's first prompt) inside a forked RNG, so results depend only on the arguments
     and the global RNG state is left untouched. The model is put in eval mode and restored.
     """
@@ -74,6 +78,10 @@ def sample(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     device = next(model.parameters()).device
     options: dict[str, Any] = {"do_sample": temperature > 0, "max_new_tokens": max_new_tokens, "use_cache": True}
+    if min_new_tokens:
+        options["min_new_tokens"] = int(min_new_tokens)
+    if suppress_tokens:
+        options["suppress_tokens"] = [int(t) for t in suppress_tokens]
     if temperature > 0:
         options.update(temperature=float(temperature), top_p=float(top_p), top_k=0)
     was_training = model.training

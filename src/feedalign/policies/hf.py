@@ -275,11 +275,15 @@ def generate(
     seed: int = 0,
     batch_size: int = 8,
     chat: bool = False,
+    min_new_tokens: int = 0,
+    suppress_tokens: Sequence[int] = (),
 ) -> list[str]:
     """Sample one completion per prompt (text after the prompt, special tokens removed);
-    see ``policies.generation.sample`` (which also says which samples hit the length limit)."""
+    see ``policies.generation.sample`` (which also says which samples hit the length limit
+    and what ``min_new_tokens`` and ``suppress_tokens`` constrain)."""
     from feedalign.policies.generation import sample
 
     samples = sample(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                     top_p=top_p, seed=seed, batch_size=batch_size, chat=chat)
+                     top_p=top_p, seed=seed, batch_size=batch_size, chat=chat,
+                     min_new_tokens=min_new_tokens, suppress_tokens=suppress_tokens)
     return [s.text for s in samples]
