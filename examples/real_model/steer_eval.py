@@ -16,8 +16,8 @@ weight). Reported per weight: mean words, fact, concise (judge.py) and cut-off s
 * ``wls``: ``evaluation.pareto.trend_test`` on the per-weight means (fact, -words).
 
 ``greedy_differ``: the share of questions whose greedy answers are not all the same across
-the weights, and between the lowest and highest weight. ``--base`` runs the untrained model
-on the same tagged prompts as a control. Writes OUT/steer_report.json.
+the weights, and between the lowest and highest weight. ``--base`` also runs the untrained
+model on the same tagged prompts as a control (``--base-only``: only it). Writes OUT/steer_report.json.
 """
 
 from __future__ import annotations
@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--weights", default="0,0.25,0.5,0.75,1", help="values of w_concise")
     parser.add_argument("--samples", type=int, default=3, help="sampled answers per question and weight")
     parser.add_argument("--base", action="store_true", help="also the untrained model on the same prompts")
+    parser.add_argument("--base-only", action="store_true", help="only the untrained model (a control)")
     parser.add_argument("--report", default=None, help="default: OUT/steer_report.json")
     args = parser.parse_args()
     out = Path(args.out)
@@ -150,8 +151,8 @@ def main() -> None:
     w_concise = [float(v) for v in args.weights.split(",")]
     report = {"run": str(args.run), "spec": spec.to_dict(), "samples_per_question": args.samples,
               "max_new_tokens": MAX_NEW_TOKENS}
-    models = [("steered", lambda: load_for_generation(args.run))]
-    if args.base:
+    models = [] if args.base_only else [("steered", lambda: load_for_generation(args.run))]
+    if args.base or args.base_only:
         base_dir = str(out / "smollm2-hf")
         models.append(("base", lambda: (load_causal_lm(base_dir, dtype="float32"), load_tokenizer(base_dir))))
     for name, load in models:

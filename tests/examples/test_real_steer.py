@@ -62,7 +62,7 @@ def test_paired_trend_sign_and_error():
     assert abs(flat["z"]) < 2
 
 
-def test_helpful_pairs_prefer_the_fact_and_keep_marks(chat_tok):
+def test_helpful_pairs_are_soft_labelled_in_both_orders(chat_tok):
     from feedalign.policies.generation import Sample
 
     train = [("what is the capital of peru?", ("lima",))]
@@ -70,10 +70,17 @@ def test_helpful_pairs_prefer_the_fact_and_keep_marks(chat_tok):
              ("cusco.", False), ("", False), ("lima.", False)]
     samples = [Sample("p", t, c) for t, c in texts]
     pairs = steer_build.helpful_pairs(chat_tok, train, samples)
-    # fact: lima., lima long (cut off), lima.; no fact: cusco. x2 (the empty answer is skipped)
-    assert len(pairs) == 3 * 2
-    assert all("lima" in p["chosen"] and "cusco" in p["rejected"] for p in pairs)
-    assert sum(p["chosen_truncated"] for p in pairs) == 2 and not any(p["rejected_truncated"] for p in pairs)
+    # 5 non-empty answers, 10 unordered pairs, 2 of identical texts skipped: 8 pairs, 2 rows each
+    assert len(pairs) == 16
+    by_weight = {}
+    for p in pairs:
+        by_weight.setdefault(p["weight"], []).append(p)
+        assert p["chosen_truncated"] == p["chosen"].startswith("it is") and not p["chosen"] == p["rejected"]
+    assert sorted((w, len(rows)) for w, rows in by_weight.items()) == [(0.2, 6), (0.5, 4), (0.8, 6)]
+    assert all("lima" in p["chosen"] and "cusco" in p["rejected"] for p in by_weight[0.8])  # P = 4 / 5
+    assert all("lima" in p["chosen"] and "lima" in p["rejected"] for p in by_weight[0.5])  # indifferent
+    orders = {(p["chosen"], p["rejected"]): p["weight"] for p in pairs}
+    assert all(abs(w + orders[(b, a)] - 1) < 1e-9 for (a, b), w in orders.items())
     assert pairs[0]["prompt"].endswith("<|im_start|>assistant\n")
 
 
