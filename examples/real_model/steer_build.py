@@ -14,7 +14,7 @@
    With both orders the MODPO optimum is finite (a deterministic label has none: its loss
    falls for ever whatever the weight), so the weight decides the trade-off. The concise
    objective is not judged here: the training source computes it as a margin on the same
-   reward scale, -words / 20 (steer.yaml: one unit per 20 words, the concise judge's limit).
+   reward scale, -words / 20 (steer_train.yaml: one unit per 20 words, the concise judge's limit).
 4. Prompts are written as the chat template renders the question (a string), so the
    trainer conditions the rendered user turn (the tag goes right after its header) and
    the reference scores exactly the prompt the model is asked at evaluation time.

@@ -2,6 +2,7 @@
 
     python examples/real_model/steer_eval.py --out examples/real_model/out \\
         --run examples/real_model/out/runs/steer/final [--weights 0,0.25,0.5,0.75,1] [--samples 3] [--base]
+        [--probe]
 
 For every w_concise (w = (1 - w_concise, w_concise) in the order [helpful, concise], served as
 ``spec.snap(w)``) each of the 16 held-out questions is asked with the weight tag in its user
@@ -17,7 +18,8 @@ weight). Reported per weight: mean words, fact, concise (judge.py) and cut-off s
 
 ``greedy_differ``: the share of questions whose greedy answers are not all the same across
 the weights, and between the lowest and highest weight. ``--base`` also runs the untrained
-model on the same tagged prompts as a control (``--base-only``: only it). Writes OUT/steer_report.json.
+model on the same tagged prompts as a control (``--base-only``: only it); ``--probe`` adds
+:func:`tag_sensitivity` (``--weights ""``: only that). Writes OUT/steer_report.json.
 """
 
 from __future__ import annotations
@@ -129,6 +131,43 @@ def sweep(model, tok, spec, heldout: list[dict], w_concise: list[float], samples
             "greedy_answers": {q["question"]: [g[i] for g in greedy_texts] for i, q in enumerate(heldout)}}
 
 
+def tag_sensitivity(model, tok, spec, pairs_file: Path, n: int = 24, min_gap: int = 15) -> dict:
+    """Does the tag move the model's preference between a short and a long answer? On ``n``
+    tie rows of the training pairs (both or neither answer mentions the fact) whose answers
+    differ by >= ``min_gap`` words: ``d = logp(short) - logp(long)`` (sequence log-probs) with
+    the tag of w_concise = 1 minus with the tag of w_concise = 0, mean ± s.e. MODPO's target
+    for this change is ``0.95 * 0.05 * (words(long) - words(short)) / beta`` nats (>= 7 here)."""
+    import random
+
+    import torch
+
+    from feedalign.data.collate import pad_batch, tokenize_example
+    from feedalign.policies.hf import batch_logps
+
+    rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
+    ties = [r for r in rows if r["weight"] == 0.5 and abs(len(r["chosen"].split()) - len(r["rejected"].split())) >= min_gap]
+    random.Random(0).shuffle(ties)
+    ties = ties[:n]
+    sides = [sorted([(r["chosen"], r["chosen_truncated"]), (r["rejected"], r["rejected_truncated"])],
+                    key=lambda side: len(side[0].split())) for r in ties]
+
+    def logps(prompts: list[str], completions: list[tuple[str, bool]]) -> list[float]:
+        rows = [tokenize_example(tok, p, c, 160, truncated=cut, min_prompt_length=0)
+                for p, (c, cut) in zip(prompts, completions)]
+        with torch.no_grad():
+            return [v for i in range(0, len(rows), 8)
+                    for v in batch_logps(model, pad_batch(rows[i : i + 8], tok.pad_token_id)).tolist()]
+
+    gaps = {}
+    for wc in (0.0, 1.0):
+        prompts = [spec.condition_prompt(r["prompt"], [1.0 - wc, wc]) for r in ties]
+        short, long_ = logps(prompts, [s[0] for s in sides]), logps(prompts, [s[1] for s in sides])
+        gaps[wc] = [a - b for a, b in zip(short, long_)]
+    change = [a - b for a, b in zip(gaps[1.0], gaps[0.0])]
+    target = [0.95 * 0.05 * (len(s[1][0].split()) - len(s[0][0].split())) / spec.beta for s in sides]
+    return {"pairs": len(change), "change_nats": mean_se(change), "target_nats": mean_se(target)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="examples/real_model/out")
@@ -137,6 +176,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=3, help="sampled answers per question and weight")
     parser.add_argument("--base", action="store_true", help="also the untrained model on the same prompts")
     parser.add_argument("--base-only", action="store_true", help="only the untrained model (a control)")
+    parser.add_argument("--probe", action="store_true", help="also the tag sensitivity on training tie pairs")
     parser.add_argument("--report", default=None, help="default: OUT/steer_report.json")
     args = parser.parse_args()
     out = Path(args.out)
@@ -148,7 +188,7 @@ def main() -> None:
     set_threads(1)
     heldout = json.loads((out / "steer" / "heldout.json").read_text())
     spec = load_spec(args.run)
-    w_concise = [float(v) for v in args.weights.split(",")]
+    w_concise = [float(v) for v in args.weights.split(",") if v.strip()]  # "": no sweep
     report = {"run": str(args.run), "spec": spec.to_dict(), "samples_per_question": args.samples,
               "max_new_tokens": MAX_NEW_TOKENS}
     models = [] if args.base_only else [("steered", lambda: load_for_generation(args.run))]
@@ -158,10 +198,14 @@ def main() -> None:
     for name, load in models:
         model, tok = load()
         start = time.time()
-        report[name] = sweep(model, tok, spec, heldout, w_concise, args.samples)
+        report[name] = sweep(model, tok, spec, heldout, w_concise, args.samples) if w_concise else {}
+        if w_concise:
+            print(f"{name}: paired length trend {report[name]['trend_words_paired']}, "
+                  f"greedy differ {report[name]['greedy_differ']}", flush=True)
+        if args.probe:
+            report[name]["tag_sensitivity"] = tag_sensitivity(model, tok, spec, out / "steer" / "pairs.jsonl")
+            print(f"{name}: tag sensitivity {report[name]['tag_sensitivity']}", flush=True)
         report[name]["seconds"] = round(time.time() - start, 1)
-        print(f"{name}: paired length trend {report[name]['trend_words_paired']}, "
-              f"greedy differ {report[name]['greedy_differ']}, {report[name]['seconds']} s", flush=True)
         del model
     path = Path(args.report) if args.report else out / "steer_report.json"
     path.write_text(json.dumps(report, indent=1, ensure_ascii=False))
