@@ -145,7 +145,8 @@ def tag_sensitivity(model, tok, spec, pairs_file: Path, n: int = 24, min_gap: in
     from feedalign.policies.hf import batch_logps
 
     rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
-    ties = [r for r in rows if r["weight"] == 0.5 and abs(len(r["chosen"].split()) - len(r["rejected"].split())) >= min_gap]
+    gap = lambda r: abs(len(r["chosen"].split()) - len(r["rejected"].split()))  # noqa: E731
+    ties = [r for r in rows if r["weight"] == 0.5 and gap(r) >= min_gap]
     random.Random(0).shuffle(ties)
     ties = ties[:n]
     sides = [sorted([(r["chosen"], r["chosen_truncated"]), (r["rejected"], r["rejected_truncated"])],
