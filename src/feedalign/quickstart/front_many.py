@@ -37,6 +37,7 @@ from feedalign.quickstart.front_stage import (
     _generate_kwargs,
     _method_entry,
     _single_objective_method,
+    soup_sampler,
 )
 from feedalign.quickstart.settings import OBJECTIVES
 
@@ -125,22 +126,11 @@ def _polite_component(ctx: Any) -> str:
 def soup3_policy(ctx: Any) -> FrontPolicy | None:
     """Weight interpolation of the helpful-, concise- and polite-targeted policies, or None
     when the selected methods lack a helpful- or a concise-targeted one."""
-    import torch
-
-    from feedalign.multiobjective.soups import interpolate_state_dicts
-    from feedalign.policies.hf import generate
-
     names = [_single_objective_method(ctx, o) for o in OBJECTIVES]
     if None in names:
         return None
     names.append(_polite_component(ctx))
-    states = [{k: v.detach().clone() for k, v in ctx.models[n].state_dict().items()} for n in names]
-    model = copy.deepcopy(ctx.models["reference"]).eval()
-
-    def generate_for(w: np.ndarray, prompts: list[str]) -> list[str]:
-        with torch.no_grad():
-            model.load_state_dict(interpolate_state_dicts(states, list(w)))
-        return generate(model, ctx.tokenizer, prompts, **_generate_kwargs(ctx))
+    generate_for = soup_sampler(ctx, names)
 
     terms = " + ".join(f"w_{o} * theta[{n}]" for o, n in zip(OBJECTIVES3, names))
     info = {"policy": "rewarded soup (3 components)", "components": dict(zip(OBJECTIVES3, names)),

@@ -63,17 +63,14 @@ def _generate_kwargs(ctx: Any) -> dict[str, Any]:
             "batch_size": s.generate_batch_size}
 
 
-def soup_policy(ctx: Any) -> FrontPolicy | None:
-    """Weight interpolation of the helpful- and the concise-targeted policies, or None when
-    the selected methods do not include one of each."""
+def soup_sampler(ctx: Any, names: list[str]) -> Callable[[np.ndarray, list[str]], list[str]]:
+    """Sample ``theta(w) = sum_j w_j * theta[names[j]]`` (the runs' state dicts interpolated
+    into a copy of the reference) at a weight vector."""
     import torch
 
     from feedalign.multiobjective.soups import interpolate_state_dicts
     from feedalign.policies.hf import generate
 
-    names = [_single_objective_method(ctx, o) for o in OBJECTIVES]
-    if None in names:
-        return None
     states = [{k: v.detach().clone() for k, v in ctx.models[n].state_dict().items()} for n in names]
     model = copy.deepcopy(ctx.models["reference"]).eval()
 
@@ -82,6 +79,16 @@ def soup_policy(ctx: Any) -> FrontPolicy | None:
             model.load_state_dict(interpolate_state_dicts(states, list(w)))
         return generate(model, ctx.tokenizer, prompts, **_generate_kwargs(ctx))
 
+    return generate_for
+
+
+def soup_policy(ctx: Any) -> FrontPolicy | None:
+    """Weight interpolation of the helpful- and the concise-targeted policies, or None when
+    the selected methods do not include one of each."""
+    names = [_single_objective_method(ctx, o) for o in OBJECTIVES]
+    if None in names:
+        return None
+    generate_for = soup_sampler(ctx, names)
     seconds = sum(ctx.runs[n]["seconds"] for n in names)
     steps = sum(ctx.runs[n]["steps"] for n in names)
     info = {"policy": "rewarded soup", "components": dict(zip(OBJECTIVES, names)), "train_seconds": seconds,
