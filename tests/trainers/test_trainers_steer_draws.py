@@ -4,6 +4,7 @@ weights; held-out pairs are not copied; resuming equals the uninterrupted run.""
 from __future__ import annotations
 
 import pytest
+import torch
 from trainer_fixtures import assert_states_equal, base_config, final_state, pair_rows, save_tiny_model, write_jsonl
 
 from feedalign.multiobjective import draws, steering
@@ -62,3 +63,21 @@ def test_resume_with_draws_equals_uninterrupted(env, tmp_path):
         train(cfg, callbacks=[_CrashAfterSave()])
     train(cfg, resume=True)
     assert_states_equal(final_state(tmp_path / "full"), final_state(tmp_path / "run"))
+
+
+def test_lora_run_with_level_tokens_loads_for_generation(env, tmp_path):
+    """A LoRA run that added the level tokens: the base is grown to the run's vocabulary
+    before the adapter loads, and the loaded model has the trained run's embedding rows."""
+    from feedalign.cli.train_cmd import load_for_generation
+
+    model_dir, pairs = env
+    cfg = base_config(model_dir, tmp_path / "out", [_source(pairs)], max_steps=2)
+    cfg["model"]["lora"] = {"r": 4, "alpha": 8}
+    result = train(cfg)
+    model, tokenizer = load_for_generation(tmp_path / "out")
+    rows = model.get_input_embeddings().weight.shape[0]
+    assert rows == len(tokenizer) == result.model.get_input_embeddings().weight.shape[0]
+    ids = tokenizer.convert_tokens_to_ids(steering.load_spec(tmp_path / "out" / "final").level_tokens())
+    got = model.get_input_embeddings().weight[ids]
+    want = result.model.get_input_embeddings().weight[ids].to(got.dtype)
+    assert torch.allclose(got, want)

@@ -173,9 +173,14 @@ def load_for_generation(path: str | Path) -> tuple[Any, Any]:
 
         from feedalign.policies.export import base_of
 
-        model = PeftModel.from_pretrained(load_causal_lm(base_of(path)), str(path))
-    else:
-        model = load_causal_lm(path)
+        tokenizer = load_tokenizer(path)
+        base = load_causal_lm(base_of(path))
+        if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
+            # The run added tokens (e.g. steering level tokens): grow the base to the run's
+            # vocabulary first; the adapter directory holds the grown embedding rows.
+            base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        return PeftModel.from_pretrained(base, str(path)), tokenizer
+    model = load_causal_lm(path)
     return model, load_tokenizer(path)
 
 
