@@ -264,26 +264,11 @@ def token_counts(completion_mask: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- generation
 
 
-def generate(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 8,
-    chat: bool = False,
-    min_new_tokens: int = 0,
-    suppress_tokens: Sequence[int] = (),
-) -> list[str]:
-    """Sample one completion per prompt (text after the prompt, special tokens removed);
-    see ``policies.generation.sample`` (which also says which samples hit the length limit
-    and what ``min_new_tokens`` and ``suppress_tokens`` constrain)."""
+def generate(model: Any, tokenizer: Any, prompts: Sequence[str], **options: Any) -> list[str]:
+    """Sample one completion per prompt (text after the prompt, special tokens removed): the
+    texts of ``policies.generation.sample``, which takes the same ``options`` (``max_new_tokens``,
+    ``temperature``, ``top_p``, ``seed``, ``batch_size``, ``chat``, ``min_new_tokens``,
+    ``suppress_tokens``) and also says which samples hit the length limit."""
     from feedalign.policies.generation import sample
 
-    samples = sample(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                     top_p=top_p, seed=seed, batch_size=batch_size, chat=chat,
-                     min_new_tokens=min_new_tokens, suppress_tokens=suppress_tokens)
-    return [s.text for s in samples]
+    return [s.text for s in sample(model, tokenizer, prompts, **options)]

@@ -53,7 +53,9 @@ def train_margin_model(ctx: Any) -> dict[str, Any] | None:
             "train_seconds": seconds, "normalization": "none",
             "scale": f"BT on pairs at temperature {s.pair_temperature}: each head learns its objective / T",
             "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
-            "calibration": {h: calibration(ctx, result.model, result.tokenizer, h) for h in HEADS}}
+            "calibration": {}}
+    samples = heldout_samples(ctx)  # one set of fresh samples, labelled per head
+    info["calibration"] = {h: calibration(ctx, result.model, result.tokenizer, h, samples) for h in HEADS}
     ctx.runs["margin_rm"] = info
     ctx.log("  margin reward model: " + ", ".join(
         f"{h} slope {c['slope']:.2f} +- {c['se']:.2f}" for h, c in info["calibration"].items() if "slope" in c)
@@ -61,34 +63,44 @@ def train_margin_model(ctx: Any) -> dict[str, Any] | None:
     return info
 
 
-def heldout_pairs(ctx: Any, objective: str, n_prompts: int = 128, per_prompt: int = 4) -> list[Any]:
-    """BT pairs on ``objective`` among fresh reference samples on TEST prompts, labelled as the
-    training pairs were but with their own seed."""
-    from feedalign.envs import annotators as ann
+def heldout_samples(ctx: Any, n_prompts: int = 128, per_prompt: int = 4) -> list[tuple[str, str]]:
+    """Fresh (prompt, completion) samples of the reference on TEST prompts."""
     from feedalign.policies.hf import generate
 
     s = ctx.settings
     prompts = [p for p in ctx.task.prompts(n_prompts, "test", seed=s.seed + 8) for _ in range(per_prompt)]
     completions = generate(ctx.models["reference"], ctx.tokenizer, prompts, max_new_tokens=s.max_new_tokens,
                            temperature=s.temperature, seed=s.seed + 9, batch_size=s.generate_batch_size)
-    return ann.bt_pairs(list(zip(prompts, completions)), ctx.task.score, objective=objective,
-                        temperature=s.pair_temperature, pairing="all", seed=s.seed + 77)
+    return list(zip(prompts, completions))
 
 
-def calibration(ctx: Any, model: Any, tokenizer: Any, objective: str) -> dict[str, Any]:
+def heldout_pairs(ctx: Any, objective: str, samples: list[tuple[str, str]]) -> list[Any]:
+    """BT pairs on ``objective`` among held-out ``samples``, labelled as the training pairs
+    were but with their own seed."""
+    from feedalign.envs import annotators as ann
+
+    s = ctx.settings
+    return ann.bt_pairs(samples, ctx.task.score, objective=objective, temperature=s.pair_temperature,
+                        pairing="all", seed=s.seed + 77)
+
+
+def calibration(ctx: Any, model: Any, tokenizer: Any, objective: str, samples: list[tuple[str, str]]) -> dict[str, Any]:
     """``bt_slope`` (b, s.e., z against 1) and the calibration table on held-out pairs."""
     import numpy as np
 
     from feedalign.multiobjective.calibration import bt_slope, calibration_table, pair_differences
 
-    pairs = heldout_pairs(ctx, objective)
+    pairs = heldout_pairs(ctx, objective, samples)
     if len(pairs) < 10:
         return {"status": "skipped", "reason": f"{len(pairs)} held-out pairs"}
     prompts = [p.prompt for p in pairs]
-    score = lambda completions: model.score(tokenizer, prompts, completions, normalize=False, batch_size=64,  # noqa: E731
-                                            max_length=ctx.settings.max_length)[:, model.index(objective)]
-    chosen = score([p.chosen for p in pairs]).detach().cpu().numpy()
-    rejected = score([p.rejected for p in pairs]).detach().cpu().numpy()
+
+    def score(completions: list[str]) -> Any:
+        scores = model.score(tokenizer, prompts, completions, normalize=False, batch_size=64,
+                             max_length=ctx.settings.max_length)
+        return scores[:, model.index(objective)].detach().cpu().numpy()
+
+    chosen, rejected = score([p.chosen for p in pairs]), score([p.rejected for p in pairs])
     d, first = pair_differences(chosen, rejected, seed=ctx.settings.seed)
     fit = bt_slope(d, first)
     truth = np.array([ctx.task.score(p.prompt, p.chosen)[objective] - ctx.task.score(p.prompt, p.rejected)[objective]
@@ -113,4 +125,4 @@ def margin_block(ctx: Any, head: str = "concise", *, calibrate: bool = True) -> 
             "options": {"heads": [head], "normalize": False, "scale": scale, "max_length": ctx.settings.max_length}}
 
 
-__all__ = ["train_margin_model", "margin_block", "calibration", "heldout_pairs", "HEADS"]
+__all__ = ["train_margin_model", "margin_block", "calibration", "heldout_pairs", "heldout_samples", "HEADS"]
