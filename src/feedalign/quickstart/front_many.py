@@ -24,7 +24,6 @@ DIR/front3/pairs.png (every method and the ideal vertices); ``report["front3"]``
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,6 @@ from feedalign.quickstart.front_stage import (
     STEERABLE_CONCENTRATION,
     STEERABLE_DRAWS,
     FrontPolicy,
-    _generate_kwargs,
     _method_entry,
     _single_objective_method,
     soup_sampler,
@@ -152,9 +150,7 @@ def _budget3(ctx: Any) -> tuple[int, float]:
 
 def steerable3_policy(ctx: Any) -> FrontPolicy | None:
     """ONE steered MODPO run over the three objectives for the soups' total steps."""
-    from feedalign.multiobjective.steering import generate_steered, load_spec
-    from feedalign.quickstart.front_stage import _modpo_source
-    from feedalign.quickstart.pipeline import train_run
+    from feedalign.quickstart.front_stage import _modpo_source, steered_sampler
 
     if "pairs_helpful" not in ctx.feedback_paths:
         return None
@@ -165,16 +161,7 @@ def steerable3_policy(ctx: Any) -> FrontPolicy | None:
     source["margins"] = {"kind": "callable", "target": "feedalign.envs.text_task:objective_margins",
                          "options": {"objectives": list(OBJECTIVES3[1:]), "polite": True,
                                      "scale": 1.0 / ctx.settings.pair_temperature}}
-    shared = ctx.tokenizer
-    ctx.tokenizer = copy.deepcopy(shared)  # the run adds weight tokens to its tokenizer
-    try:
-        result = train_run(ctx, "steerable3", Path(ctx.report["reference"]["dir"]), source, lr=lr, steps=steps)
-    finally:
-        ctx.tokenizer = shared
-    model, spec, tokenizer = result.model.eval(), load_spec(result.final_dir), result.tokenizer
-
-    def generate_for(w: np.ndarray, prompts: list[str]) -> list[str]:
-        return generate_steered(model, tokenizer, spec, prompts, w, **_generate_kwargs(ctx))
+    generate_for = steered_sampler(ctx, "steerable3", source, lr=lr, steps=steps)
 
     info = {"policy": "steerable MODPO (one run, 3 objectives)", "train_seconds": ctx.runs["steerable3"]["seconds"],
             "train_steps": steps, "margins": "exact",

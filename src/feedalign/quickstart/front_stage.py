@@ -124,30 +124,37 @@ def _budget(ctx: Any) -> tuple[int, float]:
     return sum(int(ctx.runs[n]["steps"]) for n in names), specs[names[0]].lr
 
 
-def steerable_policy(ctx: Any) -> FrontPolicy | None:
-    """ONE steered MODPO run for the soups' total steps; generation conditions on ``w``."""
+def steered_sampler(ctx: Any, name: str, source: dict[str, Any], *, lr: float,
+                    steps: int) -> Callable[[np.ndarray, list[str]], list[str]]:
+    """Train the steered ``source`` from the reference (run ``name``, on a copy of the
+    tokenizer: the run adds weight tokens) and sample the result at a weight vector."""
     from feedalign.multiobjective.steering import generate_steered, load_spec
     from feedalign.quickstart.pipeline import train_run
 
+    shared = ctx.tokenizer
+    ctx.tokenizer = copy.deepcopy(shared)
+    try:
+        result = train_run(ctx, name, Path(ctx.report["reference"]["dir"]), source, lr=lr, steps=steps)
+    finally:
+        ctx.tokenizer = shared
+    model, spec, tokenizer = result.model.eval(), load_spec(result.final_dir), result.tokenizer
+
+    def generate_for(w: np.ndarray, prompts: list[str]) -> list[str]:
+        return generate_steered(model, tokenizer, spec, prompts, w, **_generate_kwargs(ctx))
+
+    return generate_for
+
+
+def steerable_policy(ctx: Any) -> FrontPolicy | None:
+    """ONE steered MODPO run for the soups' total sequences; generation conditions on ``w``."""
     if "pairs_helpful" not in ctx.feedback_paths:
         return None
     steps, lr = _budget(ctx)
     steps = max(1, round(steps * STEERABLE_STEP_FACTOR))
     steer = {"objectives": list(OBJECTIVES), "grid": 20, "render": "tokens", "draws": STEERABLE_DRAWS,
              "concentration": STEERABLE_CONCENTRATION}
-    shared = ctx.tokenizer
-    ctx.tokenizer = copy.deepcopy(shared)  # the run adds weight tokens to its tokenizer
-    try:
-        result = train_run(ctx, "steerable", Path(ctx.report["reference"]["dir"]),
-                           _modpo_source(ctx, STEERABLE_MARGINS, steer=steer), lr=lr, steps=steps)
-    finally:
-        ctx.tokenizer = shared
-    model, spec = result.model.eval(), load_spec(result.final_dir)
-    tokenizer = result.tokenizer
-
-    def generate_for(w: np.ndarray, prompts: list[str]) -> list[str]:
-        return generate_steered(model, tokenizer, spec, prompts, w, **_generate_kwargs(ctx))
-
+    generate_for = steered_sampler(ctx, "steerable", _modpo_source(ctx, STEERABLE_MARGINS, steer=steer),
+                                   lr=lr, steps=steps)
     info = {"policy": "steerable MODPO (one run)", "train_seconds": ctx.runs["steerable"]["seconds"],
             "train_steps": steps, "margins": STEERABLE_MARGINS,
             "description": f"one MODPO run, weight tokens in the prompt, {STEERABLE_DRAWS} weights per pair "
