@@ -283,3 +283,18 @@ def test_argilla_free_text_questions_are_ignored_not_errors():
     result = load_records(rows)
     assert [(r.chosen, r.rejected, r.objective) for r in result.records] == [("b", "a", "preference")]
     assert result.per_source[0].ignored_columns == {"comment.responses", "comment.responses.users"}
+
+
+def test_truncation_marks_are_read_not_reported_as_ignored(tmp_path, capsys):
+    """``chosen_truncated`` / ``rejected_truncated`` (pairs) and ``truncated`` (thumbs logs) are
+    applied (the completion is tokenised without EOS), so inspect must not list them as ignored."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b", "chosen_truncated": True,
+                                 "rejected_truncated": False}) + "\n")
+    thumbs = tmp_path / "thumbs.jsonl"
+    thumbs.write_text(json.dumps({"prompt": "q", "response": "a", "rating": 1, "truncated": True}) + "\n")
+    (pair,) = load_records(pairs).records
+    (thumb,) = load_records(thumbs).records
+    assert pair.chosen_truncated and not pair.rejected_truncated and thumb.truncated
+    files = _inspect_json(capsys, pairs, thumbs)["files"]
+    assert [e["ignored_columns"] for e in files] == [[], []]

@@ -13,6 +13,7 @@ from feedalign.data.messages import describe_value
 from feedalign.data.records import LabeledRecord, PairRecord, Record
 
 _TRUNCATION_FIELDS = {PairRecord: ("chosen_truncated", "rejected_truncated"), LabeledRecord: ("truncated",)}
+TRUNCATION_COLUMNS = frozenset(name for names in _TRUNCATION_FIELDS.values() for name in names)
 
 
 def mark_truncated(row: Mapping[str, Any], records: list[Record]) -> list[Record]:

@@ -15,10 +15,11 @@ from typing import Any
 
 from feedalign.data.errors import RowError
 from feedalign.data.formats import Context, Preset, register
+from feedalign.data.marks import TRUNCATION_COLUMNS
 from feedalign.data.records import Record
 from feedalign.data.validation import FEEDBACK_FIELDS, parse_label, row_to_records
 
-TRL_READS = frozenset(FEEDBACK_FIELDS) | {"id", "objective", "weight"}
+TRL_READS = frozenset(FEEDBACK_FIELDS) | {"id", "objective", "weight"} | TRUNCATION_COLUMNS
 COMPLETION_COLUMNS = ("completion", "response", "output")
 THUMB_COLUMNS = ("rating", "feedback", "thumbs", "vote", "label")
 
