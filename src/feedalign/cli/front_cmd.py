@@ -122,8 +122,10 @@ class _SweepPolicy:
 
             self.spec = load_spec(pol.path)
             self.objectives = list(self.spec.objectives)
-            self._model = load_causal_lm(pol.path, dtype=pol.dtype).to(device)
+            from feedalign.multiobjective.weight_adapters import load_saved
+
             self.tokenizer = load_tokenizer(pol.tokenizer or pol.path)
+            self._model = load_saved(load_causal_lm(pol.path, dtype=pol.dtype), self.tokenizer, pol.path).to(device)
         else:
             from feedalign.multiobjective.soups import SoupPolicy
 
@@ -284,7 +286,10 @@ def _steer(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from feedalign.multiobjective.weight_adapters import load_saved
+
     model, tokenizer = load_causal_lm(args.model_dir), load_tokenizer(args.model_dir)
+    model = load_saved(model, tokenizer, args.model_dir)
     served = spec.snap(w)
     if not (abs(served - w) < 1e-9).all():
         print(f"note: weights {w.tolist()} served as {served.tolist()} (grid 1/{spec.grid})", file=sys.stderr)

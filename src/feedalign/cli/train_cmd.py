@@ -180,8 +180,10 @@ def load_for_generation(path: str | Path) -> tuple[Any, Any]:
             # vocabulary first; the adapter directory holds the grown embedding rows.
             base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         return PeftModel.from_pretrained(base, str(path)), tokenizer
-    model = load_causal_lm(path)
-    return model, load_tokenizer(path)
+    from feedalign.multiobjective.weight_adapters import load_saved
+
+    model, tokenizer = load_causal_lm(path), load_tokenizer(path)
+    return load_saved(model, tokenizer, path), tokenizer
 
 
 def _load_checkpoint_model(path: Path) -> tuple[Any, Any]:
@@ -196,9 +198,23 @@ def _load_checkpoint_model(path: Path) -> tuple[Any, Any]:
     if problem is not None:
         raise ValueError(f"checkpoint '{path}' is not usable: {problem}")
     config = config_from_dict(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")))
-    model = load_policy(config)
+    model, tokenizer = load_policy(config), load_tokenizer(config.model.tokenizer or config.model.path)
+    _prepare_steered(config, model, tokenizer)
     ckpt.load_trainable_state(model, ckpt.load_checkpoint(path).weights)
-    return model, load_tokenizer(config.model.tokenizer or config.model.path)
+    return model, tokenizer
+
+
+def _prepare_steered(config: Any, model: Any, tokenizer: Any) -> None:
+    """A steered run's level tokens and weight adapters, as the run set them up."""
+    from feedalign.multiobjective.steering import spec_for_source
+    from feedalign.multiobjective.weight_adapters import attach_for_run
+
+    specs = [spec_for_source(d.steer, trained=d.objective, beta=float((d.hparams or {}).get("beta", 0.1)))
+             for d in config.data if d.steer is not None]
+    for spec in specs:
+        spec.prepare(tokenizer)
+        spec.prepare_model(model, tokenizer)
+    attach_for_run(specs, model, tokenizer, lora=config.model.lora is not None, packing=config.train.packing)
 
 
 def run_generate(args: argparse.Namespace) -> int:

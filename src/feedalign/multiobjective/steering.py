@@ -115,6 +115,9 @@ class SteeringSpec:
         mode: ``"modpo"`` (the loss takes per-example ``weight`` / ``margin_weights``) or
             ``"scalarize"`` (any loss; the source's examples draw ``w ~ Dirichlet(1 + e_k)``,
             density proportional to ``w_k``, see the module docstring).
+        adapter_rank: 0 (the model reads the tag as text or tokens), or r >= 1: the model
+            also mixes per-objective rank-r deltas of its linear layers by the tag's weights
+            (:mod:`feedalign.multiobjective.weight_adapters`; needs ``render: tokens``).
     """
 
     objectives: tuple[str, ...]
@@ -128,6 +131,7 @@ class SteeringSpec:
     draws: int = 1
     mode: str = "modpo"
     concentration: float = 1.0
+    adapter_rank: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -151,6 +155,10 @@ class SteeringSpec:
             raise ValueError(f"SteeringSpec: mode={self.mode!r}; expected one of {MODES}")
         if not isinstance(self.draws, int) or self.draws < 1:
             raise ValueError(f"SteeringSpec: draws must be an int >= 1, got {self.draws!r}")
+        if isinstance(self.adapter_rank, bool) or not isinstance(self.adapter_rank, int) or self.adapter_rank < 0:
+            raise ValueError(f"SteeringSpec: adapter_rank must be an int >= 0, got {self.adapter_rank!r}")
+        if self.adapter_rank and self.render != "tokens":
+            raise ValueError("SteeringSpec: adapter_rank needs render: tokens (the adapters read the level tokens)")
 
     # ----------------------------------------------------------------- weights
     @property
@@ -341,7 +349,8 @@ class SteeringSpec:
         return {"format": "feedalign.steering", "version": 1, **dataclasses.asdict(self)}
 
 
-STEER_KEYS = ("objectives", "grid", "seed", "render", "min_weight", "placement", "draws", "mode", "concentration")
+STEER_KEYS = ("objectives", "grid", "seed", "render", "min_weight", "placement", "draws", "mode", "concentration",
+              "adapter_rank")
 
 
 def spec_for_source(steer: Any, *, trained: str | None, beta: float) -> SteeringSpec:

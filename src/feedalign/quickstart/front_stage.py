@@ -43,6 +43,7 @@ STEERABLE_DRAWS = 4
 # weight tokens learn within the soups' compute (docs/multiobjective.md: uniform draws, 0.2,
 # 0.5 and draws 1 / 2 / 8 measured).
 STEERABLE_CONCENTRATION = 0.3
+STEERABLE_ADAPTER_RANK = 0
 # Margins: the steerable run uses the exact concise score (an oracle reward model that costs
 # no training); the MODPO sweep the BT reward model, as the MODPO paper runs it.
 STEERABLE_MARGINS, SWEEP_MARGINS = "exact", "reward_model"
@@ -152,7 +153,7 @@ def steerable_policy(ctx: Any) -> FrontPolicy | None:
     steps, lr = _budget(ctx)
     steps = max(1, round(steps * STEERABLE_STEP_FACTOR))
     steer = {"objectives": list(OBJECTIVES), "grid": 20, "render": "tokens", "draws": STEERABLE_DRAWS,
-             "concentration": STEERABLE_CONCENTRATION}
+             "concentration": STEERABLE_CONCENTRATION, "adapter_rank": STEERABLE_ADAPTER_RANK}
     generate_for = steered_sampler(ctx, "steerable", _modpo_source(ctx, STEERABLE_MARGINS, steer=steer),
                                    lr=lr, steps=steps)
     info = {"policy": "steerable MODPO (one run)", "train_seconds": ctx.runs["steerable"]["seconds"],

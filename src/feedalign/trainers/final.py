@@ -62,10 +62,15 @@ def _write_final(run: Run, metrics: Mapping[str, float], eval_metrics: Mapping[s
     if accelerator.is_main_process:
         tmp = run.out / f"{FINAL_DIR}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
+        from feedalign.multiobjective import weight_adapters
+
+        if state is None and weight_adapters.find(model) is not None:
+            state = weight_adapters.base_state_dict(model)  # the adapters go to their own file
         if state is None:
             model.save_pretrained(str(tmp))
         else:
             model.save_pretrained(str(tmp), state_dict=state)
+        weight_adapters.save(model, tmp)
         run.runtime.tokenizer.save_pretrained(str(tmp))
         (tmp / "feedalign_config.yaml").write_text(dump_config(run.config), encoding="utf-8")
         _save_steering_spec(run, tmp)

@@ -293,12 +293,24 @@ def prepare_steer_tokenizer(spec: Any, tokenizer: Any, key: str) -> None:
         raise ConfigError(str(exc), key=key) from None
 
 
-def prepare_steer_model(sources: Sequence[Source], model: Any, tokenizer: Any) -> None:
-    """Grow the policy's embeddings for the level tokens the steered sources added (before
-    the reference copy and the optimizer are made)."""
+def prepare_steer_model(sources: Sequence[Source], model: Any, tokenizer: Any, config: Config) -> None:
+    """Grow the policy's embeddings for the level tokens the steered sources added, and give
+    it weight adapters if a source asks for them (before the reference copy and the
+    optimizer are made)."""
+    from feedalign.multiobjective.weight_adapters import attach_for_run
+
     for source in sources:
         if source.steer is not None and source.steer.prepare_model(model, tokenizer):
             logger.info("source %s: embeddings grown to %d rows for steering tokens", source.name, len(tokenizer))
+    specs = [s.steer for s in sources if s.steer is not None]
+    try:
+        adapters = attach_for_run(specs, model, tokenizer, lora=config.model.lora is not None,
+                                  packing=config.train.packing)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="steer.adapter_rank") from None
+    if adapters is not None:
+        logger.info("weight adapters: rank %d per objective on %d linear layers (%d parameters; base frozen)",
+                    adapters.rank, len(adapters.deltas), sum(p.numel() for p in adapters.parameters()))
 
 
 def load_policy(config: Config) -> Any:
