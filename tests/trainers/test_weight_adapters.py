@@ -170,3 +170,15 @@ def test_configurations_the_adapters_cannot_serve_are_refused(tmp_path, change, 
     cfg["train"].update(change.get("train", {}))
     with pytest.raises((ConfigError, ValueError), match=match):
         train(cfg)
+
+
+def test_a_decoding_step_that_feeds_a_level_token_keeps_the_prompts_weights(tiny):
+    model, tok = tiny
+    adapters = weight_adapters.attach(model, SPEC, tok)
+    _randomise(adapters)
+    ids = _ids(tok, [0.0, 1.0])
+    level = torch.tensor([[tok.convert_tokens_to_ids(SPEC.level_tokens()[2])]])
+    first = model(ids, use_cache=True)
+    step = model(level, past_key_values=first.past_key_values).logits
+    want = _merged(model, adapters, [0.0, 1.0])(torch.cat([ids, level], dim=1)).logits[:, -1:]
+    torch.testing.assert_close(step, want, rtol=1e-5, atol=1e-5)

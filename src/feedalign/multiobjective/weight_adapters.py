@@ -18,8 +18,8 @@ and examples with ``w_k = 0`` cannot move it.
 
 Reading the weight: a forward pre-hook on the decoder finds, in each row of ``input_ids``,
 the first ``m`` level tokens (``<w:v>``, objective order). A row without any level token gets
-``w = 0`` (the base model) - except in a cached decoding step (``past_key_values`` holds
-tokens), which keeps the weights of the prompt it continues. Packed rows (several examples
+``w = 0`` (the base model). A cached decoding step (``past_key_values`` holds tokens) keeps
+the weights of the prompt it continues, whatever tokens it feeds. Packed rows (several examples
 in one row) are refused at configuration time: a row has one weight.
 """
 
@@ -92,15 +92,15 @@ class WeightAdapters(nn.Module):
             raise RuntimeError("weight adapters read the weight from input_ids; got inputs_embeds only")
         cache = kwargs.get("past_key_values", kwargs.get("cache"))  # the name differs by transformers version
         continuing = cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
+        if continuing:  # a decoding step keeps its prompt's weights (even if it sampled a level token)
+            if self.current is None or self.current.shape[0] != ids.shape[0]:
+                raise RuntimeError("weight adapters: a cached decoding step without the prompt's weights")
+            return
         lut = self.level_value.to(ids.device)
         values = torch.where(ids < lut.shape[0], lut[ids.clamp(max=lut.shape[0] - 1)], torch.full_like(ids, -1.0,
                                                                                                      dtype=lut.dtype))
         is_level = values >= 0
         found = is_level.sum(dim=1)
-        if continuing and not bool(found.any()):
-            if self.current is None or self.current.shape[0] != ids.shape[0]:
-                raise RuntimeError("weight adapters: a cached decoding step without the prompt's weights")
-            return
         if bool(((found > 0) & (found < self.m)).any()):
             raise ValueError(f"weight adapters: a row carries {int(found[(found > 0) & (found < self.m)][0])} "
                              f"level tokens; a weight tag has {self.m}")
