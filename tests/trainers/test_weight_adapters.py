@@ -182,3 +182,15 @@ def test_a_decoding_step_that_feeds_a_level_token_keeps_the_prompts_weights(tiny
     step = model(level, past_key_values=first.past_key_values).logits
     want = _merged(model, adapters, [0.0, 1.0])(torch.cat([ids, level], dim=1)).logits[:, -1:]
     torch.testing.assert_close(step, want, rtol=1e-5, atol=1e-5)
+
+
+def test_one_token_per_weight_vector_tags_mix_the_deltas_too(tiny):
+    """``per_objective=False`` (the N-grams benchmark's tags): one token carries the whole
+    vector; the first such token of a row sets its weight."""
+    model, tok = tiny
+    a, b = tok.convert_tokens_to_ids(SPEC.level_tokens()[0]), tok.convert_tokens_to_ids(SPEC.level_tokens()[1])
+    adapters = weight_adapters.attach_tags(model, {a: [0.25, 0.75], b: [1.0, 0.0]}, 2, 2, per_objective=False)
+    _randomise(adapters)
+    ids = torch.cat([_ids(tok, None), torch.tensor([[a, b]])], dim=1)
+    torch.testing.assert_close(model(ids).logits, _merged(model, adapters, [0.25, 0.75])(ids).logits,
+                               rtol=1e-5, atol=1e-5)

@@ -78,6 +78,7 @@ class NGramBenchConfig:
     feedback: str = "choice"  # "choice": users' weighted choices; "modpo": pairs per objective + margins
     conflict: bool = False  # choice: only pairs whose objectives disagree
     user_alpha: float = 0.3  # choice: users' weights ~ Dirichlet(user_alpha)
+    adapter_rank: int = 0  # > 0: weight adapters read the tag (multiobjective/weight_adapters.py)
 
     def __post_init__(self) -> None:
         if not 0 <= self.prior_focus <= 1:
@@ -222,6 +223,21 @@ def _train_reference(c: NGramBenchConfig, task: NGramTask, out: Path) -> tuple[A
     return ref, seconds, spec
 
 
+def _choice_adapters(c: NGramBenchConfig, spec: Any, out: Path) -> dict[str, Any]:
+    """With ``adapter_rank``: the reference model with weight adapters that read the choice
+    run's tags (one token per weight vector), for ``train(model=..., tokenizer=...)``."""
+    if not c.adapter_rank:
+        return {}
+    from feedalign.multiobjective.weight_adapters import attach_tags
+    from feedalign.policies.hf import load_causal_lm, load_tokenizer
+
+    model, tokenizer = load_causal_lm(out / "init"), load_tokenizer(out / "init")
+    tags = {tokenizer.convert_tokens_to_ids("<w:" + ",".join(map(str, lv)) + ">"): [v / spec.grid for v in lv]
+            for lv in spec.all_levels()}
+    attach_tags(model, tags, spec.m, c.adapter_rank, per_objective=False, seed=c.seed)
+    return {"model": model, "tokenizer": tokenizer}
+
+
 def _train_steerable(c: NGramBenchConfig, task: NGramTask, out: Path, spec: Any = None) -> tuple[Any, float]:
     """Steps 3-4. One steered MODPO source per objective k (its own BT pairs, the others' exact
     scores as margins): every source's population optimum is pi*_w at every w, and each
@@ -239,7 +255,7 @@ def _train_steerable(c: NGramBenchConfig, task: NGramTask, out: Path, spec: Any 
         cfg = _train_config(c, out, "steer", {}, c.steer_steps, c.steer_lr)
         cfg["data"] = [{"name": "choice", "loss": "dpo", "hparams": {"beta": c.beta}}]
         t0 = time.perf_counter()
-        steered = train(cfg, records=records)
+        steered = train(cfg, records=records, **_choice_adapters(c, spec, out))
         return steered, time.perf_counter() - t0
 
     def scorer(prompt: str, completion: str) -> dict[str, float]:
@@ -256,7 +272,8 @@ def _train_steerable(c: NGramBenchConfig, task: NGramTask, out: Path, spec: Any 
                                     "options": {"n_objectives": c.n_objectives, "kind": c.kind, "k": k,
                                                 "scale": 1.0 / c.pair_temperature}},
                         "steer": {"objectives": names, "grid": c.steer_grid, "render": "tokens", "draws": c.draws,
-                                  "placement": c.placement, "min_weight": c.min_weight or 1.0 / task.m}})
+                                  "placement": c.placement, "min_weight": c.min_weight or 1.0 / task.m,
+                                  "adapter_rank": c.adapter_rank}})
     cfg = _train_config(c, out, "steer", {}, c.steer_steps, c.steer_lr)
     cfg["data"] = sources
     t0 = time.perf_counter()

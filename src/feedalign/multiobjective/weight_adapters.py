@@ -63,13 +63,20 @@ class _Delta(nn.Module):
 
 
 class WeightAdapters(nn.Module):
-    """Per-objective low-rank deltas on every ``nn.Linear`` of ``decoder``, gated by ``w``."""
+    """Per-objective low-rank deltas on every ``nn.Linear`` of ``decoder``, gated by ``w``.
 
-    def __init__(self, decoder: nn.Module, level_ids: list[int], m: int, rank: int, *, seed: int = 0):
+    ``tags`` maps token ids to what they say about ``w``: with ``per_objective`` (the
+    steering spec's level tokens) each token is one objective's value and a tag is the first
+    ``m`` such tokens of a row, in objective order; otherwise each token is a whole weight
+    vector (one token per grid vector, as the N-grams benchmark's tags) and the first one counts.
+    """
+
+    def __init__(self, decoder: nn.Module, tags: dict[int, Any], m: int, rank: int, *, per_objective: bool = True,
+                 seed: int = 0):
         super().__init__()
         if rank < 1:
             raise ValueError(f"weight adapters: rank must be >= 1, got {rank}")
-        self.m, self.rank, self.enabled = m, rank, True
+        self.m, self.rank, self.enabled, self.per_objective = m, rank, True, per_objective
         self.current: torch.Tensor | None = None
         gen = torch.Generator().manual_seed(seed)
         self.deltas = nn.ModuleDict()
@@ -81,10 +88,14 @@ class WeightAdapters(nn.Module):
         if not self.deltas:
             raise ValueError(f"weight adapters: {type(decoder).__name__} has no nn.Linear layer to adapt")
         decoder.register_forward_pre_hook(self.read_weights, with_kwargs=True)
-        vocab = max(level_ids) + 1
-        lut = torch.full((vocab,), -1.0)
-        lut[torch.tensor(level_ids)] = torch.linspace(0.0, 1.0, len(level_ids))
-        self.register_buffer("level_value", lut, persistent=False)
+        width = 1 if per_objective else m
+        table = torch.zeros(max(tags) + 1, width)
+        known = torch.zeros(max(tags) + 1, dtype=torch.bool)
+        for token, value in tags.items():
+            table[token] = torch.as_tensor(value, dtype=torch.float32).reshape(width)
+            known[token] = True
+        self.register_buffer("tag_value", table, persistent=False)
+        self.register_buffer("is_tag", known, persistent=False)
 
     def read_weights(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -92,25 +103,26 @@ class WeightAdapters(nn.Module):
             raise RuntimeError("weight adapters read the weight from input_ids; got inputs_embeds only")
         cache = kwargs.get("past_key_values", kwargs.get("cache"))  # the name differs by transformers version
         continuing = cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
-        if continuing:  # a decoding step keeps its prompt's weights (even if it sampled a level token)
+        if continuing:  # a decoding step keeps its prompt's weights (even if it sampled a tag token)
             if self.current is None or self.current.shape[0] != ids.shape[0]:
                 raise RuntimeError("weight adapters: a cached decoding step without the prompt's weights")
             return
-        lut = self.level_value.to(ids.device)
-        values = torch.where(ids < lut.shape[0], lut[ids.clamp(max=lut.shape[0] - 1)], torch.full_like(ids, -1.0,
-                                                                                                     dtype=lut.dtype))
-        is_level = values >= 0
-        found = is_level.sum(dim=1)
-        if bool(((found > 0) & (found < self.m)).any()):
-            raise ValueError(f"weight adapters: a row carries {int(found[(found > 0) & (found < self.m)][0])} "
-                             f"level tokens; a weight tag has {self.m}")
-        # The first m level tokens of each row, in order: rank them by position.
-        order = torch.cumsum(is_level.long(), dim=1)
-        w = torch.zeros(ids.shape[0], self.m, dtype=torch.float32, device=ids.device)
-        for k in range(self.m):
-            pick = is_level & (order == k + 1)
-            w[:, k] = (values * pick).sum(dim=1)
-        self.current = w
+        inside = ids < self.is_tag.shape[0]
+        safe = torch.where(inside, ids, torch.zeros_like(ids))
+        is_tag = self.is_tag.to(ids.device)[safe] & inside
+        values = self.tag_value.to(ids.device)[safe]  # [B, T, width]
+        order = torch.cumsum(is_tag.long(), dim=1)  # the j-th tag token of its row has order j
+        need = self.m if self.per_objective else 1
+        found = is_tag.sum(dim=1)
+        if bool(((found > 0) & (found < need)).any()):
+            raise ValueError(f"weight adapters: a row carries {int(found[(found > 0) & (found < need)][0])} "
+                             f"level tokens; a weight tag has {need}")
+        if self.per_objective:
+            picks = torch.stack([is_tag & (order == k + 1) for k in range(self.m)], dim=-1)  # [B, T, m]
+            w = (values * picks).sum(dim=1)
+        else:
+            w = (values * (is_tag & (order == 1))[..., None]).sum(dim=1)
+        self.current = w.float()
 
     def set_enabled(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -132,8 +144,6 @@ def find(model: Any) -> WeightAdapters | None:
 def attach(model: Any, spec: Any, tokenizer: Any) -> WeightAdapters:
     """Give ``model`` the weight adapters of ``spec`` (rank ``spec.adapter_rank``), freeze
     everything else; idempotent."""
-    from feedalign.policies.hf import unwrap_model
-
     existing = find(model)
     if existing is not None:
         return existing
@@ -142,9 +152,19 @@ def attach(model: Any, spec: Any, tokenizer: Any) -> WeightAdapters:
     ids = [tokenizer.convert_tokens_to_ids(t) for t in spec.level_tokens()]
     if any(i is None or i == tokenizer.unk_token_id for i in ids):
         raise ValueError("weight adapters: the tokenizer lacks the level tokens (SteeringSpec.prepare first)")
+    tags = {token: level / spec.grid for level, token in enumerate(ids)}
+    return attach_tags(model, tags, spec.m, spec.adapter_rank, per_objective=True, seed=spec.seed)
+
+
+def attach_tags(model: Any, tags: dict[int, Any], m: int, rank: int, *, per_objective: bool, seed: int = 0
+                ) -> WeightAdapters:
+    """Weight adapters that read ``tags`` (see :class:`WeightAdapters`); freezes the rest."""
+    from feedalign.policies.hf import unwrap_model
+
     base = unwrap_model(model)
     param = next(base.parameters())
-    adapters = WeightAdapters(_decoder(model), ids, spec.m, spec.adapter_rank, seed=spec.seed).to(param.device)
+    adapters = WeightAdapters(_decoder(model), tags, m, rank, per_objective=per_objective, seed=seed)
+    adapters = adapters.to(param.device)
     for p in base.parameters():
         p.requires_grad_(False)
     base.add_module(MODULE_NAME, adapters)

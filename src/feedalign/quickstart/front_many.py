@@ -30,8 +30,10 @@ from typing import Any
 import numpy as np
 
 from feedalign.quickstart.front_stage import (
+    STEERABLE_ADAPTER_RANK,
     STEERABLE_CONCENTRATION,
     STEERABLE_DRAWS,
+    STEERABLE_LR_FACTOR,
     FrontPolicy,
     _method_entry,
     _single_objective_method,
@@ -150,22 +152,21 @@ def _budget3(ctx: Any) -> tuple[int, float]:
 
 def steerable3_policy(ctx: Any) -> FrontPolicy | None:
     """ONE steered MODPO run over the three objectives for the soups' total steps."""
-    from feedalign.quickstart.front_stage import _modpo_source, steered_sampler
+    from feedalign.quickstart.front_stage import _modpo_source, steer_block, steered_sampler
 
     if "pairs_helpful" not in ctx.feedback_paths:
         return None
     steps, lr = _budget3(ctx)
-    steer = {"objectives": list(OBJECTIVES3), "grid": 20, "render": "tokens", "draws": STEERABLE_DRAWS,
-             "concentration": STEERABLE_CONCENTRATION}
-    source = _modpo_source(ctx, "exact", steer=steer)
+    source = _modpo_source(ctx, "exact", steer=steer_block(OBJECTIVES3))
     source["margins"] = {"kind": "callable", "target": "feedalign.envs.text_task:objective_margins",
                          "options": {"objectives": list(OBJECTIVES3[1:]), "polite": True,
                                      "scale": 1.0 / ctx.settings.pair_temperature}}
-    generate_for = steered_sampler(ctx, "steerable3", source, lr=lr, steps=steps)
+    generate_for = steered_sampler(ctx, "steerable3", source, lr=lr * STEERABLE_LR_FACTOR, steps=steps)
 
     info = {"policy": "steerable MODPO (one run, 3 objectives)", "train_seconds": ctx.runs["steerable3"]["seconds"],
             "train_steps": steps, "margins": "exact",
-            "description": f"one MODPO run on helpful pairs, weight tokens in the prompt, {STEERABLE_DRAWS} weights "
+            "description": f"one MODPO run on helpful pairs, weight adapters (rank {STEERABLE_ADAPTER_RANK}) read "
+                           f"the weight tokens, {STEERABLE_DRAWS} weights "
                            f"per pair drawn from Dirichlet({STEERABLE_CONCENTRATION:g}), exact concise and polite "
                            f"margins x {1.0 / ctx.settings.pair_temperature:g}"}
     return generate_for, info

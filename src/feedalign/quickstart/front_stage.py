@@ -24,7 +24,7 @@ combined plot DIR/front/methods.png shows them side by side.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,12 @@ STEERABLE_DRAWS = 4
 # weight tokens learn within the soups' compute (docs/multiobjective.md: uniform draws, 0.2,
 # 0.5 and draws 1 / 2 / 8 measured).
 STEERABLE_CONCENTRATION = 0.3
-STEERABLE_ADAPTER_RANK = 0
+# The weight conditions the model through weight adapters: one rank-8 delta per objective on
+# every linear layer, mixed by w (multiobjective/weight_adapters.py; base frozen), at twice the
+# soups' lr (a low-rank delta from zero needs a larger step than full fine-tuning;
+# docs/multiobjective.md measures lr x 1 / 2 / 4 over three seeds).
+STEERABLE_ADAPTER_RANK = 8
+STEERABLE_LR_FACTOR = 2.0
 # Margins: the steerable run uses the exact concise score (an oracle reward model that costs
 # no training); the MODPO sweep the BT reward model, as the MODPO paper runs it.
 STEERABLE_MARGINS, SWEEP_MARGINS = "exact", "reward_model"
@@ -125,6 +130,12 @@ def _budget(ctx: Any) -> tuple[int, float]:
     return sum(int(ctx.runs[n]["steps"]) for n in names), specs[names[0]].lr
 
 
+def steer_block(objectives: Sequence[str]) -> dict[str, Any]:
+    """The steerable runs' ``steer:`` block (two- and three-objective fronts)."""
+    return {"objectives": list(objectives), "grid": 20, "render": "tokens", "draws": STEERABLE_DRAWS,
+            "concentration": STEERABLE_CONCENTRATION, "adapter_rank": STEERABLE_ADAPTER_RANK}
+
+
 def steered_sampler(ctx: Any, name: str, source: dict[str, Any], *, lr: float,
                     steps: int) -> Callable[[np.ndarray, list[str]], list[str]]:
     """Train the steered ``source`` from the reference (run ``name``, on a copy of the
@@ -152,14 +163,13 @@ def steerable_policy(ctx: Any) -> FrontPolicy | None:
         return None
     steps, lr = _budget(ctx)
     steps = max(1, round(steps * STEERABLE_STEP_FACTOR))
-    steer = {"objectives": list(OBJECTIVES), "grid": 20, "render": "tokens", "draws": STEERABLE_DRAWS,
-             "concentration": STEERABLE_CONCENTRATION, "adapter_rank": STEERABLE_ADAPTER_RANK}
-    generate_for = steered_sampler(ctx, "steerable", _modpo_source(ctx, STEERABLE_MARGINS, steer=steer),
-                                   lr=lr, steps=steps)
+    generate_for = steered_sampler(ctx, "steerable", _modpo_source(ctx, STEERABLE_MARGINS, steer=steer_block(OBJECTIVES)),
+                                   lr=lr * STEERABLE_LR_FACTOR, steps=steps)
     info = {"policy": "steerable MODPO (one run)", "train_seconds": ctx.runs["steerable"]["seconds"],
             "train_steps": steps, "margins": STEERABLE_MARGINS,
-            "description": f"one MODPO run, weight tokens in the prompt, {STEERABLE_DRAWS} weights per pair "
-                           f"drawn from Dirichlet({STEERABLE_CONCENTRATION:g}), {STEERABLE_MARGINS} concise margins"}
+            "description": f"one MODPO run, weight adapters (rank {STEERABLE_ADAPTER_RANK} per objective) read "
+                           f"the weight tokens, {STEERABLE_DRAWS} weights per pair drawn from "
+                           f"Dirichlet({STEERABLE_CONCENTRATION:g}), {STEERABLE_MARGINS} concise margins"}
     return generate_for, info
 
 
