@@ -8,7 +8,7 @@ For every w_concise (w = (1 - w_concise, w_concise) in the order [helpful, conci
 ``spec.snap(w)``) each of the 16 held-out questions is asked with the weight tag in its user
 turn, rendered by the chat template exactly as ``generate_steered(..., chat=True)`` renders
 it: one greedy answer and ``--samples`` answers at temperature 1 (the same seeds at every
-weight). Reported per weight: mean words, fact, concise (judge.py) and cut-off share, each
+weight). Reported per weight: mean words, tokens, fact, concise (judge.py) and cut-off share, each
 ± standard error, for the greedy and the sampled answers. The length trend in w_concise:
 
 * ``paired``: per question, the least-squares slope of its mean answer length (greedy and
@@ -76,19 +76,24 @@ def answers_at(model, tok, spec, heldout: list[dict], w: list[float], samples: i
     return {"prompts": prompts, "greedy": greedy, "sampled": drawn}
 
 
-def judge_rows(rows, aliases) -> dict:
+def n_tokens(tok, text: str) -> int:
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def judge_rows(rows, aliases, tok) -> dict:
     words = [float(len(s.text.split())) for s in rows]
-    return {"words": mean_se(words),
+    return {"words": mean_se(words), "tokens": mean_se([float(n_tokens(tok, s.text)) for s in rows]),
             "fact": mean_se([float(mentions_fact(s.text, a)) for s, a in zip(rows, aliases)]),
             "concise": mean_se([float(concise(s.text, s.truncated)) for s in rows]),
             "cut_off": mean_se([float(s.truncated) for s in rows]), "n": len(rows)}
 
 
-def per_question_words(result: dict, n_questions: int, samples: int) -> list[float]:
+def per_question_length(result: dict, n_questions: int, samples: int, length) -> list[float]:
+    """Question i's mean answer length (``length(text)``) over its greedy and sampled answers."""
     out = []
     for i in range(n_questions):
         group = [result["greedy"][i]] + result["sampled"][i * samples : (i + 1) * samples]
-        out.append(sum(len(s.text.split()) for s in group) / len(group))
+        out.append(sum(length(s.text) for s in group) / len(group))
     return out
 
 
@@ -99,30 +104,33 @@ def sweep(model, tok, spec, heldout: list[dict], w_concise: list[float], samples
 
     c = spec.objectives.index("concise")
     aliases = [tuple(h["aliases"]) for h in heldout]
-    points, words, greedy_texts, means, ses, ws = [], [], [], [], [], []
+    points, words, tokens, greedy_texts, means, ses, ws = [], [], [], [], [], [], []
     for wc in w_concise:
         w = [0.0] * spec.m
         w[c], w[1 - c] = wc, 1.0 - wc
         served = [float(v) for v in spec.snap(w)]
         res = answers_at(model, tok, spec, heldout, w, samples)
-        point = {"w_concise": wc, "served": served, "greedy": judge_rows(res["greedy"], aliases),
-                 "sampled": judge_rows(res["sampled"], [a for a in aliases for _ in range(samples)]),
+        point = {"w_concise": wc, "served": served, "greedy": judge_rows(res["greedy"], aliases, tok),
+                 "sampled": judge_rows(res["sampled"], [a for a in aliases for _ in range(samples)], tok),
                  "example": {"question": heldout[0]["question"], "prompt": res["prompts"][0],
                              "greedy": res["greedy"][0].text}}
         points.append(point)
-        words.append(per_question_words(res, len(heldout), samples))
+        words.append(per_question_length(res, len(heldout), samples, lambda t: len(t.split())))
+        tokens.append(per_question_length(res, len(heldout), samples, lambda t: n_tokens(tok, t)))
         greedy_texts.append([s.text for s in res["greedy"]])
         s = point["sampled"]
         means.append([s["fact"][0], -s["words"][0]] if c == 1 else [-s["words"][0], s["fact"][0]])
         ses.append([s["fact"][1], s["words"][1]] if c == 1 else [s["words"][1], s["fact"][1]])
         ws.append(served)
         print(f"w_concise {wc:.2f} (served {served}): greedy words {point['greedy']['words']}, "
-              f"sampled words {s['words']}, fact {s['fact']}, concise {s['concise']}", flush=True)
+              f"sampled words {s['words']}, tokens {s['tokens']}, fact {s['fact']}, concise {s['concise']}, "
+              f"cut off {s['cut_off']}", flush=True)
     served_c = [p["served"][c] for p in points]
     wls = trend_test(np.array(ws), np.array(means), np.array(ses), names=list(spec.objectives))
     n = len(heldout)
     return {"points": points,
             "trend_words_paired": paired_trend(served_c, words),
+            "trend_tokens_paired": paired_trend(served_c, tokens),
             "trend_wls": [{k: (round(float(v), 4) if isinstance(v, float) else v) for k, v in t.items()}
                           for t in wls],
             "greedy_differ": {"any": sum(len({g[i] for g in greedy_texts}) > 1 for i in range(n)) / n,
@@ -201,7 +209,8 @@ def main() -> None:
         start = time.time()
         report[name] = sweep(model, tok, spec, heldout, w_concise, args.samples) if w_concise else {}
         if w_concise:
-            print(f"{name}: paired length trend {report[name]['trend_words_paired']}, "
+            print(f"{name}: paired length trend in words {report[name]['trend_words_paired']}, in tokens "
+                  f"{report[name]['trend_tokens_paired']}, "
                   f"greedy differ {report[name]['greedy_differ']}", flush=True)
         if args.probe:
             report[name]["tag_sensitivity"] = tag_sensitivity(model, tok, spec, out / "steer" / "pairs.jsonl")

@@ -1,12 +1,12 @@
 """The steerable real-model example (examples/real_model/steer_*.py).
 
 Fast checks (always run): the evaluation asks the question exactly as the training data
-conditioned it, and the length-trend statistics. Opt-in, slow (about 15-25 min on one CPU
+conditioned it, and the length-trend statistics. Opt-in, slow (about 25-30 min on one CPU
 thread): build the pairs from SmolLM2-135M-Instruct's own samples, train the one steerable
-run of steer_train.yaml, sample the held-out questions at w_concise in {0, 0.5, 1}; answers must get
-shorter as w_concise grows (|z| >= 2) and greedy answers must differ between weights. At the
-shipped settings (40 steps) the model does not steer yet and this test fails (paired slope
-+1.9 ± 1.4 words, z = 1.3; docs/real_model.md, "Steering a real model"). Run as
+run of steer_train.yaml (weight adapters, 120 steps), sample the held-out questions at w_concise
+in {0, 0.5, 1}; answers must get shorter as w_concise grows (z <= -2) and greedy answers must
+differ between weights (measured: paired slope -8.6 ± 2.6 words, z = -3.4; docs/real_model.md,
+"Steering a real model"). Run as
 
     FEEDALIGN_REAL_MODEL=path/to/SmolLM2-135M-Instruct.Q4_1.gguf python -m pytest -m real_model tests/examples
 
@@ -35,13 +35,19 @@ def chat_tok():
     return build_chat_tokenizer()
 
 
-def test_evaluation_prompt_is_the_trained_prompt(chat_tok):
+@pytest.mark.parametrize("render", ["text", "tokens"])
+def test_evaluation_prompt_is_the_trained_prompt(chat_tok, render):
     """Training conditions the rendered question (a string); evaluation conditions the
     message and renders it (as generate_steered(chat=True) does): the same text."""
+    import copy
+
     from feedalign.data.chat import render_prompt
     from feedalign.multiobjective.steering import SteeringSpec
 
-    spec = SteeringSpec(objectives=("helpful", "concise"), trained="helpful", grid=20, placement="user")
+    spec = SteeringSpec(objectives=("helpful", "concise"), trained="helpful", grid=20, placement="user",
+                        render=render)
+    chat_tok = copy.deepcopy(chat_tok)
+    spec.prepare(chat_tok)  # render "tokens": the level tokens the run adds
     question = "what is the capital of peru?"
     for w in ([0.95, 0.05], [0.5, 0.5], [0.05, 0.95]):
         (asked,) = steer_eval.tagged_prompts(chat_tok, spec, [question], w)
@@ -102,9 +108,6 @@ def _run(args: list[str], cwd: Path) -> None:
 
 
 @pytest.mark.real_model
-# Measured: answers do not get shorter with w_concise at the shipped 40 LoRA steps (length-trend
-# z +1.3; docs/real_model.md "Steering a real model"). The acceptance line stays asserted.
-@pytest.mark.xfail(strict=False, reason="the steered SmolLM2 does not steer within the CPU budget yet (z +1.3 measured)")
 def test_real_model_steers_answer_length(real_model, tmp_path):
     root = EXAMPLE.parents[1]
     out = tmp_path / "out"

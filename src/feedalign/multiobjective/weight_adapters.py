@@ -51,15 +51,14 @@ class _Delta(nn.Module):
         object.__setattr__(self, "_owner", owner)  # not a submodule: no cycle in the module tree
 
     def hook(self, module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-        w = self._owner.current
-        if w is None or not self._owner.enabled:
+        gate = self._owner.gate  # [B, m*r]: w_k repeated over delta k's r ranks
+        if gate is None or not self._owner.enabled:
             return output
         x = inputs[0]
-        if x.shape[0] != w.shape[0]:
-            raise RuntimeError(f"weight adapters: {x.shape[0]} rows but weights for {w.shape[0]}")
-        gate = w.to(x.dtype).repeat_interleave(self.rank, dim=1)  # [B, m*r]
+        if x.shape[0] != gate.shape[0]:
+            raise RuntimeError(f"weight adapters: {x.shape[0]} rows but weights for {gate.shape[0]}")
         shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (gate.shape[1],)
-        return output + ((x @ self.a.t()) * gate.view(shape)) @ self.b.t()
+        return output + ((x @ self.a.t()) * gate.to(x.dtype).view(shape)) @ self.b.t()
 
 
 class WeightAdapters(nn.Module):
@@ -77,7 +76,8 @@ class WeightAdapters(nn.Module):
         if rank < 1:
             raise ValueError(f"weight adapters: rank must be >= 1, got {rank}")
         self.m, self.rank, self.enabled, self.per_objective = m, rank, True, per_objective
-        self.current: torch.Tensor | None = None
+        self.current: torch.Tensor | None = None  # [B, m], the rows' weights
+        self.gate: torch.Tensor | None = None  # [B, m*r]
         gen = torch.Generator().manual_seed(seed)
         self.deltas = nn.ModuleDict()
         for name, module in decoder.named_modules():
@@ -123,6 +123,7 @@ class WeightAdapters(nn.Module):
         else:
             w = (values * (is_tag & (order == 1))[..., None]).sum(dim=1)
         self.current = w.float()
+        self.gate = self.current.repeat_interleave(self.rank, dim=1)
 
     def set_enabled(self, enabled: bool) -> None:
         self.enabled = enabled
