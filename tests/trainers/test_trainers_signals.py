@@ -156,3 +156,29 @@ def test_sigterm_while_loading_is_one_line_and_exit_143(env, tmp_path):
     assert proc.returncode == 143, rest
     assert "SIGTERM" in last  # before the loop: "terminated by SIGTERM ..."; in it: "interrupted by SIGTERM ..."
     assert "Traceback" not in rest and not (out / LOCK_FILE).exists()
+
+
+def test_a_sigterm_that_lands_while_a_log_line_is_written_still_stops_the_run(monkeypatch):
+    """tqdm's logging redirect catches everything but KeyboardInterrupt and SystemExit around
+    its write; a SIGTERM raised there (Terminated) must get through, not become a logging error."""
+    import logging
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+    from tqdm.std import tqdm as tqdm_class
+
+    from feedalign.trainers.signals import Terminated
+
+    def write(*args, **kwargs):
+        raise Terminated(signal.SIGTERM)
+
+    monkeypatch.setattr(tqdm_class, "write", staticmethod(write))
+    log = logging.getLogger("feedalign.train.test_signal")
+    log.propagate, log.level = False, logging.INFO
+    handler = logging.StreamHandler()
+    log.addHandler(handler)  # replaced by tqdm's handler inside the redirect
+    try:
+        with pytest.raises(Terminated) as caught, logging_redirect_tqdm(loggers=[log]):
+            log.info("source dpo: loading")
+    finally:
+        log.removeHandler(handler)
+    assert caught.value.exit_code == 143 and str(caught.value) == "SIGTERM"

@@ -33,14 +33,20 @@ class TrainingInterrupted(Exception):
         super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; {where}")
 
 
-class Terminated(BaseException):
+class Terminated(SystemExit):
     """SIGTERM outside the training steps (loading, the final save): nothing to finish first.
-    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it."""
+    A SystemExit (exit code 128 + signum when nobody catches it), so that no ``except
+    Exception`` swallows it, nor handlers that re-raise only KeyboardInterrupt and SystemExit
+    around a bare ``except:`` (tqdm's logging redirect does: a SIGTERM that landed while a log
+    line was written was printed as a logging error and training went on)."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
+        super().__init__(128 + signum)
         self.signum = signum
         self.exit_code = 128 + signum
+
+    def __str__(self) -> str:
+        return signal.Signals(self.signum).name
 
 
 class TerminateAsException:
