@@ -139,12 +139,25 @@ def sweep(model, tok, spec, heldout: list[dict], w_concise: list[float], samples
             "greedy_answers": {q["question"]: [g[i] for g in greedy_texts] for i, q in enumerate(heldout)}}
 
 
-def tag_sensitivity(model, tok, spec, pairs_file: Path, n: int = 24, min_gap: int = 15) -> dict:
+def margin_length(run: Path, tok):
+    """(length function, scale) of the run's length margin ``-scale * length``
+    (``builtin: length_words`` or ``length_tokens`` in ``final/feedalign_config.yaml``)."""
+    import yaml
+
+    margins = yaml.safe_load((Path(run) / "feedalign_config.yaml").read_text())["data"][0]["margins"]
+    scale = float((margins.get("options") or {}).get("scale", 1.0))
+    if str(margins["target"]).removeprefix("builtin:") == "length_tokens":
+        return (lambda text: n_tokens(tok, text)), scale
+    return (lambda text: len(text.split())), scale
+
+
+def tag_sensitivity(model, tok, spec, pairs_file: Path, run: Path, n: int = 24, min_gap: int = 15) -> dict:
     """Does the tag move the model's preference between a short and a long answer? On ``n``
     tie rows of the training pairs (both or neither answer mentions the fact) whose answers
     differ by >= ``min_gap`` words: ``d = logp(short) - logp(long)`` (sequence log-probs) with
     the tag of w_concise = 1 minus with the tag of w_concise = 0, mean ± s.e. MODPO's target
-    for this change is ``0.95 * 0.05 * (words(long) - words(short)) / beta`` nats (>= 7 here)."""
+    for this change is ``0.95 * scale * (length(long) - length(short)) / beta`` nats, with the
+    run's length margin ``-scale * length`` (:func:`margin_length`)."""
     import random
 
     import torch
@@ -173,7 +186,8 @@ def tag_sensitivity(model, tok, spec, pairs_file: Path, n: int = 24, min_gap: in
         short, long_ = logps(prompts, [s[0] for s in sides]), logps(prompts, [s[1] for s in sides])
         gaps[wc] = [a - b for a, b in zip(short, long_)]
     change = [a - b for a, b in zip(gaps[1.0], gaps[0.0])]
-    target = [0.95 * 0.05 * (len(s[1][0].split()) - len(s[0][0].split())) / spec.beta for s in sides]
+    length, scale = margin_length(run, tok)
+    target = [0.95 * scale * (length(s[1][0]) - length(s[0][0])) / spec.beta for s in sides]
     return {"pairs": len(change), "change_nats": mean_se(change), "target_nats": mean_se(target)}
 
 
@@ -213,7 +227,7 @@ def main() -> None:
                   f"{report[name]['trend_tokens_paired']}, "
                   f"greedy differ {report[name]['greedy_differ']}", flush=True)
         if args.probe:
-            report[name]["tag_sensitivity"] = tag_sensitivity(model, tok, spec, out / "steer" / "pairs.jsonl")
+            report[name]["tag_sensitivity"] = tag_sensitivity(model, tok, spec, out / "steer" / "pairs.jsonl", Path(args.run))
             print(f"{name}: tag sensitivity {report[name]['tag_sensitivity']}", flush=True)
         report[name]["seconds"] = round(time.time() - start, 1)
         del model

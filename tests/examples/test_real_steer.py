@@ -5,7 +5,8 @@ conditioned it, and the length-trend statistics. Opt-in, slow (about 25-30 min o
 thread): build the pairs from SmolLM2-135M-Instruct's own samples, train the one steerable
 run of steer_train.yaml (weight adapters, 120 steps), sample the held-out questions at w_concise
 in {0, 0.5, 1}; answers must get shorter as w_concise grows (z <= -2) and greedy answers must
-differ between weights (measured: paired slope -8.6 ± 2.6 words, z = -3.4; docs/real_model.md,
+differ between weights (measured: paired slope -6.9 ± 2.3 words, z = -3.1, and -8.4 ± 2.4 tokens,
+z = -3.5; docs/real_model.md,
 "Steering a real model"). Run as
 
     FEEDALIGN_REAL_MODEL=path/to/SmolLM2-135M-Instruct.Q4_1.gguf python -m pytest -m real_model tests/examples
@@ -114,10 +115,13 @@ def test_real_model_steers_answer_length(real_model, tmp_path):
     _run([sys.executable, str(EXAMPLE / "steer_build.py"), "--model", real_model, "--out", str(out)], root)
     _run([sys.executable, "-c", CLI, "train", str(EXAMPLE / "steer_train.yaml"),
           f"model.path={out / 'smollm2-hf'}", f"data.0.path={out / 'steer' / 'pairs.jsonl'}",
+          f"data.0.margins.options.tokenizer={out / 'smollm2-hf'}",
           f"train.output_dir={out / 'runs' / 'steer'}"], root)
     _run([sys.executable, str(EXAMPLE / "steer_eval.py"), "--out", str(out), "--run",
           str(out / "runs" / "steer" / "final"), "--weights", "0,0.5,1"], root)
     report = json.loads((out / "steer_report.json").read_text())["steered"]
     trend = report["trend_words_paired"]
     assert trend["z"] is not None and trend["z"] <= -2, trend  # shorter answers as w_concise grows
+    tokens = report["trend_tokens_paired"]
+    assert tokens["z"] is not None and tokens["z"] <= -2, tokens  # in tokens too
     assert report["greedy_differ"]["lowest_vs_highest"] > 0, report["greedy_answers"]
