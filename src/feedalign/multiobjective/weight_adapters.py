@@ -52,7 +52,7 @@ class _Delta(nn.Module):
 
     def hook(self, module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         gate = self._owner.gate  # [B, m*r]: w_k repeated over delta k's r ranks
-        if gate is None or not self._owner.enabled:
+        if gate is None:
             return output
         x = inputs[0]
         if x.shape[0] != gate.shape[0]:
@@ -75,7 +75,7 @@ class WeightAdapters(nn.Module):
         super().__init__()
         if rank < 1:
             raise ValueError(f"weight adapters: rank must be >= 1, got {rank}")
-        self.m, self.rank, self.enabled, self.per_objective = m, rank, True, per_objective
+        self.m, self.rank, self.per_objective = m, rank, per_objective
         self.current: torch.Tensor | None = None  # [B, m], the rows' weights
         self.gate: torch.Tensor | None = None  # [B, m*r]
         gen = torch.Generator().manual_seed(seed)
@@ -124,9 +124,6 @@ class WeightAdapters(nn.Module):
             w = (values * (is_tag & (order == 1))[..., None]).sum(dim=1)
         self.current = w.float()
         self.gate = self.current.repeat_interleave(self.rank, dim=1)
-
-    def set_enabled(self, enabled: bool) -> None:
-        self.enabled = enabled
 
 
 def _decoder(model: Any) -> nn.Module:
