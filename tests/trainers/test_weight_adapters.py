@@ -161,6 +161,7 @@ def test_a_steered_run_trains_only_the_adapters_and_reloads_them(tmp_path):
     ({"model": {"lora": {"r": 4}}}, "replaces model.lora"),
     ({"train": {"packing": True}}, "train.packing"),
     ({"steer": {"render": "text"}}, "render: tokens"),
+    ({"reference": {"strategy": "adapter"}}, "with steer.adapter_rank use 'copy'"),
 ])
 def test_configurations_the_adapters_cannot_serve_are_refused(tmp_path, change, match):
     model_dir = save_tiny_model(tmp_path / "model")
@@ -168,6 +169,8 @@ def test_configurations_the_adapters_cannot_serve_are_refused(tmp_path, change, 
     cfg = base_config(model_dir, tmp_path / "out", [_source(pairs, **change.get("steer", {}))], max_steps=1)
     cfg["model"].update(change.get("model", {}))
     cfg["train"].update(change.get("train", {}))
+    if "reference" in change:
+        cfg["reference"] = change["reference"]
     with pytest.raises((ConfigError, ValueError), match=match):
         train(cfg)
 

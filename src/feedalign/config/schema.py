@@ -290,6 +290,8 @@ class Config:
             _require(unique, f"data.{i}.name", f"duplicate source name {name!r}; name each source")
         if self.reference.strategy == "adapter":
             detail = "'adapter' needs model.lora (the reference is the policy, adapter disabled)"
+            if any((d.steer or {}).get("adapter_rank") for d in self.data):
+                detail += "; with steer.adapter_rank use 'copy' (the base stays frozen, so the copy is the base)"
             _require(self.model.lora is not None, "reference.strategy", detail)
 
     @property
