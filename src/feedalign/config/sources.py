@@ -70,7 +70,7 @@ class DataSourceConfig:
 
     ``steer`` (a mapping: ``objectives`` in weight order, optional ``grid``, ``seed``
     (default ``train.seed``), ``render`` text|tokens, ``min_weight``, ``placement``, ``draws``,
-    ``mode`` modpo|scalarize) trains one steerable
+    ``mode`` modpo|scalarize, ``concentration``, ``adapter_rank``) trains one steerable
     model: every example gets its own weight vector w (seeded by its id), its prompt is
     prefixed with w and its loss uses that w (``weight = w_k``, ``margin_weights = w_{-k}``;
     ALGORITHMS.md §10). Only for losses taking per-example ``weight`` and ``margin_weights``;
@@ -97,7 +97,8 @@ class DataSourceConfig:
         margins: margin rewards of the other objectives (MODPO); null: none.
         kl_samples: file(s) of reference-policy samples for a loss's optional kl input.
         kl_batch_size: kl_samples drawn per micro-step; null: train.micro_batch_size.
-        steer: train one steerable model: objectives, grid, seed, render, min_weight, placement, draws, mode.
+        steer: train one steerable model: objectives, grid, seed, render, min_weight, placement, draws, mode,
+            concentration, adapter_rank.
         format: the row layout preset (trl, thumbs, hh-rlhf, ultrafeedback, pku-saferlhf, ...); null: detect.
         columns: map the preset's field names to this file's columns, e.g. {prompt: question}.
         label_values: which raw values mean up and down, e.g. {up: [thumbs_up, 1], down: [-1]}.
