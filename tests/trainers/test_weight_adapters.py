@@ -139,7 +139,7 @@ def test_a_steered_run_trains_only_the_adapters_and_reloads_them(tmp_path):
 
     model_dir = save_tiny_model(tmp_path / "model")
     pairs = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(16, seed=1, objective="helpful"))
-    result = train(base_config(model_dir, tmp_path / "out", [_source(pairs)], max_steps=3, save_every=3))
+    result = train(base_config(model_dir, tmp_path / "out", [_source(pairs)], max_steps=3, save_every=3, seed=3))
     final = result.final_dir
     assert (final / weight_adapters.ADAPTERS_FILE).is_file()
     assert load_spec(final).adapter_rank == 2

@@ -205,16 +205,18 @@ def _load_checkpoint_model(path: Path) -> tuple[Any, Any]:
 
 
 def _prepare_steered(config: Any, model: Any, tokenizer: Any) -> None:
-    """A steered run's level tokens and weight adapters, as the run set them up."""
-    from feedalign.multiobjective.steering import spec_for_source
-    from feedalign.multiobjective.weight_adapters import attach_for_run
+    """A steered run's level tokens and weight adapters, as the run set them up (the same
+    specs, seeds included, as ``check_config`` resolves them)."""
+    from feedalign.config.checks import check_loss, check_steer
+    from feedalign.trainers.setup import prepare_steer_model, prepare_steer_tokenizer
 
-    specs = [spec_for_source(d.steer, trained=d.objective, beta=float((d.hparams or {}).get("beta", 0.1)))
-             for d in config.data if d.steer is not None]
-    for spec in specs:
-        spec.prepare(tokenizer)
-        spec.prepare_model(model, tokenizer)
-    attach_for_run(specs, model, tokenizer, lora=config.model.lora is not None, packing=config.train.packing)
+    specs = []
+    for index, source in enumerate(config.data):
+        if source.steer is not None:
+            loss, hparams = check_loss(source, f"data.{index}")
+            specs.append(check_steer(source, loss, hparams, config.train.seed, f"data.{index}"))
+            prepare_steer_tokenizer(specs[-1], tokenizer, f"data.{index}.steer")
+    prepare_steer_model(specs, model, tokenizer, config)
 
 
 def run_generate(args: argparse.Namespace) -> int:

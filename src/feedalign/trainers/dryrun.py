@@ -65,7 +65,7 @@ def dry_run(config: Config | Mapping[str, Any] | str | Path, *, overrides: Seque
     sources = build_sources(config, checked, tokenizer, None, rank=0, world=1)
     model = load_policy(config)
     check_lora_targets(config, model)
-    prepare_steer_model(sources, model, tokenizer, config)
+    prepare_steer_model([s.steer for s in sources if s.steer is not None], model, tokenizer, config)
     total, per_epoch = total_steps(config.train, sources, 1)
     report = DryRunReport(total_steps=total, steps_per_epoch=per_epoch, model=str(config.model.path))
     report.parameters = sum(p.numel() for p in model.parameters())

@@ -119,7 +119,7 @@ def prepare_run(
     if model is None:
         model = load_policy(config)
         check_lora_targets(config, model)  # peft skips unmatched names silently
-    prepare_steer_model(sources, model, tokenizer, config)
+    prepare_steer_model([s.steer for s in sources if s.steer is not None], model, tokenizer, config)
     if sharding(accelerator) == "none":
         model.to(accelerator.device)  # FSDP / DeepSpeed place the shards themselves
     model.train()

@@ -293,16 +293,15 @@ def prepare_steer_tokenizer(spec: Any, tokenizer: Any, key: str) -> None:
         raise ConfigError(str(exc), key=key) from None
 
 
-def prepare_steer_model(sources: Sequence[Source], model: Any, tokenizer: Any, config: Config) -> None:
-    """Grow the policy's embeddings for the level tokens the steered sources added, and give
-    it weight adapters if a source asks for them (before the reference copy and the
-    optimizer are made)."""
+def prepare_steer_model(specs: Sequence[Any], model: Any, tokenizer: Any, config: Config) -> None:
+    """Grow the policy's embeddings for the level tokens the steered sources' ``specs`` added,
+    and give it weight adapters if a spec asks for them (before the reference copy and the
+    optimizer are made; also for a checkpoint loaded back for generation)."""
     from feedalign.multiobjective.weight_adapters import attach_for_run
 
-    for source in sources:
-        if source.steer is not None and source.steer.prepare_model(model, tokenizer):
-            logger.info("source %s: embeddings grown to %d rows for steering tokens", source.name, len(tokenizer))
-    specs = [s.steer for s in sources if s.steer is not None]
+    for spec in specs:
+        if spec.prepare_model(model, tokenizer):
+            logger.info("embeddings grown to %d rows for steering tokens", len(tokenizer))
     try:
         adapters = attach_for_run(specs, model, tokenizer, lora=config.model.lora is not None,
                                   packing=config.train.packing)
