@@ -278,7 +278,6 @@ def _front(args: argparse.Namespace) -> int:
 def _steer(args: argparse.Namespace) -> int:
     from feedalign.multiobjective.steering import generate_steered, load_spec
     from feedalign.multiobjective.weights import parse_weights
-    from feedalign.policies.hf import load_causal_lm, load_tokenizer
 
     try:
         spec = load_spec(args.model_dir)
@@ -286,10 +285,9 @@ def _steer(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from feedalign.multiobjective.weight_adapters import load_saved
+    from feedalign.cli.train_cmd import load_for_generation
 
-    model, tokenizer = load_causal_lm(args.model_dir), load_tokenizer(args.model_dir)
-    model = load_saved(model, tokenizer, args.model_dir)
+    model, tokenizer = load_for_generation(args.model_dir)
     served = spec.snap(w)
     if not (abs(served - w) < 1e-9).all():
         print(f"note: weights {w.tolist()} served as {served.tolist()} (grid 1/{spec.grid})", file=sys.stderr)
