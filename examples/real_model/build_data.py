@@ -45,12 +45,17 @@ def model_dir(model: str, out: Path) -> Path:
     return target
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """--model, --out, --seed: shared with steer_build.py."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True, help="the .gguf file or a Hugging Face directory")
     parser.add_argument("--out", default="examples/real_model/out")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -25,7 +25,6 @@ reused on a rebuild) and OUT/steer/build.json (counts, seconds).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -36,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from build_data import HELD_OUT, MAX_NEW_TOKENS, model_dir  # noqa: E402
+from build_data import HELD_OUT, MAX_NEW_TOKENS, model_dir, parse_args  # noqa: E402
 from judge import mentions_fact  # noqa: E402
 from questions import questions  # noqa: E402
 
@@ -92,11 +91,7 @@ def helpful_pairs(tok, train: list, samples: list) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", required=True, help="the .gguf file or a Hugging Face directory")
-    parser.add_argument("--out", default="examples/real_model/out")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parse_args()
     out = Path(args.out)
     (out / "steer").mkdir(parents=True, exist_ok=True)
 

@@ -93,14 +93,6 @@ def test_helpful_pairs_are_soft_labelled_in_both_orders(chat_tok):
     assert pairs[0]["prompt"].endswith("<|im_start|>assistant\n")
 
 
-@pytest.fixture(scope="module")
-def real_model(request):
-    path = os.environ.get("FEEDALIGN_REAL_MODEL")
-    if "real_model" not in (request.config.getoption("markexpr") or "") or not path:
-        pytest.skip("opt-in: FEEDALIGN_REAL_MODEL=<.gguf or dir> python -m pytest -m real_model")
-    return path
-
-
 def _run(args: list[str], cwd: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1"}

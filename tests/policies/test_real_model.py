@@ -6,20 +6,11 @@ load -> one LoRA DPO step -> generate. Skipped unless run as
 (the path may also be a Hugging Face directory of the dequantised model)."""
 
 import json
-import os
 
 import pytest
 import torch
 
 pytestmark = pytest.mark.real_model
-
-
-@pytest.fixture(scope="module")
-def real_model(request):
-    path = os.environ.get("FEEDALIGN_REAL_MODEL")
-    if "real_model" not in (request.config.getoption("markexpr") or "") or not path:
-        pytest.skip("opt-in: FEEDALIGN_REAL_MODEL=<.gguf or dir> python -m pytest -m real_model")
-    return path
 
 
 def test_real_model_trains_one_step_and_answers(real_model, tmp_path):
